@@ -1,0 +1,99 @@
+"""``ae train``: compose plugins by name and train them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aecore.cli.output import console
+from aecore.cli.overrides import parse_sets
+from aecore.errors import ConfigError
+
+EPILOG = """
+Examples:
+
+  ae train --encoder conv --reg sparse
+
+  ae train -e mlp --set encoder.hidden=400 --latent-dim 20 --epochs 5
+
+  ae train -e conv -d mlp --reg sparse --set sparse.kind=kl --data mnist --data-dir ./data
+
+Every component parameter can be set with --set TARGET.PARAM=VALUE, where
+TARGET is encoder, decoder, trainer or a regularizer name. 'ae plugins show
+NAME' lists a component's parameters, types and defaults.
+"""
+
+
+def train_command(
+    encoder: Annotated[
+        str | None, typer.Option("--encoder", "-e", help="Encoder plugin name (see 'ae plugins list').")
+    ] = None,
+    decoder: Annotated[
+        str | None, typer.Option("--decoder", "-d", help="Decoder plugin name [default: the encoder's counterpart].")
+    ] = None,
+    reg: Annotated[
+        list[str] | None, typer.Option("--reg", "-r", help="Regularizer plugin name; repeat to stack several.")
+    ] = None,
+    trainer: Annotated[str, typer.Option(help="Trainer plugin name.")] = "default",
+    latent_dim: Annotated[int, typer.Option(help="Size of the code.")] = 32,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [default: the trainer's].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: the trainer's].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate [default: the trainer's].")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for weights, split and shuffling.")] = 0,
+    loss: Annotated[str, typer.Option(help="Reconstruction loss: mse, bce or l1.")] = "mse",
+    data: Annotated[
+        str | None, typer.Option(help="Dataset: embedded (default, ships with aecore) or mnist.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Local copy of the dataset (torchvision layout); no download.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")] = "auto",
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory [default: runs/<components>, never reused].")
+    ] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of training data held out for validation.")] = 0.1,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Set a component parameter: TARGET.PARAM=VALUE, e.g. encoder.channels=32,64."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Allow writing into a run directory that holds files.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Train an autoencoder composed from plugins and save it as safetensors."""
+    if encoder is None:
+        from aecore import registry
+
+        names = ", ".join(sorted({c.name for c in registry.list_components("encoder")})) or "none installed"
+        raise ConfigError(f"choose an encoder with --encoder (installed: {names}).")
+    regs = list(reg or [])
+    params: dict[str, dict[str, str | int | float]] = dict(parse_sets(set_ or [], regs))
+    trainer_params = params.setdefault("trainer", {})
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            trainer_params[name] = value
+
+    from aecore.training import train  # imports torch: only once we really train
+
+    result = train(
+        encoder,
+        decoder,
+        regs,
+        trainer=trainer,
+        params=params,
+        latent_dim=latent_dim,
+        data=data,
+        data_dir=data_dir,
+        loss=loss,
+        seed=seed,
+        device=device,
+        out=out,
+        val_fraction=val_fraction,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    from aecore.cli.evaluate import format_test_error
+
+    console.print(f"test: {format_test_error(result.metrics, prefix='test_')}")
+    console.print(f"saved {result.checkpoint} and {result.run_dir / 'metrics.json'}")

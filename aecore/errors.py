@@ -1,0 +1,55 @@
+"""Errors that mean "the user asked for something we cannot do".
+
+Every `AecoreError` carries a one-line message that names the problem and,
+where there is one, the fix. The CLI prints it on one line and exits with
+code 2; library callers catch it like any exception.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AecoreError(Exception):
+    """Base class for user-facing errors (bad names, values, files)."""
+
+    exit_code = 2
+
+
+class UnknownComponentError(AecoreError, LookupError):
+    """A component name that no installed plugin provides."""
+
+
+class AmbiguousComponentError(AecoreError, LookupError):
+    """A name that two distributions both provide."""
+
+
+class PluginLoadError(AecoreError, ImportError):
+    """A plugin whose entry point could not be imported or is not a component."""
+
+
+class ConfigError(AecoreError, ValueError):
+    """A component parameter that does not exist or has a bad value."""
+
+
+class ShapeError(AecoreError, ValueError):
+    """Components or data whose shapes do not fit together."""
+
+
+class CheckpointError(AecoreError):
+    """A checkpoint file that is missing, corrupt or cannot be rebuilt."""
+
+
+class DataError(AecoreError):
+    """A dataset that is missing, unreadable or malformed."""
+
+
+class RunDirectoryError(AecoreError, FileExistsError):
+    """A run directory that already holds work we would overwrite."""
+
+
+def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """Return ' Did you mean: a, b?' for close matches, or an empty string."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=n, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""

@@ -1,0 +1,37 @@
+"""Build the pluggy manager from the ``aecore.hooks`` entry points, one at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pluggy
+
+from aecore.errors import PluginLoadError
+from aecore.hooks import specs
+from aecore.registry import HOOKS_GROUP, entry_point_infos
+
+hookimpl = pluggy.HookimplMarker(specs.PROJECT)
+
+
+def plugin_manager(extra: Iterable[object] = (), *, exclude: Iterable[str] = ()) -> pluggy.PluginManager:
+    """A manager with every installed hook plugin registered, plus ``extra`` objects.
+
+    ``exclude`` names entry points to leave out (``--quiet`` drops ``progress``).
+    A plugin that fails to load is warned about and skipped: a broken
+    logger must not stop training.
+    """
+    pm = pluggy.PluginManager(specs.PROJECT)
+    pm.add_hookspecs(specs)
+    skip = set(exclude)
+    for entry in entry_point_infos(HOOKS_GROUP):
+        if entry.name in skip:
+            continue
+        try:
+            obj = entry.load()
+        except PluginLoadError:
+            continue  # already reported as a warning by the registry
+        plugin = obj() if isinstance(obj, type) else obj
+        pm.register(plugin, name=entry.qualified_name)
+    for plugin in extra:
+        pm.register(plugin)
+    return pm

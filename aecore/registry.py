@@ -1,0 +1,221 @@
+"""Find, list, look up and build components by name.
+
+Components are published through entry points in four groups::
+
+    aecore.encoders   aecore.decoders   aecore.regularizers   aecore.trainers
+
+Listing reads entry-point metadata only: no plugin module is imported until a
+component is first used, so ``ae plugins list`` stays fast and a plugin that
+fails to import breaks only itself. The scan happens once per process;
+:func:`refresh` repeats it (tests and long-lived processes that install
+plugins at run time need that).
+
+Names may be qualified by their distribution, ``aecore-conv:conv``, to pick
+one when two distributions publish the same name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import importlib
+import importlib.metadata as md
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aecore.errors import (
+    AmbiguousComponentError,
+    PluginLoadError,
+    UnknownComponentError,
+    suggest,
+)
+
+__all__ = [
+    "GROUPS",
+    "KINDS",
+    "ComponentInfo",
+    "build",
+    "find",
+    "get",
+    "info",
+    "list_components",
+    "refresh",
+]
+
+#: Component kind -> entry-point group.
+GROUPS: dict[str, str] = {
+    "encoder": "aecore.encoders",
+    "decoder": "aecore.decoders",
+    "regularizer": "aecore.regularizers",
+    "trainer": "aecore.trainers",
+}
+KINDS: tuple[str, ...] = tuple(GROUPS)
+HOOKS_GROUP = "aecore.hooks"
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded; everything else keeps working."""
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    """What the entry-point metadata says about one component, read without importing it."""
+
+    kind: str
+    name: str
+    target: str
+    dist: str
+    version: str
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.dist}:{self.name}"
+
+    def load(self) -> Any:
+        """Import the component's object. Failures raise :class:`PluginLoadError`."""
+        return _load(self)
+
+
+def list_components(kind: str | None = None, pattern: str = "*") -> list[ComponentInfo]:
+    """Components of one kind (or all kinds) whose name matches a shell-style ``pattern``.
+
+    >>> [c.name for c in list_components("encoder", "c*")]  # doctest: +SKIP
+    ['conv']
+    """
+    kinds = KINDS if kind is None else (_check_kind(kind),)
+    return [
+        c
+        for k in kinds
+        for c in _scan().get(GROUPS[k], ())
+        if fnmatch.fnmatchcase(c.name, pattern) or fnmatch.fnmatchcase(c.qualified_name, pattern)
+    ]
+
+
+def info(kind: str, name: str) -> ComponentInfo:
+    """The metadata of one component; raises for unknown or ambiguous names."""
+    _check_kind(kind)
+    dist, _, short = name.rpartition(":")
+    entries = _scan().get(GROUPS[kind], ())
+    matches = [c for c in entries if c.name == short and (not dist or c.dist == dist)]
+    if not matches:
+        installed = ", ".join(sorted({c.name for c in entries})) or "none"
+        raise UnknownComponentError(
+            f"unknown {kind} '{name}'.{suggest(short, (c.name for c in entries))} "
+            f"Installed {kind}s: {installed} (see 'ae plugins list')."
+        )
+    if len(matches) > 1:
+        choices = " or ".join(f"'{c.qualified_name}'" for c in matches)
+        raise AmbiguousComponentError(
+            f"{kind} '{short}' is provided by {len(matches)} distributions; "
+            f"name one explicitly: {choices}."
+        )
+    return matches[0]
+
+
+def get(kind: str, name: str) -> Any:
+    """The component class registered as ``name`` for ``kind`` (imports it on first use)."""
+    return info(kind, name).load()
+
+
+def find(name: str) -> list[ComponentInfo]:
+    """Every component, of any kind, registered under ``name`` (qualified or not)."""
+    dist, _, short = name.rpartition(":")
+    return [c for c in list_components() if c.name == short and (not dist or c.dist == dist)]
+
+
+def build(kind: str, name: str, params: dict[str, Any] | None = None, **context: Any) -> Any:
+    """Build a component from its name and parameters.
+
+    ``params`` are validated against the component's ``Config`` (strings are
+    parsed as on the command line); ``context`` carries what the component
+    needs from its surroundings, such as ``input_shape`` and ``latent_dim``.
+    """
+    from aecore.config import config_from_dict
+
+    cls = get(kind, name)
+    config = config_from_dict(cls.Config, params or {}, owner=name)
+    return cls(config, **context)
+
+
+def refresh() -> None:
+    """Forget the entry-point scan and loaded objects (after installing plugins at run time)."""
+    _scan.cache_clear()
+    _loaded.clear()
+    _warned.clear()
+    importlib.invalidate_caches()
+
+
+# -- internals ---------------------------------------------------------------
+
+_loaded: dict[ComponentInfo, Any] = {}
+_warned: set[ComponentInfo] = set()
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in GROUPS:
+        raise UnknownComponentError(
+            f"unknown component kind '{kind}'.{suggest(kind, KINDS)} Kinds: {', '.join(KINDS)}."
+        )
+    return kind
+
+
+def entry_point_infos(group: str) -> tuple[ComponentInfo, ...]:
+    """All entry points in ``group`` as metadata records (used for hooks as well)."""
+    return _scan().get(group, ())
+
+
+@functools.cache
+def _scan() -> dict[str, tuple[ComponentInfo, ...]]:
+    kind_of = {g: k for k, g in GROUPS.items()}
+    kind_of[HOOKS_GROUP] = "hook"
+    found: dict[str, dict[tuple[str, str], ComponentInfo]] = {g: {} for g in kind_of}
+    seen: set[str] = set()
+    for dist in md.distributions():
+        name = _normalise(dist.metadata["Name"] or "unknown")
+        if name in seen:  # the same distribution twice on sys.path: the first one wins, as for imports
+            continue
+        seen.add(name)
+        for ep in dist.entry_points:
+            if ep.group in found:
+                record = ComponentInfo(kind_of[ep.group], ep.name, ep.value, name, dist.version)
+                found[ep.group].setdefault((name, ep.name), record)
+    return {g: tuple(sorted(v.values(), key=lambda c: (c.name, c.dist))) for g, v in found.items()}
+
+
+def _normalise(dist: str) -> str:
+    return dist.replace("_", "-").lower()
+
+
+def _load(entry: ComponentInfo) -> Any:
+    if entry in _loaded:
+        return _loaded[entry]
+    module_name, _, attr = entry.target.partition(":")
+    where = f"{entry.kind} '{entry.name}' from {entry.dist} {entry.version}"
+    try:
+        obj: Any = importlib.import_module(module_name.strip())
+        for part in filter(None, attr.strip().split(".")):
+            obj = getattr(obj, part)
+    except Exception as exc:  # a plugin can fail in any way; it must only break itself
+        raise _broken(entry, f"{where} could not be loaded ({type(exc).__name__}: {exc})") from exc
+    if entry.kind != "hook":
+        from aecore.protocols import check_component_class
+
+        problems = check_component_class(entry.kind, obj)
+        if problems:
+            raise _broken(entry, f"{where} is not a valid {entry.kind}: {'; '.join(problems)}")
+    _loaded[entry] = obj
+    return obj
+
+
+def _broken(entry: ComponentInfo, message: str) -> PluginLoadError:
+    if entry not in _warned:
+        _warned.add(entry)
+        warnings.warn(message, PluginWarning, stacklevel=3)
+    return PluginLoadError(f"{message}. Reinstall or update {entry.dist}, or uninstall it.")
+
+
+def names(kind: str) -> Iterable[str]:
+    """Registered names of one kind (unqualified)."""
+    return (c.name for c in list_components(kind))

@@ -1,0 +1,215 @@
+"""``train()``: the whole job behind ``ae train``, usable from Python as well.
+
+It loads the data, composes the model, builds the trainer, prepares the run
+directory, runs the fit, measures the test error and writes the final
+checkpoint and metrics. Every step uses the registry, so the shipped plugins
+get no special treatment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aecore import checkpoint, registry
+from aecore.config import config_from_dict, config_to_dict
+from aecore.data import Dataset, TensorData, load_dataset
+from aecore.errors import ConfigError, RunDirectoryError
+from aecore.evaluate import reconstruction_metrics
+from aecore.hooks import hookimpl, plugin_manager
+from aecore.losses import get_loss
+from aecore.model import Autoencoder, compose
+from aecore.training.context import RunContext
+
+__all__ = ["TrainResult", "resolve_device", "split_validation", "train"]
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class TrainResult:
+    """The trained model, where it was written, and its figures."""
+
+    model: Autoencoder
+    run_dir: Path
+    checkpoint: Path
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(
+    encoder: str,
+    decoder: str | None = None,
+    regularizers: Sequence[str] = (),
+    *,
+    trainer: str = "default",
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    latent_dim: int = 32,
+    data: str | Dataset | None = None,
+    data_dir: str | Path | None = None,
+    loss: str = "mse",
+    seed: int = 0,
+    device: str = "auto",
+    out: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    val_fraction: float = 0.1,
+    overwrite: bool = False,
+    progress: bool = True,
+    hooks: Iterable[object] = (),
+) -> TrainResult:
+    """Train an autoencoder composed from plugin names and save it.
+
+    ``params`` maps ``encoder``, ``decoder``, ``trainer`` and regularizer
+    names to parameter dicts. Returns once the final checkpoint is written.
+    """
+    params = {k: dict(v) for k, v in (params or {}).items()}
+    loss_fn = get_loss(loss)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}.")
+    torch_device = resolve_device(device)
+    trainer_info = registry.info("trainer", trainer)
+    trainer_cls = trainer_info.load()
+    trainer_obj = trainer_cls(
+        config_from_dict(trainer_cls.Config, params.pop("trainer", {}), owner=f"trainer.{trainer}")
+    )
+
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, data_dir)
+    torch.manual_seed(seed)
+    model = compose(
+        encoder,
+        decoder,
+        regularizers,
+        input_shape=dataset.train.shape,
+        latent_dim=latent_dim,
+        params=params,
+    )
+    train_split, val_split = split_validation(dataset.train, val_fraction, seed)
+    run_dir = _prepare_run_dir(out, runs_root, model, overwrite)
+
+    data_meta = {**dataset.spec, "normalisation": dataset.train.normalisation}
+    training_meta = {
+        "trainer": {
+            "name": trainer_info.name,
+            "dist": trainer_info.dist,
+            "version": trainer_info.version,
+            "params": config_to_dict(trainer_obj.config),
+        },
+        "loss": loss,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "device": str(torch_device),
+    }
+    pm = plugin_manager(hooks, exclude=() if progress else ("progress",))
+
+    def save_checkpoint(m: Autoencoder, filename: str, metrics: Mapping[str, float]) -> Path:
+        path = checkpoint.save(m, run_dir / filename, data=data_meta, training=training_meta, metrics=metrics)
+        pm.hook.ae_checkpoint_saved(run=run, path=path, metrics=dict(metrics))
+        return path
+
+    run = RunContext(
+        out_dir=run_dir,
+        device=torch_device,
+        loss_fn=loss_fn,
+        seed=seed,
+        hooks=pm.hook,
+        save_checkpoint=save_checkpoint,
+        info={
+            "encoder": model.spec.encoder.name,
+            "decoder": model.spec.decoder.name,
+            "regularizers": [r.name for r in model.spec.regularizers],
+            "trainer": trainer_info.name,
+            "data": dataset.name,
+            "train_size": len(train_split),
+            "val_size": len(val_split),
+            "parameters": model.num_parameters(),
+        },
+    )
+    history: list[dict[str, float]] = []
+    recorder = _HistoryRecorder(history)
+    pm.register(recorder)
+
+    try:
+        final = dict(trainer_obj.fit(model, train_split, val_split, run))
+    except BaseException:
+        pm.hook.ae_train_end(run=run, metrics={})  # lets displays and loggers close cleanly
+        raise
+    model.eval()
+    test = reconstruction_metrics(model, dataset.test, device=torch_device)
+    final.update({f"test_{k}": v for k, v in test.items()})
+    path = save_checkpoint(model, checkpoint.DEFAULT_NAME, final)
+    checkpoint.atomic_write_bytes(
+        run_dir / METRICS_FILE,
+        json.dumps({"final": final, "history": history}, indent=2).encode(),
+    )
+    pm.hook.ae_train_end(run=run, metrics=dict(final))
+    return TrainResult(model, run_dir, path, final, history)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA, then MPS, then CPU; a named device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in {"cpu", "cuda", "mps"} and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device '{name}'; choose auto, cpu, cuda or mps.")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but no CUDA device is available; use --device cpu.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for, but MPS is not available; use --device cpu.")
+    return torch.device(name)
+
+
+def split_validation(data: TensorData, fraction: float, seed: int) -> tuple[TensorData, TensorData]:
+    """A seeded random split of ``data`` into (train, validation)."""
+    n_val = int(round(len(data) * fraction))
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[n_val:]), data.subset(order[:n_val])
+
+
+def _prepare_run_dir(
+    out: str | Path | None, runs_root: str | Path, model: Autoencoder, overwrite: bool
+) -> Path:
+    """A fresh run directory; an existing non-empty one is kept unless ``overwrite``."""
+    if out is not None:
+        run_dir = Path(out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunDirectoryError(f"--out {run_dir} is a file; choose a directory path.")
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+            raise RunDirectoryError(
+                f"run directory {run_dir} already holds files; choose another --out or pass --overwrite."
+            )
+    else:
+        spec = model.spec
+        parts = [spec.encoder.name]
+        if spec.decoder.name != spec.encoder.name:
+            parts.append(spec.decoder.name)
+        parts += [r.name for r in spec.regularizers]
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts))
+        root = Path(runs_root)
+        run_dir = root / base
+        counter = 2
+        while run_dir.exists():
+            run_dir = root / f"{base}-{counter}"
+            counter += 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class _HistoryRecorder:
+    """Keeps each epoch's metrics for metrics.json."""
+
+    def __init__(self, history: list[dict[str, float]]) -> None:
+        self.history = history
+
+    @hookimpl
+    def ae_epoch_end(self, run: RunContext, epoch: int, metrics: dict[str, float]) -> None:
+        self.history.append(dict(metrics))

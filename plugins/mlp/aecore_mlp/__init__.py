@@ -1,0 +1,108 @@
+"""Fully connected encoder and decoder for aecore.
+
+The decoder mirrors the encoder: both list hidden widths from the data side,
+so the same ``hidden`` gives a symmetric network. With the right parameters
+these express the reference models exactly, for example::
+
+    fc-400-20  --latent-dim 20 --set encoder.hidden=400
+    simple     --latent-dim 64 --set encoder.hidden=256,128 --set encoder.code_activation=relu
+    deep       --latent-dim 32 --set encoder.hidden=512,256,128 --set encoder.code_activation=relu
+               --set encoder.batch_norm=true --set encoder.dropout=0.2
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor, nn
+
+from aecore.components import Activation, ImageComponent, activation
+from aecore.config import param
+
+__all__ = ["MLPDecoder", "MLPDecoderConfig", "MLPEncoder", "MLPEncoderConfig"]
+
+
+def _check(hidden: Sequence[int], dropout: float) -> None:
+    if any(h <= 0 for h in hidden):
+        raise ValueError(f"hidden widths must be positive, got {tuple(hidden)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+@dataclass(frozen=True)
+class MLPEncoderConfig:
+    hidden: tuple[int, ...] = param((512, 256), "Hidden layer widths from the input side.")
+    activation: Activation = param("relu", "Activation after each hidden layer.")
+    code_activation: Activation = param("none", "Activation on the code ('none' gives a linear code).")
+    batch_norm: bool = param(False, "BatchNorm1d after each hidden activation.")
+    dropout: float = param(0.0, "Dropout after each hidden layer (0 disables).")
+
+    def __post_init__(self) -> None:
+        _check(self.hidden, self.dropout)
+
+
+@dataclass(frozen=True)
+class MLPDecoderConfig:
+    hidden: tuple[int, ...] = param((512, 256), "Hidden widths from the data side; used in reverse (mirror).")
+    activation: Activation = param("relu", "Activation after each hidden layer.")
+    batch_norm: bool = param(False, "BatchNorm1d after each hidden activation.")
+    dropout: float = param(0.0, "Dropout after each hidden layer (0 disables).")
+    output_activation: Literal["sigmoid", "tanh", "none"] = param(
+        "sigmoid", "Output activation: sigmoid for [0,1] data, tanh for [-1,1], none for standardised data."
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.hidden, self.dropout)
+
+
+def _hidden_blocks(widths: Sequence[int], act: str, batch_norm: bool, dropout: float) -> list[nn.Module]:
+    """Linear, activation, [BatchNorm1d], [Dropout] for each consecutive pair of widths."""
+    layers: list[nn.Module] = []
+    for width_in, width_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(width_in, width_out), activation(act)]
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(width_out))
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    return layers
+
+
+class MLPEncoder(ImageComponent):
+    """Flatten, hidden Linear blocks, then a Linear layer to the code."""
+
+    Config = MLPEncoderConfig
+
+    def __init__(self, config: MLPEncoderConfig, *, input_shape: tuple[int, ...], latent_dim: int) -> None:
+        super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
+        widths = (math.prod(self.input_shape), *config.hidden)
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            *_hidden_blocks(widths, config.activation, config.batch_norm, config.dropout),
+            nn.Linear(widths[-1], latent_dim),
+            activation(config.code_activation),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class MLPDecoder(ImageComponent):
+    """The encoder's mirror: hidden Linear blocks in reverse, then the output layer."""
+
+    Config = MLPDecoderConfig
+
+    def __init__(self, config: MLPDecoderConfig, *, input_shape: tuple[int, ...], latent_dim: int) -> None:
+        super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
+        widths = (latent_dim, *reversed(config.hidden))
+        self.net = nn.Sequential(
+            *_hidden_blocks(widths, config.activation, config.batch_norm, config.dropout),
+            nn.Linear(widths[-1], math.prod(self.input_shape)),
+            activation(config.output_activation),
+            nn.Unflatten(1, self.input_shape),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
