@@ -160,7 +160,10 @@ def _parse(tp: Any, text: str, name: str) -> Any:
     if origin is tuple:
         item_type = get_args(base)[0]
         parts = [p for p in text.replace(" ", "").strip("()[]").split(",") if p]
-        return tuple(_parse(item_type, p, name) for p in parts)
+        try:
+            return tuple(_parse(item_type, p, name) for p in parts)
+        except ConfigError:
+            raise _bad(name, base, text, "comma-separated, e.g. 32,64") from None
     if origin is Literal:
         for choice in get_args(base):
             if str(choice) == text:

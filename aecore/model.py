@@ -172,12 +172,12 @@ def compose(
         dec_params = {**{k: v for k, v in enc_params.items() if k in shared}, **dec_params}
 
     shape = {"input_shape": input_shape, "latent_dim": latent_dim}
-    enc = _build(enc_info, enc_params, **shape)
-    dec = _build(dec_info, dec_params, **shape)
+    enc = _build(enc_info, enc_params, "encoder", **shape)
+    dec = _build(dec_info, dec_params, "decoder", **shape)
     regs = {}
     for name in regularizers:
         reg_info = registry.info("regularizer", name)
-        regs[reg_info.name] = _build(reg_info, params.get(name, {}), latent_dim=latent_dim)
+        regs[reg_info.name] = _build(reg_info, params.get(name, {}), name, latent_dim=latent_dim)
 
     spec = ModelSpec(
         input_shape=input_shape,
@@ -191,9 +191,9 @@ def compose(
     return model
 
 
-def _build(info: registry.ComponentInfo, values: Mapping[str, Any], **context: Any) -> nn.Module:
+def _build(info: registry.ComponentInfo, values: Mapping[str, Any], owner: str, **context: Any) -> nn.Module:
     cls = info.load()
-    config = config_from_dict(cls.Config, values, owner=f"{info.kind}.{info.name}")
+    config = config_from_dict(cls.Config, values, owner=owner)
     return cls(config, **context)
 
 

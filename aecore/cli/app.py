@@ -37,8 +37,7 @@ class AeGroup(TyperGroup):
             sys.exit(1)
         except typer.TyperException as exc:  # Click's usage errors, re-exported by Typer
             if type(exc).__name__ == "NoArgsIsHelpError":
-                sys.stdout.write(exc.ctx.get_help() + "\n")  # type: ignore[attr-defined]
-                sys.exit(0)
+                sys.exit(0)  # Typer has printed the help already
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             fail_line(f"{exc.format_message()}{hint}")  # type: ignore[attr-defined]

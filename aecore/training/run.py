@@ -76,7 +76,7 @@ def train(
     trainer_info = registry.info("trainer", trainer)
     trainer_cls = trainer_info.load()
     trainer_obj = trainer_cls(
-        config_from_dict(trainer_cls.Config, params.pop("trainer", {}), owner=f"trainer.{trainer}")
+        config_from_dict(trainer_cls.Config, params.pop("trainer", {}), owner="trainer")
     )
 
     dataset = data if isinstance(data, Dataset) else load_dataset(data, data_dir)
