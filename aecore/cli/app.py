@@ -72,7 +72,7 @@ def _root(
     """aecore: train, compose and inspect autoencoders built from plugins."""
 
 
-app.command("train", no_args_is_help=False)(train.train_command)
+app.command("train", epilog=train.EPILOG)(train.train_command)
 app.command("eval")(evaluate.eval_command)
 app.add_typer(plugins.app, name="plugins")
 

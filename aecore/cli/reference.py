@@ -1,0 +1,67 @@
+"""Write the CLI reference (docs/cli.md) from the Typer app itself, so it cannot drift.
+
+    python -m aecore.cli.reference > docs/cli.md
+
+A test regenerates it and compares with the committed file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import typer.main
+
+from aecore.cli.app import app
+
+HEADER = """# CLI reference
+
+Generated from the `ae` application by `python -m aecore.cli.reference`; do not edit by hand.
+Every error a user can fix prints one line on stderr and exits with code 2.
+"""
+
+
+def _commands(group: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    for name in sorted(group.commands):
+        command = group.commands[name]
+        path = f"{prefix} {name}"
+        if hasattr(command, "commands"):
+            yield from _commands(command, path)
+        else:
+            yield path, command
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def render() -> str:
+    root = typer.main.get_command(app)
+    out = [HEADER]
+    for path, command in _commands(root, "ae"):
+        out.append(f"## `{path}`\n")
+        out.append(inspect.cleandoc(command.help or "") + "\n")
+        args = [p for p in command.params if p.param_type_name == "argument"]
+        opts = [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
+        usage = " ".join([path, *(a.name.upper() if a.required else f"[{a.name.upper()}]" for a in args), "[OPTIONS]" if opts else ""]).strip()
+        out.append(f"```\n{usage}\n```\n")
+        rows = []
+        for p in args + opts:
+            names = ", ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
+            default = p.default if p.default not in (None, (), []) and not callable(p.default) else ""
+            if isinstance(default, bool):
+                default = str(default).lower() if default else ""
+            repeat = " (repeatable)" if getattr(p, "multiple", False) else ""
+            rows.append(f"| {names} | {_cell(getattr(p, 'help', '') or '')}{repeat} | {_cell(default)} |")
+        if rows:
+            out.append("| option | meaning | default |\n|---|---|---|")
+            out.extend(rows)
+            out.append("")
+        if command.epilog:
+            out.append(inspect.cleandoc(command.epilog) + "\n")
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
