@@ -53,6 +53,8 @@ GROUPS: dict[str, str] = {
 }
 KINDS: tuple[str, ...] = tuple(GROUPS)
 HOOKS_GROUP = "aecore.hooks"
+#: Other entry-point groups aecore reads (not components): group -> kind label.
+OTHER_GROUPS: dict[str, str] = {HOOKS_GROUP: "hook", "aecore.presets": "preset"}
 
 
 class PluginWarning(UserWarning):
@@ -162,14 +164,13 @@ def _check_kind(kind: str) -> str:
 
 
 def entry_point_infos(group: str) -> tuple[ComponentInfo, ...]:
-    """All entry points in ``group`` as metadata records (used for hooks as well)."""
+    """All entry points in ``group`` as metadata records (used for hooks and presets)."""
     return _scan().get(group, ())
 
 
 @functools.cache
 def _scan() -> dict[str, tuple[ComponentInfo, ...]]:
-    kind_of = {g: k for k, g in GROUPS.items()}
-    kind_of[HOOKS_GROUP] = "hook"
+    kind_of = {g: k for k, g in GROUPS.items()} | OTHER_GROUPS
     found: dict[str, dict[tuple[str, str], ComponentInfo]] = {g: {} for g in kind_of}
     seen: set[str] = set()
     for dist in md.distributions():
@@ -199,7 +200,7 @@ def _load(entry: ComponentInfo) -> Any:
             obj = getattr(obj, part)
     except Exception as exc:  # a plugin can fail in any way; it must only break itself
         raise _broken(entry, f"{where} could not be loaded ({type(exc).__name__}: {exc})") from exc
-    if entry.kind != "hook":
+    if entry.kind in GROUPS:
         from aecore.protocols import check_component_class
 
         problems = check_component_class(entry.kind, obj)

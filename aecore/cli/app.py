@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from aecore.cli import evaluate, plugins, train
+from aecore.cli import evaluate, plugins, presets, train
 from aecore.cli.output import fail_line
 from aecore.errors import AecoreError
 
@@ -74,6 +74,7 @@ def _root(
 
 app.command("train", epilog=train.EPILOG)(train.train_command)
 app.command("eval")(evaluate.eval_command)
+app.command("presets")(presets.presets_command)
 app.add_typer(plugins.app, name="plugins")
 
 

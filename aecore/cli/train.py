@@ -9,12 +9,13 @@ import typer
 
 from aecore.cli.output import console
 from aecore.cli.overrides import parse_sets
-from aecore.errors import ConfigError
 
 EPILOG = """
 Examples:
 
   ae train --encoder conv --reg sparse
+
+  ae train --preset deep --epochs 15
 
   ae train -e mlp --set encoder.hidden=400 --latent-dim 20 --epochs 5
 
@@ -36,8 +37,11 @@ def train_command(
     reg: Annotated[
         list[str] | None, typer.Option("--reg", "-r", help="Regularizer plugin name; repeat to stack several.")
     ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Start from a named recipe (see 'ae presets'); options override it.")
+    ] = None,
     trainer: Annotated[str, typer.Option(help="Trainer plugin name.")] = "default",
-    latent_dim: Annotated[int, typer.Option(help="Size of the code.")] = 32,
+    latent_dim: Annotated[int | None, typer.Option(help="Size of the code [default: the preset's, or 32].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs [default: the trainer's].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size [default: the trainer's].")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate [default: the trainer's].")] = None,
@@ -62,11 +66,6 @@ def train_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Train an autoencoder composed from plugins and save it as safetensors."""
-    if encoder is None:
-        from aecore import registry
-
-        names = ", ".join(sorted({c.name for c in registry.list_components("encoder")})) or "none installed"
-        raise ConfigError(f"choose an encoder with --encoder (installed: {names}).")
     regs = list(reg or [])
     params: dict[str, dict[str, str | int | float]] = dict(parse_sets(set_ or [], regs))
     trainer_params = params.setdefault("trainer", {})
@@ -80,6 +79,7 @@ def train_command(
         encoder,
         decoder,
         regs,
+        preset=preset,
         trainer=trainer,
         params=params,
         latent_dim=latent_dim,

@@ -1,12 +1,16 @@
 """The default trainer: Adam over shuffled index-slice batches of an in-memory dataset.
 
 Registered as ``default`` in the ``aecore.trainers`` entry-point group, the
-same way a third-party trainer would be.
+same way a third-party trainer would be. Options cover the reference
+recipes: gradient clipping, ReduceLROnPlateau, early stopping, keeping the
+best checkpoint by validation loss, and mixed precision on CUDA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +22,10 @@ from aecore.errors import AecoreError, ConfigError
 from aecore.model import Autoencoder
 from aecore.training.context import RunContext
 
-__all__ = ["DefaultTrainer", "TrainingDiverged"]
+__all__ = ["BEST_CHECKPOINT", "DefaultTrainer", "DefaultTrainerConfig", "TrainingDiverged"]
+
+BEST_CHECKPOINT = "best.safetensors"
+LAST_CHECKPOINT = "model.safetensors"
 
 
 class TrainingDiverged(AecoreError):
@@ -31,7 +38,17 @@ class DefaultTrainerConfig:
     batch_size: int = param(128, "Samples per optimisation step.")
     lr: float = param(1e-3, "Adam learning rate.")
     weight_decay: float = param(0.0, "Adam weight decay (L2 on the weights).")
+    grad_clip: float | None = param(None, "Clip the gradient norm to this value (none: no clipping).")
+    plateau_patience: int | None = param(
+        None, "Epochs without validation improvement before the LR is cut (none: constant LR)."
+    )
+    plateau_factor: float = param(0.5, "Factor the LR is multiplied by on a plateau.")
+    early_stopping: int | None = param(
+        None, "Stop after this many epochs without validation improvement (none: never)."
+    )
+    keep_best: bool = param(True, "Also save best.safetensors, the epoch with the lowest validation loss.")
     checkpoint_every: int = param(1, "Save model.safetensors every N epochs (0: only at the end).")
+    amp: bool = param(False, "Mixed precision (bfloat16 autocast) on CUDA; ignored with a warning elsewhere.")
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -42,10 +59,18 @@ class DefaultTrainerConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0 or self.checkpoint_every < 0:
             raise ValueError("weight_decay and checkpoint_every cannot be negative")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
+        for name in ("plateau_patience", "early_stopping"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} cannot be negative, got {value}")
 
 
 class DefaultTrainer:
-    """Adam, seeded shuffling, per-term metrics, validation every epoch."""
+    """Adam with seeded shuffling; per-term metrics and validation every epoch."""
 
     Config = DefaultTrainerConfig
 
@@ -59,44 +84,87 @@ class DefaultTrainer:
         if len(train) == 0:
             raise ConfigError("the training split is empty; use more data or a smaller --val-fraction.")
         device = run.device
-        train = train.to(device)
-        val = val.to(device)
+        train, val = train.to(device), val.to(device)
         model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = None
+        if cfg.plateau_patience is not None and len(val):
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
+        autocast = self._autocast(device)
         generator = torch.Generator().manual_seed(run.seed)
         steps = math.ceil(len(train) / cfg.batch_size)
         run.hooks.ae_train_start(run=run, total_epochs=cfg.epochs, steps_per_epoch=steps)
+
+        best, stale = math.inf, 0
         metrics: dict[str, float] = {}
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             sums: dict[str, torch.Tensor] = {}
             for step, xb in enumerate(train.batches(cfg.batch_size, generator=generator, shuffle=True)):
-                terms = model.loss_terms(xb, run.loss_fn)
-                loss = sum(terms.values())
+                with autocast:
+                    terms = model.loss_terms(xb, run.loss_fn)
+                    loss = sum(terms.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 n = xb.shape[0]
                 for name, value in terms.items():
-                    contribution = value.detach() * n
+                    contribution = value.detach().float() * n
                     sums[name] = sums[name] + contribution if name in sums else contribution
                 run.hooks.ae_step_end(run=run, epoch=epoch, step=step, batch_size=n, loss=loss.detach())
-            metrics = {"epoch": epoch, "train_loss": 0.0}
-            for name, total in sums.items():
-                value = total.item() / len(train)
-                metrics[f"train_{name}"] = value
-                metrics["train_loss"] += value
+
+            metrics = self._epoch_metrics(epoch, sums, len(train), optimizer)
             if not math.isfinite(metrics["train_loss"]):
                 raise TrainingDiverged(
                     f"the loss became {metrics['train_loss']} in epoch {epoch}; the last good checkpoint "
-                    f"is kept in {run.out_dir}. Try a lower --lr."
+                    f"is kept in {run.out_dir}. Try a lower --lr or --set trainer.grad_clip=1.0."
                 )
+            improved = False
             if len(val):
                 metrics["val_recon"] = self._validate(model, val, run)
+                improved = metrics["val_recon"] < best
+                if improved:
+                    best, stale = metrics["val_recon"], 0
+                else:
+                    stale += 1
+                if scheduler is not None:
+                    scheduler.step(metrics["val_recon"])
             run.hooks.ae_epoch_end(run=run, epoch=epoch, metrics=dict(metrics))
-            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
-                run.save_checkpoint(model, "model.safetensors", metrics)
+            if cfg.keep_best and improved:
+                run.save_checkpoint(model, BEST_CHECKPOINT, metrics)
+            stop = cfg.early_stopping is not None and stale > cfg.early_stopping
+            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs and not stop:
+                run.save_checkpoint(model, LAST_CHECKPOINT, metrics)
+            if stop:
+                metrics["stopped_early"] = 1.0
+                break
+        if math.isfinite(best):
+            metrics["best_val_recon"] = best
         return metrics
+
+    @staticmethod
+    def _epoch_metrics(
+        epoch: int, sums: dict[str, torch.Tensor], n: int, optimizer: torch.optim.Optimizer
+    ) -> dict[str, float]:
+        metrics = {"epoch": epoch, "train_loss": 0.0}
+        for name, total in sums.items():
+            value = total.item() / n
+            metrics[f"train_{name}"] = value
+            metrics["train_loss"] += value
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        return metrics
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if not self.config.amp:
+            return contextlib.nullcontext()
+        if device.type != "cuda":
+            warnings.warn("amp is only used on CUDA; training in float32.", stacklevel=3)
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16)
 
     @torch.no_grad()
     def _validate(self, model: Autoencoder, val: TensorData, run: RunContext) -> float:

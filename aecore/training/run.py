@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from aecore import checkpoint, registry
-from aecore.config import config_from_dict, config_to_dict
+from aecore.config import config_from_dict, config_to_dict, params_of
 from aecore.data import Dataset, TensorData, load_dataset
 from aecore.errors import ConfigError, RunDirectoryError
 from aecore.evaluate import reconstruction_metrics
@@ -44,13 +44,14 @@ class TrainResult:
 
 
 def train(
-    encoder: str,
+    encoder: str | None = None,
     decoder: str | None = None,
     regularizers: Sequence[str] = (),
     *,
+    preset: str | None = None,
     trainer: str = "default",
     params: Mapping[str, Mapping[str, Any]] | None = None,
-    latent_dim: int = 32,
+    latent_dim: int | None = None,
     data: str | Dataset | None = None,
     data_dir: str | Path | None = None,
     loss: str = "mse",
@@ -66,18 +67,40 @@ def train(
     """Train an autoencoder composed from plugin names and save it.
 
     ``params`` maps ``encoder``, ``decoder``, ``trainer`` and regularizer
-    names to parameter dicts. Returns once the final checkpoint is written.
+    names to parameter dicts. A ``preset`` supplies all of these; explicit
+    arguments override it. ``latent_dim`` defaults to the preset's, else 32.
+    Returns once the final checkpoint is written.
     """
     params = {k: dict(v) for k, v in (params or {}).items()}
+    preset_trainer: dict[str, Any] = {}
+    if preset is not None:
+        from aecore.presets import get_preset, merge_preset
+
+        chosen = get_preset(preset)
+        preset_trainer = dict(chosen.params.get("trainer", {}))
+        encoder, decoder, regularizers, latent_dim, params = merge_preset(
+            chosen,
+            encoder=encoder,
+            decoder=decoder,
+            regularizers=list(regularizers),
+            latent_dim=latent_dim,
+            params=params,
+        )
+    if encoder is None:
+        names = ", ".join(sorted({c.name for c in registry.list_components("encoder")})) or "none installed"
+        raise ConfigError(f"choose an encoder with --encoder or a --preset (installed encoders: {names}).")
+    latent_dim = 32 if latent_dim is None else latent_dim
     loss_fn = get_loss(loss)
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}.")
     torch_device = resolve_device(device)
     trainer_info = registry.info("trainer", trainer)
     trainer_cls = trainer_info.load()
-    trainer_obj = trainer_cls(
-        config_from_dict(trainer_cls.Config, params.pop("trainer", {}), owner="trainer")
-    )
+    # A preset's trainer settings apply where the chosen trainer has them; explicit ones always do.
+    accepted = {p.name for p in params_of(trainer_cls.Config)}
+    trainer_params = {k: v for k, v in preset_trainer.items() if k in accepted}
+    trainer_params.update(params.pop("trainer", {}))
+    trainer_obj = trainer_cls(config_from_dict(trainer_cls.Config, trainer_params, owner="trainer"))
 
     dataset = data if isinstance(data, Dataset) else load_dataset(data, data_dir)
     torch.manual_seed(seed)
@@ -90,7 +113,7 @@ def train(
         params=params,
     )
     train_split, val_split = split_validation(dataset.train, val_fraction, seed)
-    run_dir = _prepare_run_dir(out, runs_root, model, overwrite)
+    run_dir = _prepare_run_dir(out, runs_root, preset or _components_label(model), overwrite)
 
     data_meta = {**dataset.spec, "normalisation": dataset.train.normalisation}
     training_meta = {
@@ -100,6 +123,7 @@ def train(
             "version": trainer_info.version,
             "params": config_to_dict(trainer_obj.config),
         },
+        "preset": preset,
         "loss": loss,
         "seed": seed,
         "val_fraction": val_fraction,
@@ -175,9 +199,17 @@ def split_validation(data: TensorData, fraction: float, seed: int) -> tuple[Tens
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 
 
-def _prepare_run_dir(
-    out: str | Path | None, runs_root: str | Path, model: Autoencoder, overwrite: bool
-) -> Path:
+def _components_label(model: Autoencoder) -> str:
+    """``conv-sparse``, ``conv-mlp``: a default run name from the components."""
+    spec = model.spec
+    parts = [spec.encoder.name]
+    if spec.decoder.name != spec.encoder.name:
+        parts.append(spec.decoder.name)
+    parts += [r.name for r in spec.regularizers]
+    return "-".join(parts)
+
+
+def _prepare_run_dir(out: str | Path | None, runs_root: str | Path, label: str, overwrite: bool) -> Path:
     """A fresh run directory; an existing non-empty one is kept unless ``overwrite``."""
     if out is not None:
         run_dir = Path(out)
@@ -188,12 +220,7 @@ def _prepare_run_dir(
                 f"run directory {run_dir} already holds files; choose another --out or pass --overwrite."
             )
     else:
-        spec = model.spec
-        parts = [spec.encoder.name]
-        if spec.decoder.name != spec.encoder.name:
-            parts.append(spec.decoder.name)
-        parts += [r.name for r in spec.regularizers]
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts))
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
         root = Path(runs_root)
         run_dir = root / base
         counter = 2

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from aecore.components import Activation, ImageComponent, activation
 from aecore.config import param
 
-__all__ = ["MLPDecoder", "MLPDecoderConfig", "MLPEncoder", "MLPEncoderConfig"]
+__all__ = ["HiddenBlock", "MLPDecoder", "MLPDecoderConfig", "MLPEncoder", "MLPEncoderConfig"]
 
 
 def _check(hidden: Sequence[int], dropout: float) -> None:
@@ -39,6 +39,7 @@ class MLPEncoderConfig:
     code_activation: Activation = param("none", "Activation on the code ('none' gives a linear code).")
     batch_norm: bool = param(False, "BatchNorm1d after each hidden activation.")
     dropout: float = param(0.0, "Dropout after each hidden layer (0 disables).")
+    residual: bool = param(False, "Residual skips h + f(h) around hidden layers (projected where widths differ).")
 
     def __post_init__(self) -> None:
         _check(self.hidden, self.dropout)
@@ -50,6 +51,7 @@ class MLPDecoderConfig:
     activation: Activation = param("relu", "Activation after each hidden layer.")
     batch_norm: bool = param(False, "BatchNorm1d after each hidden activation.")
     dropout: float = param(0.0, "Dropout after each hidden layer (0 disables).")
+    residual: bool = param(False, "Residual skips h + f(h) around hidden layers (projected where widths differ).")
     output_activation: Literal["sigmoid", "tanh", "none"] = param(
         "sigmoid", "Output activation: sigmoid for [0,1] data, tanh for [-1,1], none for standardised data."
     )
@@ -58,16 +60,37 @@ class MLPDecoderConfig:
         _check(self.hidden, self.dropout)
 
 
-def _hidden_blocks(widths: Sequence[int], act: str, batch_norm: bool, dropout: float) -> list[nn.Module]:
-    """Linear, activation, [BatchNorm1d], [Dropout] for each consecutive pair of widths."""
-    layers: list[nn.Module] = []
-    for width_in, width_out in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(width_in, width_out), activation(act)]
+class HiddenBlock(nn.Module):
+    """Linear → activation → [BatchNorm1d] → [Dropout], with an optional residual skip.
+
+    With ``residual``, the block computes f(h) + h, projecting h with a
+    bias-free Linear layer where the widths differ.
+    """
+
+    def __init__(
+        self, width_in: int, width_out: int, act: str, batch_norm: bool, dropout: float, residual: bool
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(width_in, width_out), activation(act)]
         if batch_norm:
             layers.append(nn.BatchNorm1d(width_out))
         if dropout:
             layers.append(nn.Dropout(dropout))
-    return layers
+        self.body = nn.Sequential(*layers)
+        self.skip: nn.Module | None = None
+        if residual:
+            self.skip = nn.Identity() if width_in == width_out else nn.Linear(width_in, width_out, bias=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        out = self.body(h)
+        return out if self.skip is None else out + self.skip(h)
+
+
+def _hidden_blocks(widths: Sequence[int], config: MLPEncoderConfig | MLPDecoderConfig) -> list[nn.Module]:
+    return [
+        HiddenBlock(a, b, config.activation, config.batch_norm, config.dropout, config.residual)
+        for a, b in zip(widths[:-1], widths[1:])
+    ]
 
 
 class MLPEncoder(ImageComponent):
@@ -80,7 +103,7 @@ class MLPEncoder(ImageComponent):
         widths = (math.prod(self.input_shape), *config.hidden)
         self.net = nn.Sequential(
             nn.Flatten(),
-            *_hidden_blocks(widths, config.activation, config.batch_norm, config.dropout),
+            *_hidden_blocks(widths, config),
             nn.Linear(widths[-1], latent_dim),
             activation(config.code_activation),
         )
@@ -98,7 +121,7 @@ class MLPDecoder(ImageComponent):
         super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
         widths = (latent_dim, *reversed(config.hidden))
         self.net = nn.Sequential(
-            *_hidden_blocks(widths, config.activation, config.batch_norm, config.dropout),
+            *_hidden_blocks(widths, config),
             nn.Linear(widths[-1], math.prod(self.input_shape)),
             activation(config.output_activation),
             nn.Unflatten(1, self.input_shape),

@@ -7,6 +7,7 @@ using both terms of the Bernoulli KL, ρ log(ρ/ρ̂) + (1−ρ) log((1−ρ)/(1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,8 +29,8 @@ class SparseConfig:
     target: float = param(0.05, "Target mean activation ρ for the kl kind.")
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight cannot be negative, got {self.weight}")
+        if not 0 <= self.weight < math.inf:  # also rejects nan
+            raise ValueError(f"weight must be a finite non-negative number, got {self.weight}")
         if not 0.0 < self.target < 1.0:
             raise ValueError(f"target must be strictly between 0 and 1, got {self.target}")
 

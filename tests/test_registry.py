@@ -1,0 +1,348 @@
+"""The entry-point registry, exercised with throwaway distributions on sys.path."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import sys
+import warnings
+
+import pytest
+
+from aecore import registry
+from aecore.errors import (
+    AecoreError,
+    AmbiguousComponentError,
+    ConfigError,
+    PluginLoadError,
+    UnknownComponentError,
+)
+from aecore.registry import PluginWarning
+
+ENC = "aecore.encoders"
+
+
+def test_listing_reads_metadata_without_importing(make_dist, encoder_source):
+    make_dist(
+        "aefake-lazy",
+        {ENC: {"lazyenc": "aefake_lazy:FakeEncoder"}, "aecore.decoders": {"lazydec": "aefake_lazy:Nope"}},
+        version="2.5.0",
+        modules={"aefake_lazy": encoder_source()},
+    )
+    encoders = registry.list_components("encoder")
+    (entry,) = [c for c in encoders if c.name == "lazyenc"]
+    assert (entry.kind, entry.dist, entry.version, entry.target) == (
+        "encoder",
+        "aefake-lazy",
+        "2.5.0",
+        "aefake_lazy:FakeEncoder",
+    )
+    assert entry.qualified_name == "aefake-lazy:lazyenc"
+    assert [c.name for c in registry.list_components("decoder") if c.dist == "aefake-lazy"] == ["lazydec"]
+    every = registry.list_components()
+    assert {"lazyenc", "lazydec", "mlp", "conv", "sparse", "default"} <= {c.name for c in every}
+    assert "aefake_lazy" not in sys.modules
+
+    assert registry.get("encoder", "lazyenc").__name__ == "FakeEncoder"
+    assert "aefake_lazy" in sys.modules
+
+
+def test_wildcard_patterns(make_dist):
+    make_dist(
+        "aefake-pat",
+        {ENC: {"conformer": "aefake_pat:A", "capsule": "aefake_pat:B", "linear": "aefake_pat:C"}},
+    )
+    assert [c.name for c in registry.list_components("encoder", "c*")] == ["capsule", "conformer", "conv"]
+    assert [c.name for c in registry.list_components("encoder", "*ine*")] == ["linear"]
+    assert [c.name for c in registry.list_components("encoder", "?lp")] == ["mlp"]
+    # the qualified name matches too
+    assert {c.name for c in registry.list_components("encoder", "aefake-pat:*")} == {
+        "conformer",
+        "capsule",
+        "linear",
+    }
+    assert registry.list_components("encoder", "zzz*") == []
+    # matching is case-sensitive and anchored
+    assert registry.list_components("encoder", "CONV") == []
+    assert registry.list_components("encoder", "onv") == []
+
+
+def test_unknown_kind_is_rejected(fresh_registry):
+    with pytest.raises(UnknownComponentError, match="Did you mean: encoder"):
+        registry.list_components("encodr")
+
+
+def test_unknown_name_lists_close_matches_and_installed(fresh_registry):
+    with pytest.raises(UnknownComponentError) as excinfo:
+        registry.get("encoder", "cnov")
+    message = str(excinfo.value)
+    assert "unknown encoder 'cnov'" in message
+    assert "Did you mean: conv?" in message
+    assert "Installed encoders: conv, mlp" in message
+    assert isinstance(excinfo.value, AecoreError) and isinstance(excinfo.value, LookupError)
+
+
+def test_unknown_qualified_name(fresh_registry):
+    with pytest.raises(UnknownComponentError, match="unknown encoder 'aecore-mlp:conv'"):
+        registry.info("encoder", "aecore-mlp:conv")
+    assert registry.info("encoder", "aecore-conv:conv").dist == "aecore-conv"
+
+
+def test_duplicate_names_are_ambiguous_and_qualified_name_picks(make_dist, encoder_source):
+    make_dist(
+        "aefake-one", {ENC: {"twin": "aefake_one:FakeEncoder"}}, modules={"aefake_one": encoder_source("one")}
+    )
+    make_dist(
+        "aefake-two",
+        {ENC: {"twin": "aefake_two:FakeEncoder"}},
+        version="1.0",
+        modules={"aefake_two": encoder_source("two")},
+    )
+    with pytest.raises(AmbiguousComponentError) as excinfo:
+        registry.get("encoder", "twin")
+    message = str(excinfo.value)
+    assert "provided by 2 distributions" in message
+    assert "'aefake-one:twin'" in message and "'aefake-two:twin'" in message
+
+    assert registry.get("encoder", "aefake-one:twin").TAG == "one"
+    assert registry.get("encoder", "aefake-two:twin").TAG == "two"
+    assert {c.dist for c in registry.find("twin")} == {"aefake-one", "aefake-two"}
+    assert [c.dist for c in registry.find("aefake-two:twin")] == ["aefake-two"]
+
+
+def test_module_that_fails_to_import(make_dist):
+    make_dist(
+        "aefake-broken",
+        {ENC: {"broken": "aefake_broken:FakeEncoder"}},
+        version="0.0.7",
+        modules={"aefake_broken": "raise RuntimeError('needs a GPU driver from 1999')\n"},
+    )
+    # listing still works and shows it
+    assert "broken" in [c.name for c in registry.list_components("encoder")]
+
+    with pytest.warns(PluginWarning) as record, pytest.raises(PluginLoadError) as excinfo:
+        registry.get("encoder", "broken")
+    message = str(excinfo.value)
+    assert "aefake-broken 0.0.7" in message
+    assert "RuntimeError: needs a GPU driver from 1999" in message
+    assert "Reinstall or update aefake-broken" in message
+    assert isinstance(excinfo.value, ImportError)
+    assert len([w for w in record if issubclass(w.category, PluginWarning)]) == 1
+
+    # the warning is emitted once per process, the error every time
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        with pytest.raises(PluginLoadError):
+            registry.get("encoder", "broken")
+    assert not [w for w in again if issubclass(w.category, PluginWarning)]
+
+    # everything else keeps working
+    assert registry.get("encoder", "mlp").__name__ == "MLPEncoder"
+    model = registry.build("encoder", "mlp", {"hidden": "8"}, input_shape=(1, 4, 4), latent_dim=2)
+    assert model.config.hidden == (8,)
+
+
+def test_target_attribute_that_does_not_exist(make_dist, encoder_source):
+    make_dist(
+        "aefake-typo",
+        {ENC: {"typo": "aefake_typo:FakeEncodr"}},
+        modules={"aefake_typo": encoder_source()},
+    )
+    with pytest.warns(PluginWarning), pytest.raises(PluginLoadError) as excinfo:
+        registry.get("encoder", "typo")
+    assert "AttributeError" in str(excinfo.value)
+    assert "FakeEncodr" in str(excinfo.value)
+
+
+def test_target_module_that_does_not_exist(make_dist):
+    make_dist("aefake-ghost", {ENC: {"ghost": "aefake_ghost_missing:X"}})
+    with pytest.warns(PluginWarning), pytest.raises(PluginLoadError, match="ModuleNotFoundError"):
+        registry.get("encoder", "ghost")
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        (
+            "import torch\nclass NoConfig(torch.nn.Module):\n    def forward(self, x):\n        return x\n",
+            "no 'Config' dataclass",
+        ),
+        (
+            "import torch\nclass NoConfig(torch.nn.Module):\n    Config = dict\n"
+            "    def forward(self, x):\n        return x\n",
+            "no 'Config' dataclass",
+        ),
+        (
+            "from dataclasses import dataclass\n@dataclass\nclass C:\n    pass\n"
+            "class NoConfig:\n    Config = C\n    def forward(self, x):\n        return x\n",
+            "not a torch.nn.Module",
+        ),
+        (
+            "from dataclasses import dataclass\nimport torch\n@dataclass\nclass C:\n    pass\n"
+            "class NoConfig(torch.nn.Module):\n    Config = C\n",
+            # nn.Module has forward, so an encoder without its own is not caught statically;
+            # a regularizer needs penalty etc. — checked below
+            None,
+        ),
+        ("NoConfig = 42\n", "must name a class, got int"),
+    ],
+)
+def test_object_that_is_not_a_valid_component(make_dist, source, problem):
+    make_dist(
+        "aefake-invalid", {ENC: {"invalid": "aefake_invalid:NoConfig"}}, modules={"aefake_invalid": source}
+    )
+    if problem is None:
+        assert registry.get("encoder", "invalid").__name__ == "NoConfig"
+        return
+    with pytest.warns(PluginWarning), pytest.raises(PluginLoadError) as excinfo:
+        registry.get("encoder", "invalid")
+    assert "is not a valid encoder" in str(excinfo.value)
+    assert problem in str(excinfo.value)
+
+
+def test_regularizer_without_its_methods_is_invalid(make_dist):
+    source = (
+        "from dataclasses import dataclass\nimport torch\n@dataclass\nclass C:\n    pass\n"
+        "class Reg(torch.nn.Module):\n    Config = C\n"
+    )
+    make_dist(
+        "aefake-reg", {"aecore.regularizers": {"badreg": "aefake_reg:Reg"}}, modules={"aefake_reg": source}
+    )
+    with pytest.warns(PluginWarning), pytest.raises(PluginLoadError) as excinfo:
+        registry.get("regularizer", "badreg")
+    message = str(excinfo.value)
+    for method in ("penalty", "transform_input", "transform_code"):
+        assert f"no '{method}' method" in message
+
+
+def test_build_validates_params_and_passes_context(make_dist, encoder_source):
+    make_dist(
+        "aefake-build",
+        {ENC: {"fake": "aefake_build:FakeEncoder"}},
+        modules={"aefake_build": encoder_source()},
+    )
+    enc = registry.build("encoder", "fake", {"scale": "2.5"}, input_shape=(1, 2, 3), latent_dim=5)
+    assert enc.config.scale == 2.5
+    assert enc.input_shape == (1, 2, 3) and enc.latent_dim == 5
+    assert enc.lin.in_features == 6
+    default = registry.build("encoder", "fake", input_shape=(4,), latent_dim=1)
+    assert default.config.scale == 1.0
+
+    with pytest.raises(ConfigError, match=re.escape("unknown parameter 'fake.scal'. Did you mean: scale?")):
+        registry.build("encoder", "fake", {"scal": 1}, input_shape=(4,), latent_dim=1)
+    with pytest.raises(ConfigError, match=re.escape("'fake.width'")):
+        registry.build("encoder", "fake", {"width": "wide"}, input_shape=(4,), latent_dim=1)
+
+
+def test_loaded_objects_are_cached(fresh_registry):
+    first = registry.get("encoder", "mlp")
+    assert registry.get("encoder", "aecore-mlp:mlp") is first
+
+
+def test_scan_happens_once_per_process(fresh_registry, monkeypatch):
+    calls = []
+    real = importlib.metadata.distributions
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry.md, "distributions", counting)
+    registry.refresh()
+    registry.list_components()
+    registry.list_components("encoder", "c*")
+    registry.info("decoder", "conv")
+    registry.get("encoder", "mlp")
+    registry.find("sparse")
+    registry.entry_point_infos(registry.HOOKS_GROUP)
+    assert len(calls) == 1
+    registry.refresh()
+    registry.list_components()
+    assert len(calls) == 2
+
+
+def test_default_trainer_is_listed_as_aecore(fresh_registry):
+    (trainer,) = registry.list_components("trainer", "default")
+    assert trainer.dist == "aecore"
+    assert trainer.version == importlib.metadata.version("aecore")
+    assert trainer.target == "aecore.training.default:DefaultTrainer"
+    from aecore.training.default import DefaultTrainer
+
+    assert registry.get("trainer", "default") is DefaultTrainer
+
+
+def test_shipped_plugins_are_listed_with_their_distributions(fresh_registry):
+    rows = {(c.kind, c.name, c.dist) for c in registry.list_components()}
+    assert {
+        ("encoder", "mlp", "aecore-mlp"),
+        ("decoder", "mlp", "aecore-mlp"),
+        ("encoder", "conv", "aecore-conv"),
+        ("decoder", "conv", "aecore-conv"),
+        ("regularizer", "sparse", "aecore-sparse"),
+        ("trainer", "default", "aecore"),
+    } <= rows
+
+
+# -- hook plugins -----------------------------------------------------------------------
+
+HOOK_SOURCE = """
+from aecore.hooks import hookimpl
+
+CALLS = []
+
+
+class Recorder:
+    @hookimpl
+    def ae_train_start(self, run, total_epochs, steps_per_epoch):
+        CALLS.append(("start", total_epochs, steps_per_epoch, run.info["encoder"]))
+
+    @hookimpl
+    def ae_step_end(self, run, epoch, step, batch_size, loss):
+        CALLS.append(("step", epoch, step, batch_size))
+
+    @hookimpl
+    def ae_epoch_end(self, run, epoch, metrics):
+        CALLS.append(("epoch", epoch, sorted(metrics)))
+
+    @hookimpl
+    def ae_checkpoint_saved(self, run, path, metrics):
+        CALLS.append(("saved", path.name, path.exists()))
+
+    @hookimpl
+    def ae_train_end(self, run, metrics):
+        CALLS.append(("end", "test_mse_per_pixel" in metrics))
+"""
+
+
+def test_hook_entry_point_is_called_by_a_real_training_run(make_dist, tiny_data, tmp_path):
+    make_dist(
+        "aefake-hooks",
+        {"aecore.hooks": {"recorder": "aefake_hooks:Recorder", "brokenlog": "aefake_hooklog:Logger"}},
+        modules={"aefake_hooks": HOOK_SOURCE, "aefake_hooklog": "raise ImportError('no wandb')\n"},
+    )
+    from aecore.training import train
+
+    with pytest.warns(PluginWarning, match="no wandb"):  # a broken hook plugin is skipped, not fatal
+        result = train(
+            "mlp",
+            params={"encoder": {"hidden": "16"}, "trainer": {"epochs": 2, "batch_size": 250}},
+            latent_dim=4,
+            data=tiny_data,
+            out=tmp_path / "run",
+            progress=False,
+        )
+    calls = sys.modules["aefake_hooks"].CALLS
+    # 1,000 images minus 10% validation = 900 -> 4 steps of 250, 250, 250, 150
+    assert calls[0] == ("start", 2, 4, "mlp")
+    steps = [c for c in calls if c[0] == "step"]
+    assert steps == [("step", e, s, 250 if s < 3 else 150) for e in (1, 2) for s in range(4)]
+    epochs = [c for c in calls if c[0] == "epoch"]
+    assert [c[1] for c in epochs] == [1, 2]
+    assert "train_recon" in epochs[0][2] and "val_recon" in epochs[0][2]
+    saved = [c for c in calls if c[0] == "saved"]
+    assert all(exists for _, _, exists in saved)
+    # model.safetensors after epoch 1 and the final one (a trainer may save others, e.g. best.safetensors)
+    assert [name for _, name, _ in saved].count("model.safetensors") == 2
+    assert saved[-1] == ("saved", "model.safetensors", True)
+    assert calls[-1] == ("end", True)
+    assert result.checkpoint.exists()
