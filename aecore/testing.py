@@ -233,7 +233,9 @@ def _check_coder(
                     with torch.no_grad():
                         out = module(x)
                 except Exception as exc:
-                    raise AssertionError(f"{name} fails on input {tuple(x.shape)} ({_mode(training)}): {exc}")
+                    raise AssertionError(
+                        f"{name} fails on input {tuple(x.shape)} ({_mode(training)}): {exc}"
+                    ) from exc
                 _expect_shape(out, (n, *shape_out), f"{name} on input {tuple(x.shape)} ({_mode(training)})")
                 assert torch.isfinite(out).all(), f"{name} gives non-finite outputs ({_mode(training)})"
 

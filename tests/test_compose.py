@@ -1,0 +1,256 @@
+"""Composing encoders, decoders and regularizers into one model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from aecore.config import config_to_dict
+from aecore.errors import ConfigError, ShapeError, UnknownComponentError
+from aecore.losses import get_loss
+from aecore.model import Autoencoder, ModelSpec, compose
+
+MNIST = (1, 28, 28)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_conv_encoder_mlp_decoder_round_trips_shapes():
+    model = compose(
+        "conv",
+        "mlp",
+        input_shape=MNIST,
+        latent_dim=12,
+        params={"encoder": {"channels": "8,16"}, "decoder": {"hidden": "20"}},
+    )
+    assert isinstance(model, Autoencoder)
+    x = torch.rand(3, *MNIST)
+    z = model.encode(x)
+    assert z.shape == (3, 12)
+    out = model(x)
+    assert out.shape == x.shape
+    assert out.min() >= 0 and out.max() <= 1  # the default decoder output is a sigmoid
+    assert model.spec.encoder.name == "conv" and model.spec.encoder.dist == "aecore-conv"
+    assert model.spec.decoder.name == "mlp" and model.spec.decoder.dist == "aecore-mlp"
+    assert model.spec.encoder.params["channels"] == [8, 16]
+    assert model.spec.decoder.params["hidden"] == [20]
+    assert model.compression_ratio == pytest.approx(784 / 12)
+
+
+def test_mlp_encoder_conv_decoder_round_trips_shapes():
+    model = compose(
+        "mlp", "conv", input_shape=(3, 32, 32), latent_dim=10, params={"encoder": {"hidden": "24"}}
+    )
+    x = torch.rand(2, 3, 32, 32)
+    assert model.encode(x).shape == (2, 10)
+    assert model(x).shape == (2, 3, 32, 32)
+    # the conv decoder is not the mlp encoder's counterpart: mlp params must not leak into it
+    assert "hidden" not in model.spec.decoder.params
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 27, 29), (2, 9, 9), (3, 32, 32)])
+def test_conv_counterpart_restores_odd_sizes(shape):
+    model = compose("conv", input_shape=shape, latent_dim=4, params={"encoder": {"channels": "4,4"}})
+    assert model(torch.rand(2, *shape)).shape == (2, *shape)
+
+
+def test_mlp_on_tabular_data():
+    model = compose("mlp", input_shape=(20,), latent_dim=3, params={"encoder": {"hidden": "8"}})
+    assert model(torch.rand(5, 20)).shape == (5, 20)
+
+
+def test_counterpart_decoder_mirrors_encoder_params():
+    model = compose(
+        "mlp", input_shape=MNIST, latent_dim=8, params={"encoder": {"hidden": "64", "activation": "tanh"}}
+    )
+    assert model.spec.decoder.name == "mlp"
+    assert model.decoder.config.hidden == (64,)
+    assert model.decoder.config.activation == "tanh"
+    # encoder-only params are not passed on
+    assert "code_activation" not in model.spec.decoder.params
+    widths = [m.out_features for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+    assert widths == [64, 784]
+
+
+def test_explicit_decoder_params_win_over_mirrored_ones():
+    model = compose(
+        "conv",
+        input_shape=MNIST,
+        latent_dim=8,
+        params={"encoder": {"channels": "8,16"}, "decoder": {"channels": "4,4", "output_activation": "none"}},
+    )
+    assert model.encoder.config.channels == (8, 16)
+    assert model.decoder.config.channels == (4, 4)
+    assert model.decoder.config.output_activation == "none"
+
+
+def test_counterpart_mirroring_applies_with_explicit_same_name_decoder():
+    model = compose("conv", "conv", input_shape=MNIST, latent_dim=8, params={"encoder": {"channels": "8"}})
+    assert model.decoder.config.channels == (8,)
+
+
+@pytest.mark.parametrize("latent_dim", [0, -3])
+def test_non_positive_latent_size(latent_dim):
+    with pytest.raises(ShapeError, match=f"latent size must be positive, got {latent_dim}"):
+        compose("mlp", input_shape=MNIST, latent_dim=latent_dim)
+
+
+@pytest.mark.parametrize("shape", [(), (1, 0, 28), (-1,)])
+def test_invalid_input_shape(shape):
+    with pytest.raises(ShapeError, match="is not valid"):
+        compose("mlp", input_shape=shape, latent_dim=4)
+
+
+def test_conv_encoder_on_tabular_shape_explains():
+    with pytest.raises(ShapeError) as excinfo:
+        compose("conv", "mlp", input_shape=(20,), latent_dim=4)
+    message = str(excinfo.value)
+    assert "conv encoder needs images shaped C×H×W" in message
+    assert "(20,)" in message
+    assert "mlp" in message  # names the fix
+
+
+def test_conv_decoder_on_tabular_shape_explains():
+    with pytest.raises(ShapeError, match="conv decoder needs images shaped C×H×W"):
+        compose("mlp", "conv", input_shape=(20,), latent_dim=4)
+
+
+def test_image_too_small_for_conv_stages():
+    with pytest.raises(ShapeError) as excinfo:
+        compose("conv", input_shape=(1, 4, 4), latent_dim=4, params={"encoder": {"channels": "8,8,8"}})
+    message = str(excinfo.value)
+    assert "4×4 image is too small for 3 stride-2 stages" in message
+    assert "fewer entries in channels" in message
+    # with fewer stages the same image works
+    model = compose("conv", input_shape=(1, 4, 4), latent_dim=4, params={"encoder": {"channels": "8"}})
+    assert model(torch.rand(1, 1, 4, 4)).shape == (1, 1, 4, 4)
+
+
+def test_params_for_a_component_not_in_the_model():
+    with pytest.raises(ConfigError) as excinfo:
+        compose("mlp", input_shape=MNIST, latent_dim=4, params={"sparse": {"weight": 1.0}})
+    message = str(excinfo.value)
+    assert "'sparse', which is not a component of this model" in message
+    assert "regularizer names (none)" in message
+    # the same params are accepted once sparse is part of the model
+    model = compose(
+        "mlp", regularizers=["sparse"], input_shape=MNIST, latent_dim=4, params={"sparse": {"weight": 1.0}}
+    )
+    assert model.regularizers["sparse"].config.weight == 1.0
+
+
+def test_bad_component_param_is_named_with_its_owner():
+    with pytest.raises(ConfigError, match=r"unknown parameter 'encoder\.hiden'\. Did you mean: hidden\?"):
+        compose("mlp", input_shape=MNIST, latent_dim=4, params={"encoder": {"hiden": "8"}})
+    with pytest.raises(ConfigError, match=r"'decoder\.output_activation'"):
+        compose("mlp", input_shape=MNIST, latent_dim=4, params={"decoder": {"output_activation": "softmax"}})
+
+
+def test_regularizer_listed_twice():
+    with pytest.raises(ConfigError, match="listed twice"):
+        compose("mlp", regularizers=["sparse", "sparse"], input_shape=MNIST, latent_dim=4)
+
+
+def test_unknown_names():
+    with pytest.raises(UnknownComponentError, match="Did you mean: conv"):
+        compose("cnv", input_shape=MNIST, latent_dim=4)
+    with pytest.raises(UnknownComponentError, match="unknown regularizer 'sprase'"):
+        compose("mlp", regularizers=["sprase"], input_shape=MNIST, latent_dim=4)
+
+
+def test_encoder_without_counterpart_needs_a_decoder(make_dist, encoder_source):
+    make_dist(
+        "aefake-solo",
+        {"aecore.encoders": {"solo": "aefake_solo:FakeEncoder"}},
+        modules={"aefake_solo": encoder_source()},
+    )
+    with pytest.raises(ConfigError) as excinfo:
+        compose("solo", input_shape=MNIST, latent_dim=4)
+    assert "no decoder of the same name" in str(excinfo.value)
+    assert "installed decoders: conv, mlp" in str(excinfo.value)
+    model = compose("solo", "mlp", input_shape=MNIST, latent_dim=4, params={"encoder": {"scale": "0.5"}})
+    assert model.spec.encoder.dist == "aefake-solo"
+    assert "scale" not in model.spec.decoder.params  # not mirrored: a different component
+
+
+def test_encoder_with_wrong_code_size_is_caught_by_dry_run(make_dist):
+    source = """
+    from dataclasses import dataclass
+    from torch import nn
+    from aecore.components import ImageComponent
+
+    @dataclass(frozen=True)
+    class C:
+        pass
+
+    class Wrong(ImageComponent):
+        Config = C
+
+        def __init__(self, config, *, input_shape, latent_dim):
+            super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
+            self.lin = nn.LazyLinear(latent_dim + 1)
+
+        def forward(self, x):
+            return self.lin(x.flatten(1))
+    """
+    make_dist(
+        "aefake-wrong", {"aecore.encoders": {"wrong": "aefake_wrong:Wrong"}}, modules={"aefake_wrong": source}
+    )
+    with pytest.raises(
+        ShapeError, match=r"encoder 'wrong' produced codes of shape \(5,\), but the model's latent"
+    ):
+        compose("wrong", "mlp", input_shape=MNIST, latent_dim=4)
+
+
+def test_gradients_reach_every_parameter():
+    model = compose(
+        "conv",
+        "conv",
+        ["sparse"],
+        input_shape=MNIST,
+        latent_dim=6,
+        params={"encoder": {"channels": "4,8", "batch_norm": "true"}, "sparse": {"weight": "0.1"}},
+    )
+    model.train()
+    terms = model.loss_terms(torch.rand(4, *MNIST), get_loss("mse"))
+    assert set(terms) == {"recon", "sparse"}
+    assert terms["sparse"] > 0
+    sum(terms.values()).backward()
+    names = [n for n, _ in model.named_parameters()]
+    assert any(n.startswith("encoder.") for n in names) and any(n.startswith("decoder.") for n in names)
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+def test_mlp_gradients_reach_every_parameter():
+    model = compose(
+        "mlp", input_shape=(10,), latent_dim=3, params={"encoder": {"hidden": "7,5", "batch_norm": "true"}}
+    )
+    model.train()
+    sum(model.loss_terms(torch.rand(8, 10), get_loss("mse")).values()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_compose_leaves_training_mode_and_counts_parameters():
+    model = compose("mlp", input_shape=(10,), latent_dim=3, params={"encoder": {"hidden": "7"}})
+    assert model.training
+    # 10*7+7 + 7*3+3 (encoder)  +  3*7+7 + 7*10+10 (decoder)
+    assert model.num_parameters() == (77 + 24) + (28 + 80)
+
+
+def test_model_spec_round_trips_through_a_dict():
+    model = compose(
+        "conv", "mlp", ["sparse"], input_shape=MNIST, latent_dim=5, params={"sparse": {"kind": "kl"}}
+    )
+    spec = ModelSpec.from_dict(model.spec.to_dict())
+    assert spec == model.spec
+    assert spec.input_shape == MNIST and isinstance(spec.input_shape, tuple)
+    assert spec.regularizers[0].params["kind"] == "kl"
+    assert spec.regularizers[0].params == config_to_dict(model.regularizers["sparse"].config)
