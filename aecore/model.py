@@ -20,7 +20,7 @@ from aecore import registry
 from aecore.config import config_from_dict, config_to_dict, params_of
 from aecore.errors import ConfigError, ShapeError
 
-__all__ = ["Autoencoder", "ComponentSpec", "ModelSpec", "compose"]
+__all__ = ["Autoencoder", "ComponentSpec", "ModelSpec", "code_shape", "compose"]
 
 
 @dataclass
@@ -201,9 +201,26 @@ def _spec(info: registry.ComponentInfo, component: Any) -> ComponentSpec:
     return ComponentSpec(info.name, info.dist, info.version, config_to_dict(component.config))
 
 
+def code_shape(component: nn.Module) -> tuple[int, ...]:
+    """The shape a component gives its code: ``(latent_dim,)`` unless it declares a spatial one."""
+    return tuple(getattr(component, "code_shape", None) or (component.latent_dim,))
+
+
 def _check_shapes(model: Autoencoder) -> None:
-    """Dry-run two zero samples so a mismatch fails now, with names, not mid-training."""
+    """Dry-run two zero samples so a mismatch fails now, with names, not mid-training.
+
+    Codes always travel flat, ``(N, latent_dim)``. An encoder or decoder with a
+    spatial code (say 16×14×14) declares it as ``code_shape``; a flat partner
+    accepts any code of the same size, but two spatial partners must agree.
+    """
     spec = model.spec
+    enc_code, dec_code = code_shape(model.encoder), code_shape(model.decoder)
+    if len(enc_code) > 1 and len(dec_code) > 1 and enc_code != dec_code:
+        raise ShapeError(
+            f"encoder '{spec.encoder.name}' produces codes shaped {'×'.join(map(str, enc_code))} but "
+            f"decoder '{spec.decoder.name}' expects {'×'.join(map(str, dec_code))}; give both the same "
+            "channels and stages, or use a decoder with a flat code."
+        )
     was_training = model.training
     model.eval()
     try:
