@@ -114,6 +114,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has metadata that is not valid JSON ({exc}).") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} metadata is not an aecore checkpoint description.")
+    if not isinstance(meta.get("format_version", 0), int):
+        raise CheckpointError(f"{path} metadata has an invalid format_version {meta['format_version']!r}.")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} uses checkpoint format {meta['format_version']}, newer than this aecore "
@@ -130,7 +132,11 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Autoe
     meta = read_metadata(path)
     try:
         spec = ModelSpec.from_dict(meta["model"])
-    except (KeyError, TypeError, ValueError) as exc:
+        for comp in (spec.encoder, spec.decoder, *spec.regularizers):
+            fields = ((comp.name, str), (comp.dist, str), (comp.params, dict))
+            if not all(isinstance(value, kind) for value, kind in fields):
+                raise TypeError(f"component entry {comp.name!r} needs a name, a dist and a params table")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} has a malformed model description ({exc}).") from None
     _require_installed(spec, path)
     try:
@@ -178,7 +184,13 @@ def _read_header(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} is not a safetensors file (unreadable header).") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (header is not a table).")
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path} is not a safetensors file (its metadata is not a table of strings).")
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise CheckpointError(f"{path} is not a safetensors file (malformed tensor entries).") from None
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: {size} bytes, header needs {8 + n + end}.")
     return header

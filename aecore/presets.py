@@ -104,7 +104,10 @@ def merge_preset(
     """
     from aecore.errors import ConfigError
 
-    for flag, value, preset_value in (("--encoder", encoder, preset.encoder), ("--decoder", decoder, preset.decoder)):
+    for flag, value, preset_value in (
+        ("--encoder", encoder, preset.encoder),
+        ("--decoder", decoder, preset.decoder),
+    ):
         if value is not None and value != preset_value:
             raise ConfigError(
                 f"the preset already chooses {flag} {preset_value}; drop {flag} {value} or the preset."

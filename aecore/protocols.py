@@ -74,7 +74,12 @@ class Regularizer(Protocol):
 
 @runtime_checkable
 class Trainer(Protocol):
-    """Fits a composed model on training data, watching validation data."""
+    """Fits a composed model on training data, watching validation data.
+
+    A trainer may also define ``check(model) -> None``, raising
+    :class:`aecore.errors.ConfigError` for a model it cannot train; it is
+    called before the run directory is created.
+    """
 
     config: Any
 

@@ -110,8 +110,7 @@ def info(kind: str, name: str) -> ComponentInfo:
     if len(matches) > 1:
         choices = " or ".join(f"'{c.qualified_name}'" for c in matches)
         raise AmbiguousComponentError(
-            f"{kind} '{short}' is provided by {len(matches)} distributions; "
-            f"name one explicitly: {choices}."
+            f"{kind} '{short}' is provided by {len(matches)} distributions; name one explicitly: {choices}."
         )
     return matches[0]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
@@ -50,6 +51,18 @@ class FakeEncoder(ImageComponent):
 def valid_encoder_source(tag: str = "") -> str:
     """Source of a module defining a valid encoder class ``FakeEncoder``."""
     return VALID_ENCODER.replace("{tag}", tag)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    """One intra-op thread (override with AECORE_TEST_THREADS).
+
+    The models here are tiny: on a small shared machine several OpenMP threads
+    fighting over two cores make a step up to 50 times slower, never faster.
+    """
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("AECORE_TEST_THREADS", "1")))
 
 
 @pytest.fixture

@@ -171,7 +171,8 @@ def test_encoder_without_counterpart_needs_a_decoder(make_dist, encoder_source):
     with pytest.raises(ConfigError) as excinfo:
         compose("solo", input_shape=MNIST, latent_dim=4)
     assert "no decoder of the same name" in str(excinfo.value)
-    assert "installed decoders: conv, mlp" in str(excinfo.value)
+    installed = str(excinfo.value).split("installed decoders: ")[1]
+    assert "conv" in installed and "mlp" in installed
     model = compose("solo", "mlp", input_shape=MNIST, latent_dim=4, params={"encoder": {"scale": "0.5"}})
     assert model.spec.encoder.dist == "aefake-solo"
     assert "scale" not in model.spec.decoder.params  # not mirrored: a different component

@@ -52,9 +52,15 @@ def test_wildcard_patterns(make_dist):
         "aefake-pat",
         {ENC: {"conformer": "aefake_pat:A", "capsule": "aefake_pat:B", "linear": "aefake_pat:C"}},
     )
-    assert [c.name for c in registry.list_components("encoder", "c*")] == ["capsule", "conformer", "conv"]
-    assert [c.name for c in registry.list_components("encoder", "*ine*")] == ["linear"]
-    assert [c.name for c in registry.list_components("encoder", "?lp")] == ["mlp"]
+
+    def names(pattern):
+        known = {"aefake-pat", "aecore-conv", "aecore-mlp"}  # ignore other installed plugins
+        return [c.name for c in registry.list_components("encoder", pattern) if c.dist in known]
+
+    assert names("c*") == ["capsule", "conformer", "conv"]  # sorted by name
+    assert names("*ine*") == ["linear"]
+    assert names("?lp") == ["mlp"]
+    assert all(c.name.startswith("c") for c in registry.list_components("encoder", "c*"))
     # the qualified name matches too
     assert {c.name for c in registry.list_components("encoder", "aefake-pat:*")} == {
         "conformer",
@@ -78,7 +84,8 @@ def test_unknown_name_lists_close_matches_and_installed(fresh_registry):
     message = str(excinfo.value)
     assert "unknown encoder 'cnov'" in message
     assert "Did you mean: conv?" in message
-    assert "Installed encoders: conv, mlp" in message
+    installed = message.split("Installed encoders: ")[1]
+    assert "conv" in installed and "mlp" in installed
     assert isinstance(excinfo.value, AecoreError) and isinstance(excinfo.value, LookupError)
 
 
@@ -314,6 +321,7 @@ class Recorder:
 """
 
 
+@pytest.mark.slow
 def test_hook_entry_point_is_called_by_a_real_training_run(make_dist, tiny_data, tmp_path):
     make_dist(
         "aefake-hooks",

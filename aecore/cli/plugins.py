@@ -38,7 +38,9 @@ def list_command(
 
 
 @app.command("show")
-def show_command(name: Annotated[str, typer.Argument(help="Component name, optionally 'dist:name'.")]) -> None:
+def show_command(
+    name: Annotated[str, typer.Argument(help="Component name, optionally 'dist:name'.")],
+) -> None:
     """Show a component's parameters: type, default and help."""
     from aecore.config import params_of
 
@@ -52,7 +54,9 @@ def show_command(name: Annotated[str, typer.Argument(help="Component name, optio
     for info in matches:
         cls = info.load()
         doc = (cls.__doc__ or "").strip().splitlines()
-        table = Table(title=f"{info.kind} [bold]{info.name}[/] · {info.dist} {info.version}", title_justify="left")
+        table = Table(
+            title=f"{info.kind} [bold]{info.name}[/] · {info.dist} {info.version}", title_justify="left"
+        )
         for column in ("parameter", "type", "default", "help"):
             table.add_column(column)
         for spec in params_of(cls.Config):

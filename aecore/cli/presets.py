@@ -13,8 +13,14 @@ def presets_command() -> None:
     from aecore.presets import get_preset, list_presets
 
     table = Table(title="aecore presets (on 1×28×28 unless noted)")
-    for column, justify in (("preset", "left"), ("components", "left"), ("code", "right"),
-                            ("parameters", "right"), ("compression", "right"), ("description", "left")):
+    for column, justify in (
+        ("preset", "left"),
+        ("components", "left"),
+        ("code", "right"),
+        ("parameters", "right"),
+        ("compression", "right"),
+        ("description", "left"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for entry in list_presets():
         try:
@@ -23,9 +29,18 @@ def presets_command() -> None:
         except AecoreError as exc:
             table.add_row(entry.name, entry.dist, "", "", "", f"[red]broken: {exc}[/]")
             continue
-        parts = [preset.encoder, *([preset.decoder] if preset.decoder and preset.decoder != preset.encoder else []),
-                 *preset.regularizers]
+        parts = [
+            preset.encoder,
+            *([preset.decoder] if preset.decoder and preset.decoder != preset.encoder else []),
+            *preset.regularizers,
+        ]
         shape = "" if preset.input_shape == (1, 28, 28) else f" on {'×'.join(map(str, preset.input_shape))}"
-        table.add_row(entry.name, " + ".join(parts), str(preset.latent_dim), count,
-                      f"{preset.compression_ratio:.4g}×", preset.description + shape)
+        table.add_row(
+            entry.name,
+            " + ".join(parts),
+            str(preset.latent_dim),
+            count,
+            f"{preset.compression_ratio:.4g}×",
+            preset.description + shape,
+        )
     console.print(table)

@@ -44,7 +44,13 @@ def render() -> str:
         out.append(inspect.cleandoc(command.help or "") + "\n")
         args = [p for p in command.params if p.param_type_name == "argument"]
         opts = [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
-        usage = " ".join([path, *(a.name.upper() if a.required else f"[{a.name.upper()}]" for a in args), "[OPTIONS]" if opts else ""]).strip()
+        usage = " ".join(
+            [
+                path,
+                *(a.name.upper() if a.required else f"[{a.name.upper()}]" for a in args),
+                "[OPTIONS]" if opts else "",
+            ]
+        ).strip()
         out.append(f"```\n{usage}\n```\n")
         rows = []
         for p in args + opts:

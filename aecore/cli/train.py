@@ -32,16 +32,20 @@ def train_command(
         str | None, typer.Option("--encoder", "-e", help="Encoder plugin name (see 'ae plugins list').")
     ] = None,
     decoder: Annotated[
-        str | None, typer.Option("--decoder", "-d", help="Decoder plugin name [default: the encoder's counterpart].")
+        str | None,
+        typer.Option("--decoder", "-d", help="Decoder plugin name [default: the encoder's counterpart]."),
     ] = None,
     reg: Annotated[
-        list[str] | None, typer.Option("--reg", "-r", help="Regularizer plugin name; repeat to stack several.")
+        list[str] | None,
+        typer.Option("--reg", "-r", help="Regularizer plugin name; repeat to stack several."),
     ] = None,
     preset: Annotated[
         str | None, typer.Option(help="Start from a named recipe (see 'ae presets'); options override it.")
     ] = None,
     trainer: Annotated[str, typer.Option(help="Trainer plugin name.")] = "default",
-    latent_dim: Annotated[int | None, typer.Option(help="Size of the code [default: the preset's, or 32].")] = None,
+    latent_dim: Annotated[
+        int | None, typer.Option(help="Size of the code [default: the preset's, or 32].")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs [default: the trainer's].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size [default: the trainer's].")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate [default: the trainer's].")] = None,
@@ -57,12 +61,18 @@ def train_command(
     out: Annotated[
         Path | None, typer.Option(help="Run directory [default: runs/<components>, never reused].")
     ] = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of training data held out for validation.")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of training data held out for validation.")
+    ] = 0.1,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", "-s", help="Set a component parameter: TARGET.PARAM=VALUE, e.g. encoder.channels=32,64."),
+        typer.Option(
+            "--set", "-s", help="Set a component parameter: TARGET.PARAM=VALUE, e.g. encoder.channels=32,64."
+        ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Allow writing into a run directory that holds files.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Allow writing into a run directory that holds files.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Train an autoencoder composed from plugins and save it as safetensors."""

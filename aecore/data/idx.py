@@ -24,6 +24,8 @@ def read_idx(path: Path) -> Tensor:
         raise DataError(f"{path} is not a uint8 IDX file (bad magic number).")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated: its header needs {header} bytes, the file has {len(raw)}.")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = header + (int(torch.tensor(dims).prod()) if dims else 1)
     if len(raw) != expected:

@@ -39,9 +39,10 @@ def load_embedded(data_dir: Path | None) -> Dataset:
     root = resources.files(EMBEDDED_PACKAGE)
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        with resources.as_file(root / f"{prefix}-images-idx3-ubyte.gz") as images, resources.as_file(
-            root / f"{prefix}-labels-idx1-ubyte.gz"
-        ) as labels:
+        with (
+            resources.as_file(root / f"{prefix}-images-idx3-ubyte.gz") as images,
+            resources.as_file(root / f"{prefix}-labels-idx1-ubyte.gz") as labels,
+        ):
             x = read_idx(images).unsqueeze(1)
             y = read_idx(labels).long()
         splits[split] = TensorData(x, y, UINT8_IMAGES)

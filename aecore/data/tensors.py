@@ -47,7 +47,7 @@ class TensorData:
 
     def normalise(self, raw: Tensor) -> Tensor:
         """Raw stored values to the float inputs the model sees."""
-        out = raw.float()
+        out = raw.to(torch.float32, copy=True)  # never normalise the stored data in place
         if self._divisor != 1.0:
             out = out.div_(self._divisor)
         if self._mean is not None:

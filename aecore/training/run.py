@@ -112,6 +112,9 @@ def train(
         latent_dim=latent_dim,
         params=params,
     )
+    check = getattr(trainer_obj, "check", None)
+    if callable(check):  # a trainer may refuse a model before anything is written
+        check(model)
     train_split, val_split = split_validation(dataset.train, val_fraction, seed)
     run_dir = _prepare_run_dir(out, runs_root, preset or _components_label(model), overwrite)
 
@@ -162,6 +165,8 @@ def train(
         final = dict(trainer_obj.fit(model, train_split, val_split, run))
     except BaseException:
         pm.hook.ae_train_end(run=run, metrics={})  # lets displays and loggers close cleanly
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()  # nothing was saved: leave no empty run directory behind
         raise
     model.eval()
     test = reconstruction_metrics(model, dataset.test, device=torch_device)
@@ -194,7 +199,7 @@ def resolve_device(name: str) -> torch.device:
 
 def split_validation(data: TensorData, fraction: float, seed: int) -> tuple[TensorData, TensorData]:
     """A seeded random split of ``data`` into (train, validation)."""
-    n_val = int(round(len(data) * fraction))
+    n_val = round(len(data) * fraction)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 

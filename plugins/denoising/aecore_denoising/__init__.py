@@ -32,7 +32,9 @@ Kind = Literal["gaussian", "mask", "salt_pepper"]
 
 @dataclass(frozen=True)
 class DenoisingConfig:
-    kind: Kind = param("gaussian", "gaussian: add factor·N(0,1); mask: zero inputs; salt_pepper: set to 0 or 1.")
+    kind: Literal["gaussian", "mask", "salt_pepper"] = param(
+        "gaussian", "gaussian: add factor·N(0,1); mask: zero inputs; salt_pepper: set to 0 or 1."
+    )
     factor: float = param(0.3, "Standard deviation of the gaussian noise.")
     prob: float = param(0.3, "Probability that an input element is corrupted (mask, salt_pepper).")
     clamp: bool = param(True, "Clamp the gaussian-corrupted input to [0, 1].")

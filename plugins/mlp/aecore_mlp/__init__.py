@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 from torch import Tensor, nn
@@ -39,7 +40,9 @@ class MLPEncoderConfig:
     code_activation: Activation = param("none", "Activation on the code ('none' gives a linear code).")
     batch_norm: bool = param(False, "BatchNorm1d after each hidden activation.")
     dropout: float = param(0.0, "Dropout after each hidden layer (0 disables).")
-    residual: bool = param(False, "Residual skips h + f(h) around hidden layers (projected where widths differ).")
+    residual: bool = param(
+        False, "Residual skips h + f(h) around hidden layers (projected where widths differ)."
+    )
 
     def __post_init__(self) -> None:
         _check(self.hidden, self.dropout)
@@ -51,7 +54,9 @@ class MLPDecoderConfig:
     activation: Activation = param("relu", "Activation after each hidden layer.")
     batch_norm: bool = param(False, "BatchNorm1d after each hidden activation.")
     dropout: float = param(0.0, "Dropout after each hidden layer (0 disables).")
-    residual: bool = param(False, "Residual skips h + f(h) around hidden layers (projected where widths differ).")
+    residual: bool = param(
+        False, "Residual skips h + f(h) around hidden layers (projected where widths differ)."
+    )
     output_activation: Literal["sigmoid", "tanh", "none"] = param(
         "sigmoid", "Output activation: sigmoid for [0,1] data, tanh for [-1,1], none for standardised data."
     )
@@ -89,7 +94,7 @@ class HiddenBlock(nn.Module):
 def _hidden_blocks(widths: Sequence[int], config: MLPEncoderConfig | MLPDecoderConfig) -> list[nn.Module]:
     return [
         HiddenBlock(a, b, config.activation, config.batch_norm, config.dropout, config.residual)
-        for a, b in zip(widths[:-1], widths[1:])
+        for a, b in pairwise(widths)
     ]
 
 

@@ -1,0 +1,291 @@
+"""The ``ae`` command line, through Typer's CliRunner (stdout and stderr captured apart)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from aecore.cli import app
+from aecore.cli import output as cli_output
+
+
+@pytest.fixture
+def runner(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # nothing a command writes lands in the repository
+    monkeypatch.setattr(cli_output.console, "_width", 200)  # tables on one line per row
+    return CliRunner()
+
+
+def one_line_error(result, *fragments: str, code: int = 2) -> str:
+    """Assert a failure printed exactly one 'error: ...' line on stderr and nothing else."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert isinstance(result.exception, SystemExit)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in line, line
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout == ""
+    return line
+
+
+def table_rows(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃]", line)[1:-1]]
+        if cells:
+            rows.append(cells)
+    return rows
+
+
+# -- ae plugins --------------------------------------------------------------------------------
+
+
+def test_plugins_list_shows_components_with_dist_and_version(runner, fresh_registry):
+    result = runner.invoke(app, ["plugins", "list"])
+    assert result.exit_code == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert rows[0] == ["kind", "name", "distribution", "version"]
+    for kind, name, dist in [
+        ("encoder", "mlp", "aecore-mlp"),
+        ("decoder", "mlp", "aecore-mlp"),
+        ("encoder", "conv", "aecore-conv"),
+        ("decoder", "conv", "aecore-conv"),
+        ("regularizer", "sparse", "aecore-sparse"),
+        ("trainer", "default", "aecore"),
+        ("hook", "progress", "aecore"),
+    ]:
+        assert [kind, name, dist, importlib.metadata.version(dist)] in rows
+
+
+def test_plugins_list_filters_by_kind_and_pattern(runner, fresh_registry):
+    result = runner.invoke(app, ["plugins", "list", "--kind", "encoder", "c*"])
+    assert result.exit_code == 0, result.stderr
+    rows = table_rows(result.stdout)[1:]
+    assert ["encoder", "conv", "aecore-conv"] in [r[:3] for r in rows]
+    assert all(r[0] == "encoder" and r[1].startswith("c") for r in rows)  # no mlp, no decoders
+    hooks = table_rows(runner.invoke(app, ["plugins", "list", "--kind", "hook"]).stdout)[1:]
+    assert {r[0] for r in hooks} == {"hook"}
+
+
+def test_plugins_list_bad_kind(runner, fresh_registry):
+    one_line_error(runner.invoke(app, ["plugins", "list", "--kind", "encodr"]), "Did you mean: encoder")
+
+
+def test_plugins_list_does_not_import_plugins(runner, make_dist):
+    make_dist(
+        "aefake-cli",
+        {"aecore.encoders": {"fancy": "aefake_cli:Enc"}},
+        version="4.2.0",
+        modules={"aefake_cli": ""},
+    )
+    result = runner.invoke(app, ["plugins", "list"])
+    assert ["encoder", "fancy", "aefake-cli", "4.2.0"] in table_rows(result.stdout)
+    assert "aefake_cli" not in sys.modules
+
+
+def test_plugins_show_lists_parameters(runner, fresh_registry):
+    result = runner.invoke(app, ["plugins", "show", "conv"])
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "encoder conv · aecore-conv" in out and "decoder conv · aecore-conv" in out
+    rows = table_rows(out)
+    assert ["parameter", "type", "default", "help"] in rows
+    channels = next(r for r in rows if r[0] == "channels")
+    assert channels[1:3] == ["int list", "32,64"]
+    assert "stride-2 stage" in channels[3]
+    assert next(r for r in rows if r[0] == "kernel_size")[1:3] == ["int", "3"]
+    assert next(r for r in rows if r[0] == "batch_norm")[1:3] == ["bool", "False"]
+    output_act = next(r for r in rows if r[0] == "output_activation")
+    assert output_act[1:3] == ["sigmoid|tanh|none", "sigmoid"]
+
+
+def test_plugins_show_trainer_and_qualified_name(runner, fresh_registry):
+    result = runner.invoke(app, ["plugins", "show", "aecore:default"])
+    assert result.exit_code == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert next(r for r in rows if r[0] == "epochs")[1:] == ["int", "10", "Passes over the training data."]
+    assert next(r for r in rows if r[0] == "lr")[1:3] == ["float", "0.001"]
+
+
+def test_plugins_show_unknown_exits_2(runner, fresh_registry):
+    one_line_error(
+        runner.invoke(app, ["plugins", "show", "nope"]), "no component named 'nope'", "ae plugins list"
+    )
+    one_line_error(runner.invoke(app, ["plugins", "show", "cnov"]), "Did you mean: conv")
+
+
+def test_plugins_show_broken_plugin_is_one_line(runner, make_dist):
+    make_dist(
+        "aefake-clibroken",
+        {"aecore.encoders": {"shaky": "aefake_clibroken:Enc"}},
+        modules={"aefake_clibroken": "raise ImportError('missing libfoo')\n"},
+    )
+    with pytest.warns(UserWarning):
+        result = runner.invoke(app, ["plugins", "show", "shaky"])
+    one_line_error(result, "missing libfoo", "aefake-clibroken")
+
+
+# -- ae train: errors --------------------------------------------------------------------------
+
+
+def test_train_unknown_encoder(runner, fresh_registry):
+    line = one_line_error(runner.invoke(app, ["train", "--encoder", "nope"]), "unknown encoder 'nope'")
+    assert "conv" in line and "mlp" in line  # names the real ones
+    one_line_error(runner.invoke(app, ["train", "--encoder", "cnov"]), "Did you mean: conv?")
+
+
+def test_train_without_encoder(runner, fresh_registry):
+    line = one_line_error(runner.invoke(app, ["train"]), "--encoder")
+    assert "conv" in line and "mlp" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--set", "encoder.hidden=wide"], ["bad value 'wide' for 'encoder.hidden'", "int list"]),
+        (["--set", "encoder.hiden=8"], ["unknown parameter 'encoder.hiden'", "Did you mean: hidden?"]),
+        (["--set", "encoder.activation=swish"], ["'encoder.activation'", "relu"]),
+        (["--set", "encodr.hidden=8"], ["'encodr' is not part of this run", "Did you mean: encoder"]),
+        (["--set", "sparse.weight=1"], ["'sparse' is not part of this run"]),
+        (["--set", "hidden=8"], ["--set expects TARGET.PARAM=VALUE"]),
+        (["--set", "encoder.hidden"], ["--set expects TARGET.PARAM=VALUE"]),
+        (["--epochs", "0"], ["epochs must be at least 1"]),
+        (["--lr", "-1"], ["lr must be positive"]),
+        (["--epochs", "many"], ["'--epochs'", "ae train --help"]),
+        (["--bogus"], ["No such option: --bogus"]),
+        (["--loss", "huber"], ["unknown loss 'huber'", "mse, bce, l1"]),
+        (["--device", "tpu"], ["unknown device 'tpu'"]),
+        (["--val-fraction", "1.5"], ["--val-fraction must be in [0, 1)"]),
+        (["--latent-dim", "0"], ["latent size must be positive"]),
+        (["--data", "cifar"], ["unknown dataset 'cifar'"]),
+    ],
+)
+def test_train_bad_options_are_one_line(runner, fresh_registry, tmp_path, args, fragments):
+    result = runner.invoke(app, ["train", "-e", "mlp", "-q", *args])
+    one_line_error(result, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_sets_for_a_regularizer_via_reg_alias(runner, fresh_registry, tmp_path):
+    result = runner.invoke(app, ["train", "-e", "mlp", "-r", "sparse", "--set", "reg.kind=l3", "-q"])
+    one_line_error(result, "'sparse.kind'", "l1, kl")
+
+
+def test_existing_run_dir_is_not_touched(runner, fresh_registry, tmp_path):
+    run_dir = tmp_path / "mine"
+    run_dir.mkdir()
+    (run_dir / "model.safetensors").write_bytes(b"precious weights")
+    (run_dir / "notes.txt").write_text("do not lose")
+    result = runner.invoke(app, ["train", "-e", "mlp", "--out", str(run_dir), "--epochs", "1", "-q"])
+    one_line_error(result, f"run directory {run_dir} already holds files", "--overwrite")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["model.safetensors", "notes.txt"]
+    assert (run_dir / "model.safetensors").read_bytes() == b"precious weights"
+    assert (run_dir / "notes.txt").read_text() == "do not lose"
+
+
+def test_out_that_is_a_file(runner, fresh_registry, tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    one_line_error(runner.invoke(app, ["train", "-e", "mlp", "--out", str(target), "-q"]), "is a file")
+    assert target.read_text() == "x"
+
+
+# -- ae eval: errors ---------------------------------------------------------------------------
+
+
+def test_eval_missing_checkpoint(runner, tmp_path):
+    one_line_error(
+        runner.invoke(app, ["eval", "missing.safetensors"]), "no checkpoint at missing.safetensors"
+    )
+    one_line_error(runner.invoke(app, ["eval", str(tmp_path)]), "model.safetensors")
+
+
+def test_eval_corrupt_checkpoint(runner, tmp_path):
+    (tmp_path / "bad.safetensors").write_text("not a model")
+    one_line_error(runner.invoke(app, ["eval", "bad.safetensors"]), "not a safetensors file")
+
+
+def test_interrupt_exits_130_without_traceback(runner, monkeypatch):
+    from aecore import checkpoint
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "load", interrupted)
+    result = runner.invoke(app, ["eval", "model.safetensors"])
+    assert result.exit_code == 130
+    assert isinstance(result.exception, SystemExit)
+    # Typer turns Ctrl-C into Exit(130) itself, so the app exits quietly (at most one line, never a traceback)
+    assert len(result.stderr.splitlines()) <= 1
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_eval_needs_a_path(runner):
+    one_line_error(runner.invoke(app, ["eval"]), "Missing argument")
+
+
+# -- top level ---------------------------------------------------------------------------------
+
+
+def test_version_and_help(runner):
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"aecore {importlib.metadata.version('aecore')}"
+    helped = runner.invoke(app, ["--help"])
+    assert helped.exit_code == 0
+    for command in ("train", "eval", "plugins"):
+        assert command in helped.stdout
+
+
+def test_unknown_command(runner):
+    one_line_error(runner.invoke(app, ["trian"]), "No such command")
+
+
+def test_exit_code_through_the_console_script():
+    proc = subprocess.run(
+        [sys.executable, "-c", "from aecore.cli import main; main()", "plugins", "show", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: no component named 'nope'")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+# -- start-up cost -----------------------------------------------------------------------------
+
+STARTUP = """
+import json, sys
+from aecore.cli import main
+sys.argv = ["ae", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+heavy = sorted(m for m in ("torch", "torchvision", "numpy", "aecore_mlp", "aecore_conv", "aecore_sparse")
+               if m in sys.modules)
+sys.stderr.write("RESULT " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins", "list"], ["train", "--help"], ["eval", "--help"]])
+def test_light_commands_do_not_import_torch(args):
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTUP, json.dumps(args)], capture_output=True, text=True, timeout=60
+    )
+    result = json.loads(proc.stderr.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result["code"] in (0, None), proc.stderr
+    assert proc.stdout.strip()  # it printed something useful
+    assert result["heavy"] == [], f"'ae {' '.join(args)}' imported {result['heavy']}"

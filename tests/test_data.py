@@ -1,0 +1,310 @@
+"""Datasets: the embedded MNIST subset, the IDX reader, and a real local MNIST copy."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aecore.cli import app
+from aecore.data import DATASETS, Dataset, TensorData, load_dataset
+from aecore.data.idx import read_idx, write_idx
+from aecore.errors import AecoreError, DataError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def mnist_dir() -> Path:
+    """The real MNIST copy: $AECORE_MNIST_DIR, else ../shared/data/mnist next to the repository."""
+    env = os.environ.get("AECORE_MNIST_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def require_real_mnist() -> Path:
+    """The real MNIST folder; skip with the reason when it is missing, but fail on CI."""
+    path = mnist_dir()
+    if not (path / "MNIST" / "raw").is_dir():
+        reason = (
+            f"the real MNIST copy is not at {path} (expected MNIST/raw/ inside it); "
+            "set AECORE_MNIST_DIR to a folder holding MNIST/raw/"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must test the real data path: {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_mnist_dir() -> Path:
+    return require_real_mnist()
+
+
+def test_missing_real_copy_skips_locally_but_fails_on_ci(tmp_path, monkeypatch):
+    monkeypatch.setenv("AECORE_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="absent"):
+        require_real_mnist()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must test the real data path"):
+        require_real_mnist()
+    (tmp_path / "absent" / "MNIST" / "raw").mkdir(parents=True)
+    assert require_real_mnist() == tmp_path / "absent"
+
+
+# -- the embedded subset ----------------------------------------------------------------------
+
+
+def test_embedded_dataset_shapes_and_types(embedded):
+    assert isinstance(embedded, Dataset)
+    assert embedded.name == "embedded"
+    assert embedded.spec == {"name": "embedded"}
+    for split, n in ((embedded.train, 10_000), (embedded.test, 2_000)):
+        assert isinstance(split, TensorData)
+        assert len(split) == n
+        assert split.x.shape == (n, 1, 28, 28)
+        assert split.x.dtype == torch.uint8
+        assert split.shape == (1, 28, 28)
+        assert split.y.shape == (n,) and split.y.dtype == torch.int64
+        assert set(split.y.unique().tolist()) == set(range(10))
+        assert split.normalisation == {"kind": "scale", "divisor": 255.0}
+    # real digits, not blank or constant images
+    assert embedded.train.x.max() == 255 and embedded.train.x.min() == 0
+    assert 20 < embedded.train.x.float().mean() < 50
+
+
+def test_default_dataset_is_embedded():
+    assert load_dataset().name == "embedded"
+    assert load_dataset(None).name == "embedded"
+
+
+def test_batches_are_floats_in_unit_range(embedded):
+    batches = list(embedded.test.batches(512))
+    assert [b.shape[0] for b in batches] == [512, 512, 512, 464]
+    for b in batches:
+        assert b.dtype == torch.float32
+        assert b.shape[1:] == (1, 28, 28)
+        assert b.min() >= 0.0 and b.max() <= 1.0
+    assert batches[0].max() == 1.0
+    assert torch.equal(batches[0][0], embedded.test.x[0].float() / 255)
+    assert embedded.test.x.dtype == torch.uint8  # the stored data is not converted in place
+
+
+def test_shuffled_batches_are_a_seeded_permutation(embedded):
+    data = embedded.test.subset(torch.arange(300))
+
+    def order(seed):
+        return torch.cat(list(data.batches(64, generator=torch.Generator().manual_seed(seed), shuffle=True)))
+
+    a, b, c = order(1), order(1), order(2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape[0] == 300
+    # same images, different order
+    assert torch.equal(a.sum(dim=(1, 2, 3)).sort().values, c.sum(dim=(1, 2, 3)).sort().values)
+
+
+def test_tensor_data_normalisation_with_mean_and_std():
+    x = torch.tensor([[0.0, 2.0], [4.0, 6.0]])
+    data = TensorData(x, None, {"kind": "standard", "mean": [2.0, 4.0], "std": [2.0, 2.0]})
+    assert torch.equal(data.batch(slice(None)), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    assert torch.equal(x, torch.tensor([[0.0, 2.0], [4.0, 6.0]]))  # not modified in place
+    with pytest.raises(ValueError, match="2 samples but 3 labels"):
+        TensorData(x, torch.zeros(3))
+
+
+def test_embedded_takes_no_data_dir(tmp_path):
+    with pytest.raises(DataError, match="takes no --data-dir; use --data mnist"):
+        load_dataset("embedded", tmp_path)
+
+
+def test_unknown_dataset_suggests():
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnsit")
+    message = str(excinfo.value)
+    assert "unknown dataset 'mnsit'" in message
+    assert "Did you mean: mnist?" in message
+    assert "Known datasets: " + ", ".join(DATASETS) in message
+    assert isinstance(excinfo.value, AecoreError)
+
+
+# -- the IDX reader ---------------------------------------------------------------------------
+
+
+def _idx(data: bytes, dims: tuple[int, ...], magic: bytes = b"\x00\x00\x08") -> bytes:
+    return magic + bytes([len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + data
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_round_trip(tmp_path, suffix):
+    data = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 4)
+    path = tmp_path / f"x-idx3-ubyte{suffix}"
+    write_idx(path, data)
+    back = read_idx(path)
+    assert back.dtype == torch.uint8
+    assert torch.equal(back, data)
+    if suffix:
+        assert gzip.decompress(path.read_bytes())[:4] == b"\x00\x00\x08\x03"
+
+
+def test_idx_reads_a_hand_made_file(tmp_path):
+    path = tmp_path / "labels-idx1-ubyte"
+    path.write_bytes(_idx(bytes([7, 1, 9]), (3,)))
+    assert read_idx(path).tolist() == [7, 1, 9]
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (_idx(bytes(10), (2, 3, 2)), "truncated or padded: 26 bytes, header says 28"),
+        (_idx(bytes(14), (2, 3, 2)), "truncated or padded"),
+        (_idx(bytes(12), (2, 3, 2), magic=b"\x00\x00\x0d"), "bad magic number"),  # float data
+        (_idx(bytes(12), (2, 3, 2), magic=b"\x08\x03\x00"), "bad magic number"),
+        (b"PK\x03\x04not idx at all", "bad magic number"),
+        (b"\x00\x00", "bad magic number"),
+        (b"", "bad magic number"),
+    ],
+)
+def test_idx_rejects_malformed_files(tmp_path, payload, fragment):
+    path = tmp_path / "bad-idx3-ubyte"
+    path.write_bytes(payload)
+    with pytest.raises(DataError, match=fragment):
+        read_idx(path)
+
+
+def test_idx_header_cut_short(tmp_path):
+    path = tmp_path / "short-idx3-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x03\x00\x00")  # says 3 dims, holds half of one
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+
+
+def test_idx_truncated_gzip(tmp_path):
+    full = gzip.compress(_idx(bytes(range(200)), (200,)))
+    path = tmp_path / "cut-idx1-ubyte.gz"
+    path.write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(path)
+
+
+def test_idx_not_gzip_despite_the_name(tmp_path):
+    path = tmp_path / "plain-idx1-ubyte.gz"
+    path.write_bytes(_idx(bytes(3), (3,)))
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(path)
+
+
+def test_idx_missing_file(tmp_path):
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(tmp_path / "nothing-here")
+
+
+# -- torchvision MNIST from a local folder ----------------------------------------------------
+
+
+def test_missing_data_dir_names_the_fix(tmp_path):
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnist", tmp_path / "nowhere")
+    message = str(excinfo.value)
+    assert "--data-dir" in message and "nowhere" in message
+    assert "does not exist" in message
+    assert "MNIST/raw/" in message
+
+
+def test_data_dir_without_mnist_names_the_fix(tmp_path):
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnist", tmp_path)
+    message = str(excinfo.value)
+    assert f"MNIST not found under {tmp_path}" in message
+    assert "--data-dir" in message
+
+
+def test_failed_download_explains_the_offline_fix(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    def offline(root, train, download):
+        assert download is True and root == str(tmp_path / "cache")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setenv("AECORE_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets, "MNIST", offline)
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnist")
+    message = str(excinfo.value)
+    assert f"could not download MNIST to {tmp_path / 'cache'}" in message
+    assert "pass --data-dir with a local copy" in message
+
+
+def test_missing_data_dir_through_the_cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app, ["train", "-e", "mlp", "--data", "mnist", "--data-dir", str(tmp_path / "nowhere"), "-q"]
+    )
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --data-dir")
+    assert "MNIST/raw/" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_real_mnist_copy(real_mnist_dir, embedded):
+    dataset = load_dataset("mnist", real_mnist_dir)
+    assert dataset.name == "mnist"
+    assert len(dataset.train) == 60_000 and len(dataset.test) == 10_000
+    assert dataset.train.x.shape == (60_000, 1, 28, 28) and dataset.train.x.dtype == torch.uint8
+    assert dataset.test.y.shape == (10_000,) and dataset.test.y.dtype == torch.int64
+    assert dataset.train.normalisation == {"kind": "scale", "divisor": 255.0}
+    assert dataset.spec == {"name": "mnist", "data_dir": str(real_mnist_dir.resolve())}
+    # the embedded subset is exactly the first 10,000 / 2,000 real images
+    assert torch.equal(embedded.train.x, dataset.train.x[:10_000])
+    assert torch.equal(embedded.train.y, dataset.train.y[:10_000])
+    assert torch.equal(embedded.test.x, dataset.test.x[:2_000])
+    assert torch.equal(embedded.test.y, dataset.test.y[:2_000])
+
+
+@pytest.mark.slow
+def test_train_and_eval_on_real_mnist_through_the_cli(real_mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "-e",
+            "mlp",
+            "--set",
+            "encoder.hidden=16",
+            "--latent-dim",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2000",
+            "--data",
+            "mnist",
+            "--data-dir",
+            str(real_mnist_dir),
+            "--out",
+            "real",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    trained = [line for line in result.stdout.splitlines() if line.startswith("test: ")]
+    assert len(trained) == 1
+
+    import aecore
+
+    meta = aecore.read_metadata(tmp_path / "real")
+    assert meta["data"]["name"] == "mnist"
+    assert meta["data"]["data_dir"] == str(real_mnist_dir.resolve())
+
+    # eval finds the data again from the recorded data_dir, and reports the same figures
+    evaluated = runner.invoke(app, ["eval", "real"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert "on mnist test (10000 images)" in evaluated.stdout
+    assert [line for line in evaluated.stdout.splitlines() if line.startswith("test: ")] == trained
