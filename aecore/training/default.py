@@ -46,6 +46,7 @@ class DefaultTrainerConfig:
     early_stopping: int | None = param(
         None, "Stop after this many epochs without validation improvement (none: never)."
     )
+    min_delta: float = param(0.0, "Smallest fall in validation loss that counts as an improvement.")
     keep_best: bool = param(True, "Also save best.safetensors, the epoch with the lowest validation loss.")
     checkpoint_every: int = param(1, "Save model.safetensors every N epochs (0: only at the end).")
     amp: bool = param(False, "Mixed precision (bfloat16 autocast) on CUDA; ignored with a warning elsewhere.")
@@ -57,8 +58,8 @@ class DefaultTrainerConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.checkpoint_every < 0:
-            raise ValueError("weight_decay and checkpoint_every cannot be negative")
+        if self.weight_decay < 0 or self.checkpoint_every < 0 or self.min_delta < 0:
+            raise ValueError("weight_decay, min_delta and checkpoint_every cannot be negative")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
         if not 0 < self.plateau_factor < 1:
@@ -126,7 +127,7 @@ class DefaultTrainer:
             improved = False
             if len(val):
                 metrics["val_recon"] = self._validate(model, val, run)
-                improved = metrics["val_recon"] < best
+                improved = metrics["val_recon"] < best - cfg.min_delta
                 if improved:
                     best, stale = metrics["val_recon"], 0
                 else:

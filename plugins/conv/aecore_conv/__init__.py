@@ -1,14 +1,21 @@
 """Convolutional encoder and decoder for C×H×W images.
 
-Each entry of ``channels`` is one stage: a stride-2 convolution going down
-(halving height and width) and a transposed convolution coming up. A linear
-layer joins the last feature map to a flat code of ``latent_dim``. Output
-padding is chosen per stage from the input size, so odd sizes (28→14→7→4)
-come back exactly. Works for 1×28×28 (MNIST) and 3×32×32 (CIFAR) alike.
+Each entry of ``channels`` is one encoder stage that halves height and width,
+either with a stride-2 convolution or with a stride-1 convolution and a 2×2
+max-pool; ``collapse`` turns the last stage into a valid convolution as large
+as its input (7×7 → 1×1). The code is either flat (a linear layer to
+``latent_dim``) or spatial (the last feature map itself, flattened).
+
+The decoder recomputes the encoder's sizes from the same settings and climbs
+back stage by stage (transposed convolutions, or bilinear upsampling and a
+convolution), choosing padding per stage so odd sizes (28→14→7→4) come back
+exactly. By parameters alone this expresses the reference models; see
+:mod:`aecore_conv.presets`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +25,17 @@ from aecore.components import Activation, ImageComponent, activation
 from aecore.config import param
 from aecore.errors import ShapeError
 
-__all__ = ["ConvDecoder", "ConvDecoderConfig", "ConvEncoder", "ConvEncoderConfig", "stage_sizes"]
+__all__ = [
+    "ConvDecoder",
+    "ConvDecoderConfig",
+    "ConvEncoder",
+    "ConvEncoderConfig",
+    "stage_sizes",
+    "transpose_padding",
+]
+
+Downsample = Literal["stride", "pool"]
+Latent = Literal["flat", "spatial"]
 
 _STRIDE = 2
 
@@ -30,12 +47,24 @@ def _check(channels: tuple[int, ...], kernel_size: int) -> None:
         raise ValueError(f"kernel_size must be at least 2, got {kernel_size}")
 
 
+# Shared by encoder and decoder under the same names, so a counterpart decoder mirrors them.
+_CHANNELS = "Output channels of each encoder stage, from the image side (the decoder mirrors them)."
+_KERNEL = "Convolution kernel size (a decoder set to 2 with pool exactly inverts the 2×2 max-pool)."
+_BATCH_NORM = "BatchNorm2d after each hidden stage's activation (Conv, act, BN)."
+_DOWNSAMPLE = "stride: stride-2 convolution; pool: stride-1 'same' convolution, then MaxPool2d(2)."
+_COLLAPSE = "Last stage is a valid convolution as large as its input map (e.g. 7×7 → 1×1), not a halving."
+_LATENT = "flat: a Linear layer to --latent-dim; spatial: the last feature map is the code (no Linear)."
+
+
 @dataclass(frozen=True)
 class ConvEncoderConfig:
-    channels: tuple[int, ...] = param((32, 64), "Output channels of each stride-2 stage.")
-    kernel_size: int = param(3, "Convolution kernel size.")
+    channels: tuple[int, ...] = param((32, 64), _CHANNELS)
+    kernel_size: int = param(3, _KERNEL)
     activation: Activation = param("relu", "Activation after each convolution.")
-    batch_norm: bool = param(False, "BatchNorm2d after each convolution.")
+    batch_norm: bool = param(False, _BATCH_NORM)
+    downsample: Downsample = param("stride", _DOWNSAMPLE)
+    collapse: bool = param(False, _COLLAPSE)
+    latent: Latent = param("flat", _LATENT)
 
     def __post_init__(self) -> None:
         _check(self.channels, self.kernel_size)
@@ -43,10 +72,19 @@ class ConvEncoderConfig:
 
 @dataclass(frozen=True)
 class ConvDecoderConfig:
-    channels: tuple[int, ...] = param((32, 64), "Channels of each stage, listed from the image side (mirrored).")
-    kernel_size: int = param(3, "Transposed convolution kernel size.")
+    channels: tuple[int, ...] = param((32, 64), _CHANNELS)
+    kernel_size: int = param(3, _KERNEL)
     activation: Activation = param("relu", "Activation after each hidden layer.")
-    batch_norm: bool = param(False, "BatchNorm2d after each hidden transposed convolution.")
+    batch_norm: bool = param(False, _BATCH_NORM)
+    downsample: Downsample = param("stride", "How the encoder shrank the image; its sizes are mirrored exactly.")
+    collapse: bool = param(False, _COLLAPSE)
+    latent: Latent = param("flat", _LATENT)
+    upsample: Literal["transpose", "upsample"] = param(
+        "transpose", "transpose: stride-2 ConvTranspose2d; upsample: bilinear Upsample + conv (no checkerboard)."
+    )
+    head: Literal["stage", "conv"] = param(
+        "stage", "stage: the last up-stage outputs the image; conv: up-stages keep the widths, a conv makes the image."
+    )
     output_activation: Literal["sigmoid", "tanh", "none"] = param("sigmoid", "Activation on the output image.")
 
     def __post_init__(self) -> None:
@@ -63,75 +101,146 @@ def _image_shape(input_shape: tuple[int, ...], who: str) -> tuple[int, int, int]
     return c, h, w
 
 
-def stage_sizes(size: int, stages: int, kernel_size: int) -> list[int]:
+def stage_sizes(
+    size: int, stages: int, kernel_size: int, downsample: str = "stride", collapse: bool = False
+) -> list[int]:
     """Spatial size before each stage and after the last: [28, 14, 7] for two stages."""
     pad = kernel_size // 2
     sizes = [size]
-    for _ in range(stages):
-        sizes.append((sizes[-1] + 2 * pad - kernel_size) // _STRIDE + 1)
+    for i in range(stages):
+        if collapse and i == stages - 1:
+            sizes.append(1)
+        elif downsample == "pool":
+            sizes.append(sizes[-1] // 2)
+        else:
+            sizes.append((sizes[-1] + 2 * pad - kernel_size) // _STRIDE + 1)
     return sizes
 
 
-def _plan(input_shape: tuple[int, ...], channels: tuple[int, ...], kernel_size: int, who: str):
+def transpose_padding(src: int, dst: int, kernel_size: int) -> tuple[int, int]:
+    """(padding, output_padding) of a stride-2 transposed conv taking ``src`` to exactly ``dst``.
+
+    The smallest padding that works: ``k//2`` undoes a stride-2 conv, 0 takes 3 → 7 with k3.
+    """
+    need = dst - (_STRIDE * (src - 1) + kernel_size)  # = output_padding - 2 * padding
+    pad = max(0, -(need // 2))
+    return pad, need + 2 * pad
+
+
+@dataclass(frozen=True)
+class _Plan:
+    channels: int
+    hs: list[int]
+    ws: list[int]
+
+    def size(self, i: int) -> tuple[int, int]:
+        return self.hs[i], self.ws[i]
+
+
+def _plan(input_shape: tuple[int, ...], config: ConvEncoderConfig | ConvDecoderConfig, who: str) -> _Plan:
     c, h, w = _image_shape(input_shape, who)
-    hs = stage_sizes(h, len(channels), kernel_size)
-    ws = stage_sizes(w, len(channels), kernel_size)
-    if min(hs[-1], ws[-1]) < 1 or min(hs[-2], ws[-2]) < kernel_size // 2 + 1:
+    n, k = len(config.channels), config.kernel_size
+    hs, ws = (stage_sizes(s, n, k, config.downsample, config.collapse) for s in (h, w))
+    smallest = 2 if config.downsample == "pool" else k // 2 + 1  # input each halving stage needs
+    halvings = n - 1 if config.collapse else n
+    if any(min(hs[i], ws[i]) < smallest for i in range(halvings)):
+        kind = "pooling" if config.downsample == "pool" else "stride-2"
         raise ShapeError(
-            f"a {h}×{w} image is too small for {len(channels)} stride-2 stages of kernel {kernel_size}; "
+            f"a {h}×{w} image is too small for {halvings} {kind} stages of kernel {k}; "
             "use fewer entries in channels (e.g. --set encoder.channels=32)."
         )
-    return c, hs, ws
+    return _Plan(c, hs, ws)
+
+
+def _spatial_code(plan: _Plan, channels: tuple[int, ...], latent_dim: int, who: str) -> tuple[int, int, int]:
+    code = (channels[-1], plan.hs[-1], plan.ws[-1])
+    if latent_dim != math.prod(code):
+        raise ShapeError(
+            f"the {who}'s spatial code is its last feature map, {'×'.join(map(str, code))} = "
+            f"{math.prod(code)} values, but the latent size is {latent_dim}; pass --latent-dim "
+            f"{math.prod(code)} (or --set encoder.latent=flat for a Linear layer to any size)."
+        )
+    return code
 
 
 class ConvEncoder(ImageComponent):
-    """Stride-2 convolutions, then a linear layer to a flat code."""
+    """Halving conv stages (optionally a collapsing last one), then a flat or spatial code."""
 
     Config = ConvEncoderConfig
 
     def __init__(self, config: ConvEncoderConfig, *, input_shape: tuple[int, ...], latent_dim: int) -> None:
         super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
-        c, hs, ws = _plan(self.input_shape, config.channels, config.kernel_size, "conv encoder")
+        plan = _plan(self.input_shape, config, "conv encoder")
+        k, n = config.kernel_size, len(config.channels)
         layers: list[nn.Module] = []
-        for c_in, c_out in zip((c, *config.channels[:-1]), config.channels):
-            layers.append(nn.Conv2d(c_in, c_out, config.kernel_size, _STRIDE, config.kernel_size // 2))
+        for i, (c_in, c_out) in enumerate(zip((plan.channels, *config.channels[:-1]), config.channels)):
+            full = config.collapse and i == n - 1
+            if full:
+                layers.append(nn.Conv2d(c_in, c_out, plan.size(i)))
+            elif config.downsample == "pool":
+                layers.append(nn.Conv2d(c_in, c_out, k, padding="same"))
+            else:
+                layers.append(nn.Conv2d(c_in, c_out, k, _STRIDE, k // 2))
             layers.append(activation(config.activation))
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(c_out))
-        flat = config.channels[-1] * hs[-1] * ws[-1]
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, latent_dim))
+            if config.downsample == "pool" and not full:
+                layers.append(nn.MaxPool2d(2))
+        layers.append(nn.Flatten())
+        self.code_shape: tuple[int, int, int] | None = None
+        if config.latent == "spatial":
+            self.code_shape = _spatial_code(plan, config.channels, latent_dim, "conv encoder")
+        else:
+            layers.append(nn.Linear(config.channels[-1] * plan.hs[-1] * plan.ws[-1], latent_dim))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
 
 class ConvDecoder(ImageComponent):
-    """A linear layer to the smallest feature map, then stride-2 transposed convolutions."""
+    """The encoder's sizes in reverse: from the code to the smallest map, then one up-stage per stage."""
 
     Config = ConvDecoderConfig
 
     def __init__(self, config: ConvDecoderConfig, *, input_shape: tuple[int, ...], latent_dim: int) -> None:
         super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
-        c, hs, ws = _plan(self.input_shape, config.channels, config.kernel_size, "conv decoder")
-        k, pad = config.kernel_size, config.kernel_size // 2
-        top = config.channels[-1]
-        layers: list[nn.Module] = [
-            nn.Linear(latent_dim, top * hs[-1] * ws[-1]),
-            activation(config.activation),
-            nn.Unflatten(1, (top, hs[-1], ws[-1])),
-        ]
-        outs = (c, *config.channels[:-1])
-        for i in reversed(range(len(config.channels))):
-            c_in, c_out = config.channels[i], outs[i]
-            pad_h = hs[i] - ((hs[i + 1] - 1) * _STRIDE - 2 * pad + k)
-            pad_w = ws[i] - ((ws[i + 1] - 1) * _STRIDE - 2 * pad + k)
-            layers.append(nn.ConvTranspose2d(c_in, c_out, k, _STRIDE, pad, output_padding=(pad_h, pad_w)))
-            if i > 0:
+        plan = _plan(self.input_shape, config, "conv decoder")
+        ch, n = config.channels, len(config.channels)
+        top = (ch[-1], plan.hs[-1], plan.ws[-1])
+        self.code_shape: tuple[int, int, int] | None = None
+        if config.latent == "spatial":
+            self.code_shape = _spatial_code(plan, ch, latent_dim, "conv decoder")
+            layers: list[nn.Module] = [nn.Unflatten(1, top)]
+        else:
+            layers = [nn.Linear(latent_dim, math.prod(top)), activation(config.activation), nn.Unflatten(1, top)]
+        # stage: widths step down to the image channels; conv: up-stage i outputs the encoder's width i.
+        if config.head == "conv":
+            ins, outs = (*ch[1:], ch[-1]), ch
+        else:
+            ins, outs = ch, (plan.channels, *ch[:-1])
+        for i in reversed(range(n)):
+            layers.append(self._up(ins[i], outs[i], plan, i, full=config.collapse and i == n - 1))
+            if i > 0 or config.head == "conv":
                 layers.append(activation(config.activation))
                 if config.batch_norm:
-                    layers.append(nn.BatchNorm2d(c_out))
+                    layers.append(nn.BatchNorm2d(outs[i]))
+        if config.head == "conv":
+            layers.append(nn.Conv2d(ch[0], plan.channels, config.kernel_size, padding="same"))
         layers.append(activation(config.output_activation))
         self.net = nn.Sequential(*layers)
+
+    def _up(self, c_in: int, c_out: int, plan: _Plan, i: int, *, full: bool) -> nn.Module:
+        """Map stage i's output size back to its input size."""
+        k, dst = self.config.kernel_size, plan.size(i)
+        if full:  # the mirror of a collapsing conv; upsampling a 1×1 map would only copy it
+            return nn.ConvTranspose2d(c_in, c_out, dst)
+        if self.config.upsample == "upsample":
+            return nn.Sequential(
+                nn.Upsample(size=dst, mode="bilinear"), nn.Conv2d(c_in, c_out, k, padding="same")
+            )
+        (pad_h, out_h), (pad_w, out_w) = (transpose_padding(s, d, k) for s, d in zip(plan.size(i + 1), dst))
+        return nn.ConvTranspose2d(c_in, c_out, k, _STRIDE, (pad_h, pad_w), output_padding=(out_h, out_w))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)

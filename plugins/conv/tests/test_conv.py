@@ -1,6 +1,8 @@
-"""The conv plugin: conformance on several image sizes, shape errors, batch norm."""
+"""The conv plugin: conformance on several image sizes and variants, shape errors, the reference presets."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -8,10 +10,21 @@ from torch import nn
 
 from aecore.errors import ConfigError, ShapeError
 from aecore.model import compose
-from aecore.testing import check_checkpoint_roundtrip, check_decoder, check_encoder
-from aecore_conv import ConvDecoder, ConvEncoder, stage_sizes
+from aecore.presets import get_preset
+from aecore.testing import check_checkpoint_roundtrip, check_decoder, check_encoder, check_roundtrip
+from aecore_conv import ConvDecoder, ConvEncoder, stage_sizes, transpose_padding
 
 SMALL = {"channels": [8, 16]}
+REFERENCE = {"conv-simple": (3136, 225), "conv-deep": (576, 83_905), "conv-strided": (128, 840_577)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster, and immune to OpenMP contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
@@ -23,11 +36,17 @@ SMALL = {"channels": [8, 16]}
         ((3, 30, 20), SMALL),
         ((2, 9, 13), {"channels": [4, 4, 4], "kernel_size": 4}),
         ((1, 28, 28), {"channels": [8], "kernel_size": 5, "batch_norm": True, "activation": "elu"}),
+        ((1, 27, 27), {**SMALL, "downsample": "pool", "batch_norm": True, "head": "conv"}),
+        ((3, 30, 20), {**SMALL, "upsample": "upsample"}),
+        ((2, 9, 13), {"channels": [4, 4], "kernel_size": 2, "downsample": "pool", "upsample": "upsample"}),
+        ((1, 27, 27), {"channels": [4, 8, 6], "collapse": True, "head": "conv", "upsample": "upsample"}),
     ],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else None,
 )
 def test_encoder_and_decoder_conform(shape, params):
-    check_encoder(ConvEncoder, input_shape=shape, latent_dim=6, params=params)
+    encoder_fields = ConvEncoder.Config.__dataclass_fields__
+    check_encoder(ConvEncoder, input_shape=shape, latent_dim=6, params={k: v for k, v in params.items()
+                                                                         if k in encoder_fields})
     check_decoder(ConvDecoder, input_shape=shape, latent_dim=6, params=params)
 
 
@@ -43,9 +62,106 @@ def test_composed_output_shape_is_exact(shape, kernel_size):
     assert model(torch.rand(2, *shape)).shape == (2, *shape)
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 27, 27), (3, 30, 20), (1, 5, 7)])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"downsample": "pool"},
+        {"downsample": "pool", "kernel_size": 2},
+        {"upsample": "upsample"},
+        {"downsample": "pool", "upsample": "upsample", "head": "conv"},
+        {"collapse": True, "head": "conv"},
+    ],
+    ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()),
+)
+def test_variants_give_exact_output_shape(shape, variant):
+    params = {"encoder": {"channels": [4, 4], "downsample": variant.pop("downsample", "stride")}, "decoder": variant}
+    model = compose("conv", input_shape=shape, latent_dim=4, params=params)
+    assert model(torch.rand(2, *shape)).shape == (2, *shape)
+
+
 def test_stage_sizes_halve_rounding_up():
     assert stage_sizes(28, 3, 3) == [28, 14, 7, 4]
     assert stage_sizes(27, 2, 3) == [27, 14, 7]
+
+
+def test_stage_sizes_pool_floor_and_collapse():
+    assert stage_sizes(28, 3, 3, "pool") == [28, 14, 7, 3]
+    assert stage_sizes(28, 3, 3, "stride", collapse=True) == [28, 14, 7, 1]
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "kernel", "expected"),
+    [(3, 7, 3, (0, 0)), (7, 14, 3, (1, 1)), (4, 7, 3, (1, 0)), (14, 28, 2, (0, 0)), (14, 28, 5, (2, 1))],
+)
+def test_transpose_padding_is_the_smallest_that_fits(src, dst, kernel, expected):
+    assert transpose_padding(src, dst, kernel) == expected
+    pad, extra = expected
+    assert (src - 1) * 2 - 2 * pad + kernel + extra == dst
+
+
+def test_default_model_is_unchanged():
+    model = compose("conv", input_shape=(1, 28, 28), latent_dim=32)
+    assert model.num_parameters() == 241_441
+    assert model.encoder.code_shape is None and model.decoder.code_shape is None
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_reference_presets_have_exact_counts(name):
+    preset = get_preset(name)
+    latent_dim, count = REFERENCE[name]
+    assert (preset.latent_dim, preset.reference_params) == (latent_dim, count)
+    model = preset.build()
+    assert model.num_parameters() == count
+    assert model.encoder.code_shape == model.decoder.code_shape
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+
+
+def test_conv_deep_layers_match_the_reference():
+    model = get_preset("conv-deep").build()
+    ups = [(m.in_channels, m.out_channels, m.padding, m.output_padding) for m in model.decoder.modules()
+           if isinstance(m, nn.ConvTranspose2d)]
+    assert ups == [(64, 64, (0, 0), (0, 0)), (64, 32, (1, 1), (1, 1)), (32, 16, (1, 1), (1, 1))]
+    assert [type(m).__name__ for m in model.encoder.net[:4]] == ["Conv2d", "ReLU", "BatchNorm2d", "MaxPool2d"]
+    assert model.encoder.code_shape == (64, 3, 3)
+
+
+def test_upsample_mode_has_no_transposed_convolution():
+    model = compose("conv", input_shape=(1, 28, 28), latent_dim=8, params={"decoder": {"upsample": "upsample"}})
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.decoder.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in model.decoder.modules()) == 2
+
+
+def test_preset_roundtrip(tmp_path):
+    check_roundtrip(get_preset("conv-deep").build(), tmp_path)
+
+
+@pytest.mark.parametrize("cls", [ConvEncoder, ConvDecoder])
+def test_spatial_code_with_wrong_latent_dim_names_the_right_one(cls):
+    config = cls.Config(channels=(16, 32, 64), downsample="pool", latent="spatial")
+    with pytest.raises(ShapeError, match=r"64×3×3 = 576.*--latent-dim 576"):
+        cls(config, input_shape=(1, 28, 28), latent_dim=32)
+
+
+def test_mismatched_spatial_codes_are_refused():
+    deep, simple = (get_preset(n).params for n in ("conv-deep", "conv-simple"))
+    with pytest.raises(ShapeError, match="3136"):  # the decoder says which latent size it needs
+        compose("conv", input_shape=(1, 28, 28), latent_dim=576,
+                params={"encoder": deep["encoder"], "decoder": simple["encoder"]})
+    # the same size (3136) but different shapes: compose compares the declared code shapes
+    params = {"encoder": simple["encoder"], "decoder": {"channels": [4, 64]}}
+    with pytest.raises(ShapeError, match=r"16×14×14 but decoder 'conv' expects 64×7×7"):
+        compose("conv", input_shape=(1, 28, 28), latent_dim=3136, params=params)
+
+
+def test_spatial_encoder_with_flat_decoders():
+    params = {"encoder": {"channels": [32, 64, 128], "collapse": True, "latent": "spatial"},
+              "decoder": {"latent": "flat"}}
+    assert compose("conv", input_shape=(1, 28, 28), latent_dim=128, params=params)(torch.rand(2, 1, 28, 28)).shape \
+        == (2, 1, 28, 28)
+    model = compose("conv", "mlp", input_shape=(1, 28, 28), latent_dim=3136, params={"encoder": {
+        "channels": [16], "downsample": "pool", "latent": "spatial"}})
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
 
 
 def test_conv_encoder_with_mlp_decoder():
@@ -75,9 +191,11 @@ def test_compose_on_tabular_data_names_the_shape():
 
 
 @pytest.mark.parametrize(("shape", "channels"), [((1, 2, 2), [8, 8]), ((1, 1, 1), [8]), ((1, 28, 2), [8, 8])])
-def test_too_small_image_raises_shape_error(shape, channels):
+@pytest.mark.parametrize("downsample", ["stride", "pool"])
+def test_too_small_image_raises_shape_error(shape, channels, downsample):
+    params = {"encoder": {"channels": channels, "downsample": downsample}}
     with pytest.raises(ShapeError, match="too small"):
-        compose("conv", input_shape=shape, latent_dim=4, params={"encoder": {"channels": channels}})
+        compose("conv", input_shape=shape, latent_dim=4, params=params)
 
 
 @pytest.mark.parametrize(
