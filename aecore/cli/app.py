@@ -48,6 +48,8 @@ class AeGroup(TyperGroup):
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             fail_line(f"{exc.format_message()}{hint}")  # type: ignore[attr-defined]
             sys.exit(getattr(exc, "exit_code", 2))
+        if rv == 130:  # Typer turns Ctrl-C into exit code 130 before we see it
+            fail_line("interrupted.")
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
