@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from aecore.cli import evaluate, plugins, presets, train
+from aecore.cli import analyse_apply, analyse_data, analyse_visual, evaluate, plugins, presets, train
 from aecore.cli.output import fail_line
 from aecore.errors import AecoreError
 
@@ -84,6 +84,8 @@ app.command("train", epilog=train.EPILOG)(train.train_command)
 app.command("eval")(evaluate.eval_command)
 app.command("presets")(presets.presets_command)
 app.add_typer(plugins.app, name="plugins")
+for _module in (analyse_data, analyse_visual, analyse_apply):
+    _module.register(app)
 
 
 def main() -> None:

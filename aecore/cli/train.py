@@ -9,6 +9,7 @@ import typer
 
 from aecore.cli.output import console
 from aecore.cli.overrides import parse_sets
+from aecore.errors import ConfigError
 
 EPILOG = """
 Examples:
@@ -64,6 +65,14 @@ def train_command(
     val_fraction: Annotated[
         float, typer.Option(help="Share of training data held out for validation.")
     ] = 0.1,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            "--normal-class",
+            help="Train only on these labels, e.g. 0 or 3,5 (one-class training for anomaly detection).",
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -83,6 +92,13 @@ def train_command(
         if value is not None:
             trainer_params[name] = value
 
+    class_list = None
+    if classes is not None:
+        try:
+            class_list = [int(c) for c in classes.split(",") if c.strip()]
+        except ValueError:
+            raise ConfigError(f"--classes expects comma-separated integer labels, got '{classes}'.") from None
+
     from aecore.training import train  # imports torch: only once we really train
 
     result = train(
@@ -100,6 +116,7 @@ def train_command(
         device=device,
         out=out,
         val_fraction=val_fraction,
+        classes=class_list,
         overwrite=overwrite,
         progress=not quiet,
     )

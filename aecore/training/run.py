@@ -27,7 +27,7 @@ from aecore.losses import get_loss
 from aecore.model import Autoencoder, compose
 from aecore.training.context import RunContext
 
-__all__ = ["TrainResult", "resolve_device", "split_validation", "train"]
+__all__ = ["TrainResult", "keep_classes", "resolve_device", "split_validation", "train"]
 
 METRICS_FILE = "metrics.json"
 
@@ -60,6 +60,7 @@ def train(
     out: str | Path | None = None,
     runs_root: str | Path = "runs",
     val_fraction: float = 0.1,
+    classes: Sequence[int] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     hooks: Iterable[object] = (),
@@ -103,22 +104,25 @@ def train(
     trainer_obj = trainer_cls(config_from_dict(trainer_cls.Config, trainer_params, owner="trainer"))
 
     dataset = data if isinstance(data, Dataset) else load_dataset(data, data_dir)
+    train_data = dataset.train if classes is None else keep_classes(dataset.train, classes, dataset.name)
     torch.manual_seed(seed)
     model = compose(
         encoder,
         decoder,
         regularizers,
-        input_shape=dataset.train.shape,
+        input_shape=train_data.shape,
         latent_dim=latent_dim,
         params=params,
     )
     check = getattr(trainer_obj, "check", None)
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
-    train_split, val_split = split_validation(dataset.train, val_fraction, seed)
+    train_split, val_split = split_validation(train_data, val_fraction, seed)
     run_dir = _prepare_run_dir(out, runs_root, preset or _components_label(model), overwrite)
 
     data_meta = {**dataset.spec, "normalisation": dataset.train.normalisation}
+    if classes is not None:
+        data_meta["classes"] = sorted({int(c) for c in classes})
     training_meta = {
         "trainer": {
             "name": trainer_info.name,
@@ -195,6 +199,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for, but MPS is not available; use --device cpu.")
     return torch.device(name)
+
+
+def keep_classes(data: TensorData, classes: Sequence[int], name: str) -> TensorData:
+    """Only the samples whose label is in ``classes`` (one-class training for anomaly detection)."""
+    if data.y is None:
+        raise ConfigError(f"--classes needs labels, but {name} has none.")
+    wanted = torch.tensor(sorted({int(c) for c in classes}), dtype=data.y.dtype)
+    kept = data.subset(torch.isin(data.y, wanted).nonzero().flatten())
+    if len(kept) == 0:
+        present = sorted(int(v) for v in data.y.unique()[:20])
+        raise ConfigError(f"no training samples have a label in {sorted(wanted.tolist())}; labels present: {present}.")
+    return kept
 
 
 def split_validation(data: TensorData, fraction: float, seed: int) -> tuple[TensorData, TensorData]:

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from aecore_contractive import Contractive, ContractiveConfig, jacobian_frobenius_sq
 from torch import Tensor, nn
 
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError
 from aecore.model import compose
 from aecore.testing import check_regularizer
+from aecore_contractive import Contractive, ContractiveConfig, jacobian_frobenius_sq
 
 
 @pytest.fixture(autouse=True)

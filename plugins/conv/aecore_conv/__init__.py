@@ -30,6 +30,7 @@ __all__ = [
     "ConvDecoderConfig",
     "ConvEncoder",
     "ConvEncoderConfig",
+    "same_conv",
     "stage_sizes",
     "transpose_padding",
 ]
@@ -76,16 +77,18 @@ class ConvDecoderConfig:
     kernel_size: int = param(3, _KERNEL)
     activation: Activation = param("relu", "Activation after each hidden layer.")
     batch_norm: bool = param(False, _BATCH_NORM)
-    downsample: Downsample = param("stride", "How the encoder shrank the image; its sizes are mirrored exactly.")
+    downsample: Downsample = param("stride", "How the encoder halved the image (its sizes are mirrored).")
     collapse: bool = param(False, _COLLAPSE)
     latent: Latent = param("flat", _LATENT)
     upsample: Literal["transpose", "upsample"] = param(
-        "transpose", "transpose: stride-2 ConvTranspose2d; upsample: bilinear Upsample + conv (no checkerboard)."
+        "transpose",
+        "transpose: stride-2 ConvTranspose2d; upsample: bilinear Upsample + conv (no checkerboard).",
     )
     head: Literal["stage", "conv"] = param(
-        "stage", "stage: the last up-stage outputs the image; conv: up-stages keep the widths, a conv makes the image."
+        "stage",
+        "stage: the last up-stage makes the image; conv: up-stages keep widths, then a stride-1 conv.",
     )
-    output_activation: Literal["sigmoid", "tanh", "none"] = param("sigmoid", "Activation on the output image.")
+    output_activation: Literal["sigmoid", "tanh", "none"] = param("sigmoid", "Activation of the image.")
 
     def __post_init__(self) -> None:
         _check(self.channels, self.kernel_size)
@@ -125,6 +128,15 @@ def transpose_padding(src: int, dst: int, kernel_size: int) -> tuple[int, int]:
     need = dst - (_STRIDE * (src - 1) + kernel_size)  # = output_padding - 2 * padding
     pad = max(0, -(need // 2))
     return pad, need + 2 * pad
+
+
+def same_conv(c_in: int, c_out: int, kernel_size: int) -> nn.Module:
+    """A stride-1 convolution that keeps height and width (explicit padding: no warning for even kernels)."""
+    if kernel_size % 2:
+        return nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2)
+    left = (kernel_size - 1) // 2
+    pad = nn.ZeroPad2d((left, kernel_size - 1 - left) * 2)
+    return nn.Sequential(pad, nn.Conv2d(c_in, c_out, kernel_size))
 
 
 @dataclass(frozen=True)
@@ -173,12 +185,14 @@ class ConvEncoder(ImageComponent):
         plan = _plan(self.input_shape, config, "conv encoder")
         k, n = config.kernel_size, len(config.channels)
         layers: list[nn.Module] = []
-        for i, (c_in, c_out) in enumerate(zip((plan.channels, *config.channels[:-1]), config.channels)):
+        for i, (c_in, c_out) in enumerate(
+            zip((plan.channels, *config.channels[:-1]), config.channels, strict=True)
+        ):
             full = config.collapse and i == n - 1
             if full:
                 layers.append(nn.Conv2d(c_in, c_out, plan.size(i)))
             elif config.downsample == "pool":
-                layers.append(nn.Conv2d(c_in, c_out, k, padding="same"))
+                layers.append(same_conv(c_in, c_out, k))
             else:
                 layers.append(nn.Conv2d(c_in, c_out, k, _STRIDE, k // 2))
             layers.append(activation(config.activation))
@@ -213,7 +227,11 @@ class ConvDecoder(ImageComponent):
             self.code_shape = _spatial_code(plan, ch, latent_dim, "conv decoder")
             layers: list[nn.Module] = [nn.Unflatten(1, top)]
         else:
-            layers = [nn.Linear(latent_dim, math.prod(top)), activation(config.activation), nn.Unflatten(1, top)]
+            layers = [
+                nn.Linear(latent_dim, math.prod(top)),
+                activation(config.activation),
+                nn.Unflatten(1, top),
+            ]
         # stage: widths step down to the image channels; conv: up-stage i outputs the encoder's width i.
         if config.head == "conv":
             ins, outs = (*ch[1:], ch[-1]), ch
@@ -226,7 +244,7 @@ class ConvDecoder(ImageComponent):
                 if config.batch_norm:
                     layers.append(nn.BatchNorm2d(outs[i]))
         if config.head == "conv":
-            layers.append(nn.Conv2d(ch[0], plan.channels, config.kernel_size, padding="same"))
+            layers.append(same_conv(ch[0], plan.channels, config.kernel_size))
         layers.append(activation(config.output_activation))
         self.net = nn.Sequential(*layers)
 
@@ -236,10 +254,10 @@ class ConvDecoder(ImageComponent):
         if full:  # the mirror of a collapsing conv; upsampling a 1×1 map would only copy it
             return nn.ConvTranspose2d(c_in, c_out, dst)
         if self.config.upsample == "upsample":
-            return nn.Sequential(
-                nn.Upsample(size=dst, mode="bilinear"), nn.Conv2d(c_in, c_out, k, padding="same")
-            )
-        (pad_h, out_h), (pad_w, out_w) = (transpose_padding(s, d, k) for s, d in zip(plan.size(i + 1), dst))
+            return nn.Sequential(nn.Upsample(size=dst, mode="bilinear"), same_conv(c_in, c_out, k))
+        (pad_h, out_h), (pad_w, out_w) = (
+            transpose_padding(s, d, k) for s, d in zip(plan.size(i + 1), dst, strict=True)
+        )
         return nn.ConvTranspose2d(c_in, c_out, k, _STRIDE, (pad_h, pad_w), output_padding=(out_h, out_w))
 
     def forward(self, z: Tensor) -> Tensor:

@@ -45,8 +45,12 @@ def one_thread() -> Iterator[None]:
 )
 def test_encoder_and_decoder_conform(shape, params):
     encoder_fields = ConvEncoder.Config.__dataclass_fields__
-    check_encoder(ConvEncoder, input_shape=shape, latent_dim=6, params={k: v for k, v in params.items()
-                                                                         if k in encoder_fields})
+    check_encoder(
+        ConvEncoder,
+        input_shape=shape,
+        latent_dim=6,
+        params={k: v for k, v in params.items() if k in encoder_fields},
+    )
     check_decoder(ConvDecoder, input_shape=shape, latent_dim=6, params=params)
 
 
@@ -75,7 +79,10 @@ def test_composed_output_shape_is_exact(shape, kernel_size):
     ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()),
 )
 def test_variants_give_exact_output_shape(shape, variant):
-    params = {"encoder": {"channels": [4, 4], "downsample": variant.pop("downsample", "stride")}, "decoder": variant}
+    params = {
+        "encoder": {"channels": [4, 4], "downsample": variant.pop("downsample", "stride")},
+        "decoder": variant,
+    }
     model = compose("conv", input_shape=shape, latent_dim=4, params=params)
     assert model(torch.rand(2, *shape)).shape == (2, *shape)
 
@@ -119,15 +126,20 @@ def test_reference_presets_have_exact_counts(name):
 
 def test_conv_deep_layers_match_the_reference():
     model = get_preset("conv-deep").build()
-    ups = [(m.in_channels, m.out_channels, m.padding, m.output_padding) for m in model.decoder.modules()
-           if isinstance(m, nn.ConvTranspose2d)]
+    ups = [
+        (m.in_channels, m.out_channels, m.padding, m.output_padding)
+        for m in model.decoder.modules()
+        if isinstance(m, nn.ConvTranspose2d)
+    ]
     assert ups == [(64, 64, (0, 0), (0, 0)), (64, 32, (1, 1), (1, 1)), (32, 16, (1, 1), (1, 1))]
     assert [type(m).__name__ for m in model.encoder.net[:4]] == ["Conv2d", "ReLU", "BatchNorm2d", "MaxPool2d"]
     assert model.encoder.code_shape == (64, 3, 3)
 
 
 def test_upsample_mode_has_no_transposed_convolution():
-    model = compose("conv", input_shape=(1, 28, 28), latent_dim=8, params={"decoder": {"upsample": "upsample"}})
+    model = compose(
+        "conv", input_shape=(1, 28, 28), latent_dim=8, params={"decoder": {"upsample": "upsample"}}
+    )
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.decoder.modules())
     assert sum(isinstance(m, nn.Upsample) for m in model.decoder.modules()) == 2
 
@@ -146,8 +158,12 @@ def test_spatial_code_with_wrong_latent_dim_names_the_right_one(cls):
 def test_mismatched_spatial_codes_are_refused():
     deep, simple = (get_preset(n).params for n in ("conv-deep", "conv-simple"))
     with pytest.raises(ShapeError, match="3136"):  # the decoder says which latent size it needs
-        compose("conv", input_shape=(1, 28, 28), latent_dim=576,
-                params={"encoder": deep["encoder"], "decoder": simple["encoder"]})
+        compose(
+            "conv",
+            input_shape=(1, 28, 28),
+            latent_dim=576,
+            params={"encoder": deep["encoder"], "decoder": simple["encoder"]},
+        )
     # the same size (3136) but different shapes: compose compares the declared code shapes
     params = {"encoder": simple["encoder"], "decoder": {"channels": [4, 64]}}
     with pytest.raises(ShapeError, match=r"16×14×14 but decoder 'conv' expects 64×7×7"):
@@ -155,12 +171,20 @@ def test_mismatched_spatial_codes_are_refused():
 
 
 def test_spatial_encoder_with_flat_decoders():
-    params = {"encoder": {"channels": [32, 64, 128], "collapse": True, "latent": "spatial"},
-              "decoder": {"latent": "flat"}}
-    assert compose("conv", input_shape=(1, 28, 28), latent_dim=128, params=params)(torch.rand(2, 1, 28, 28)).shape \
-        == (2, 1, 28, 28)
-    model = compose("conv", "mlp", input_shape=(1, 28, 28), latent_dim=3136, params={"encoder": {
-        "channels": [16], "downsample": "pool", "latent": "spatial"}})
+    params = {
+        "encoder": {"channels": [32, 64, 128], "collapse": True, "latent": "spatial"},
+        "decoder": {"latent": "flat"},
+    }
+    model = compose("conv", input_shape=(1, 28, 28), latent_dim=128, params=params)
+    assert model.decoder.code_shape is None
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    model = compose(
+        "conv",
+        "mlp",
+        input_shape=(1, 28, 28),
+        latent_dim=3136,
+        params={"encoder": {"channels": [16], "downsample": "pool", "latent": "spatial"}},
+    )
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
 
 

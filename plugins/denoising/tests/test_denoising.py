@@ -6,13 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from aecore_denoising import Denoising, DenoisingConfig, corrupt
 from torch import Tensor
 
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError
 from aecore.model import compose
 from aecore.testing import check_regularizer
+from aecore_denoising import Denoising, DenoisingConfig, corrupt
 
 
 @pytest.fixture(autouse=True)

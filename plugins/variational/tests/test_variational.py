@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from aecore_variational import LOGVAR_RANGE, Variational, VariationalConfig, gaussian_kl
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
@@ -17,6 +16,7 @@ from aecore.config import config_from_dict
 from aecore.errors import ConfigError
 from aecore.model import compose
 from aecore.testing import check_regularizer, check_roundtrip
+from aecore_variational import LOGVAR_RANGE, Variational, VariationalConfig, gaussian_kl
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,78 @@
+"""Pieces shared by the commands that work on a trained model.
+
+Options are declared once here so every command spells them the same way;
+``load_model_and_data`` reloads a checkpoint with the data it was trained on;
+``output_file`` enforces the rule that existing files are never overwritten
+without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from aecore.errors import RunDirectoryError, ShapeError
+
+if TYPE_CHECKING:
+    from aecore.data import Dataset
+    from aecore.model import Autoencoder
+
+ModelArg = Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory.")]
+DataOpt = Annotated[
+    str | None, typer.Option(help="Dataset [default: the one the model was trained on].")
+]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Local copy of the dataset (no download).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+OutOpt = Annotated[Path | None, typer.Option(help="Output file [default: next to the checkpoint].")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output file.")]
+
+
+@dataclass
+class Loaded:
+    """A reloaded model, its checkpoint path, metadata and the matching dataset."""
+
+    model: Autoencoder
+    path: Path
+    meta: dict[str, Any]
+    dataset: Dataset
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+
+def load_model_and_data(
+    path: Path, data: str | None = None, data_dir: Path | None = None, device: str = "cpu"
+) -> Loaded:
+    """Reload a checkpoint and the dataset it names (or ``data``), checking their shapes agree."""
+    from aecore import checkpoint
+    from aecore.data import load_dataset
+    from aecore.training.run import resolve_device
+
+    torch_device = resolve_device(device)
+    file = checkpoint.resolve(path)
+    model = checkpoint.load(file, map_location=torch_device)
+    recorded = model.metadata.get("data", {})
+    if data is None:
+        data = recorded.get("name")
+        if data_dir is None and recorded.get("data_dir"):
+            data_dir = Path(recorded["data_dir"])
+    dataset = load_dataset(data, data_dir)
+    if dataset.test.shape != model.input_shape:
+        raise ShapeError(
+            f"the model takes inputs of shape {model.input_shape}, but {dataset.name} has "
+            f"{dataset.test.shape}; use the data it was trained on."
+        )
+    return Loaded(model, file, model.metadata, dataset)
+
+
+def output_file(out: Path | None, default: Path, overwrite: bool) -> Path:
+    """Where to write an artefact: ``out`` or ``default``; refuses to replace a file unless told to."""
+    target = out if out is not None else default
+    if target.exists() and not overwrite:
+        raise RunDirectoryError(f"{target} already exists; pass --overwrite or choose another --out.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
