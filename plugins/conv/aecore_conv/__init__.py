@@ -170,7 +170,7 @@ def _spatial_code(plan: _Plan, channels: tuple[int, ...], latent_dim: int, who: 
         raise ShapeError(
             f"the {who}'s spatial code is its last feature map, {'×'.join(map(str, code))} = "
             f"{math.prod(code)} values, but the latent size is {latent_dim}; pass --latent-dim "
-            f"{math.prod(code)} (or --set encoder.latent=flat for a Linear layer to any size)."
+            f"{math.prod(code)} (or --set {who.split()[-1]}.latent=flat for a Linear layer to any size)."
         )
     return code
 
