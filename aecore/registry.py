@@ -12,6 +12,15 @@ plugins at run time need that).
 
 Names may be qualified by their distribution, ``aecore-conv:conv``, to pick
 one when two distributions publish the same name.
+
+Two environment variables narrow discovery, in the manner of pytest:
+``AECORE_DISABLE_PLUGIN_AUTOLOAD=1`` keeps only aecore's own built-ins, and
+``AECORE_PLUGINS=aecore-mlp,aecore-conv`` keeps only the listed
+distributions (plus the built-ins).
+
+A plugin that fails to load is remembered in ``<cache dir>/plugin-status.json``
+(until it loads again), so ``ae plugins list`` can show it as broken without
+importing anything.
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ import fnmatch
 import functools
 import importlib
 import importlib.metadata as md
+import json
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aecore.errors import (
@@ -52,6 +64,9 @@ GROUPS: dict[str, str] = {
     "trainer": "aecore.trainers",
 }
 KINDS: tuple[str, ...] = tuple(GROUPS)
+CORE_DIST = "aecore"
+DISABLE_ENV = "AECORE_DISABLE_PLUGIN_AUTOLOAD"
+ALLOW_ENV = "AECORE_PLUGINS"
 HOOKS_GROUP = "aecore.hooks"
 #: Other entry-point groups aecore reads (not components): group -> kind label.
 OTHER_GROUPS: dict[str, str] = {HOOKS_GROUP: "hook", "aecore.presets": "preset"}
@@ -172,11 +187,14 @@ def _scan() -> dict[str, tuple[ComponentInfo, ...]]:
     kind_of = {g: k for k, g in GROUPS.items()} | OTHER_GROUPS
     found: dict[str, dict[tuple[str, str], ComponentInfo]] = {g: {} for g in kind_of}
     seen: set[str] = set()
+    allowed = allowed_distributions()
     for dist in md.distributions():
         name = _normalise(dist.metadata["Name"] or "unknown")
         if name in seen:  # the same distribution twice on sys.path: the first one wins, as for imports
             continue
         seen.add(name)
+        if allowed is not None and name not in allowed:
+            continue
         for ep in dist.entry_points:
             if ep.group in found:
                 record = ComponentInfo(kind_of[ep.group], ep.name, ep.value, name, dist.version)
@@ -185,7 +203,71 @@ def _scan() -> dict[str, tuple[ComponentInfo, ...]]:
 
 
 def _normalise(dist: str) -> str:
-    return dist.replace("_", "-").lower()
+    return dist.replace("_", "-").replace(".", "-").lower()
+
+
+def allowed_distributions() -> set[str] | None:
+    """The distributions discovery may use, from the environment; ``None`` means all."""
+    if os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
+        return {CORE_DIST}
+    listed = os.environ.get(ALLOW_ENV)
+    if listed is None:
+        return None
+    return {CORE_DIST} | {_normalise(d.strip()) for d in listed.split(",") if d.strip()}
+
+
+def duplicates() -> dict[tuple[str, str], list[ComponentInfo]]:
+    """(kind, name) pairs published by more than one distribution."""
+    by_name: dict[tuple[str, str], list[ComponentInfo]] = {}
+    for group in _scan().values():
+        for c in group:
+            by_name.setdefault((c.kind, c.name), []).append(c)
+    return {k: v for k, v in by_name.items() if len(v) > 1}
+
+
+def known_broken() -> dict[str, str]:
+    """Plugins whose last load failed, by ``dist:name`` of the installed version -> reason."""
+    record = _read_status()
+    current = {f"{c.kind}:{c.qualified_name}": c.version for g in _scan().values() for c in g}
+    return {
+        key.partition(":")[2]: entry["reason"]
+        for key, entry in record.items()
+        if current.get(key) == entry.get("version")
+    }
+
+
+def _status_file() -> Path:
+    from aecore.paths import cache_dir
+
+    return cache_dir() / "plugin-status.json"
+
+
+def _read_status() -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(_status_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_status(entry: ComponentInfo, reason: str | None) -> None:
+    """Remember (or forget) a failed load; best effort, never fails the caller."""
+    key = f"{entry.kind}:{entry.qualified_name}"
+    record = _read_status()
+    if reason is None and key not in record:
+        return
+    if reason is None:
+        del record[key]
+    else:
+        record[key] = {"version": entry.version, "reason": reason}
+    path = _status_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _load(entry: ComponentInfo) -> Any:
@@ -206,6 +288,7 @@ def _load(entry: ComponentInfo) -> Any:
         if problems:
             raise _broken(entry, f"{where} is not a valid {entry.kind}: {'; '.join(problems)}")
     _loaded[entry] = obj
+    _write_status(entry, None)
     return obj
 
 
@@ -213,6 +296,7 @@ def _broken(entry: ComponentInfo, message: str) -> PluginLoadError:
     if entry not in _warned:
         _warned.add(entry)
         warnings.warn(message, PluginWarning, stacklevel=3)
+        _write_status(entry, message)
     return PluginLoadError(f"{message}. Reinstall or update {entry.dist}, or uninstall it.")
 
 

@@ -54,6 +54,18 @@ def valid_encoder_source(tag: str = "") -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the plugin-status record and other caches out of the user's home."""
+    previous = os.environ.get("AECORE_CACHE_DIR")
+    os.environ["AECORE_CACHE_DIR"] = str(tmp_path_factory.mktemp("aecore-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("AECORE_CACHE_DIR", None)
+    else:
+        os.environ["AECORE_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _torch_threads() -> None:
     """One intra-op thread (override with AECORE_TEST_THREADS).
 

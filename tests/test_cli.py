@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import re
 import subprocess
 import sys
 
 import pytest
+from helpers import table_rows
 from typer.testing import CliRunner
 
 from aecore.cli import app
@@ -37,15 +37,6 @@ def one_line_error(result, *fragments: str, code: int = 2) -> str:
     return line
 
 
-def table_rows(text: str) -> list[list[str]]:
-    rows = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃]", line)[1:-1]]
-        if cells:
-            rows.append(cells)
-    return rows
-
-
 # -- ae plugins --------------------------------------------------------------------------------
 
 
@@ -53,7 +44,7 @@ def test_plugins_list_shows_components_with_dist_and_version(runner, fresh_regis
     result = runner.invoke(app, ["plugins", "list"])
     assert result.exit_code == 0, result.stderr
     rows = table_rows(result.stdout)
-    assert rows[0] == ["kind", "name", "distribution", "version"]
+    assert rows[0] == ["kind", "name", "distribution", "version", "status"]
     for kind, name, dist in [
         ("encoder", "mlp", "aecore-mlp"),
         ("decoder", "mlp", "aecore-mlp"),
@@ -63,7 +54,7 @@ def test_plugins_list_shows_components_with_dist_and_version(runner, fresh_regis
         ("trainer", "default", "aecore"),
         ("hook", "progress", "aecore"),
     ]:
-        assert [kind, name, dist, importlib.metadata.version(dist)] in rows
+        assert [kind, name, dist, importlib.metadata.version(dist), "ok"] in rows
 
 
 def test_plugins_list_filters_by_kind_and_pattern(runner, fresh_registry):
@@ -88,7 +79,7 @@ def test_plugins_list_does_not_import_plugins(runner, make_dist):
         modules={"aefake_cli": ""},
     )
     result = runner.invoke(app, ["plugins", "list"])
-    assert ["encoder", "fancy", "aefake-cli", "4.2.0"] in table_rows(result.stdout)
+    assert ["encoder", "fancy", "aefake-cli", "4.2.0", "ok"] in table_rows(result.stdout)
     assert "aefake_cli" not in sys.modules
 
 

@@ -60,7 +60,8 @@ def load_model_and_data(
         data = recorded.get("name")
         if data_dir is None and recorded.get("data_dir"):
             data_dir = Path(recorded["data_dir"])
-    dataset = load_dataset(data, data_dir)
+    # the model's recorded normalisation: tables reuse the training statistics, never recompute them
+    dataset = load_dataset(data, data_dir, normalisation=recorded.get("normalisation"))
     if dataset.test.shape != model.input_shape:
         raise ShapeError(
             f"the model takes inputs of shape {model.input_shape}, but {dataset.name} has "

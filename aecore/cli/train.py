@@ -28,57 +28,100 @@ NAME' lists a component's parameters, types and defaults.
 """
 
 
+# Option declarations shared by every command that trains (``ae train``, ``ae cv``, ``ae sweep``).
+EncoderOpt = Annotated[
+    str | None, typer.Option("--encoder", "-e", help="Encoder plugin name (see 'ae plugins list').")
+]
+DecoderOpt = Annotated[
+    str | None,
+    typer.Option("--decoder", "-d", help="Decoder plugin name [default: the encoder's counterpart]."),
+]
+RegOpt = Annotated[
+    list[str] | None,
+    typer.Option("--reg", "-r", help="Regularizer plugin name; repeat to stack several."),
+]
+PresetOpt = Annotated[
+    str | None, typer.Option(help="Start from a named recipe (see 'ae presets'); options override it.")
+]
+TrainerOpt = Annotated[str, typer.Option(help="Trainer plugin name.")]
+LatentDimOpt = Annotated[int | None, typer.Option(help="Size of the code [default: the preset's, or 32].")]
+EpochsOpt = Annotated[int | None, typer.Option(help="Epochs [default: the trainer's].")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size [default: the trainer's].")]
+LrOpt = Annotated[float | None, typer.Option(help="Learning rate [default: the trainer's].")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed for weights, split and shuffling.")]
+LossOpt = Annotated[str, typer.Option(help="Reconstruction loss: mse, bce or l1.")]
+TrainDataOpt = Annotated[
+    str | None, typer.Option(help="Dataset: embedded (default, ships with aecore) or mnist.")
+]
+TrainDataDirOpt = Annotated[
+    Path | None, typer.Option(help="Local copy of the dataset (torchvision layout); no download.")
+]
+TrainDeviceOpt = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--classes",
+        "--normal-class",
+        help="Train only on these labels, e.g. 0 or 3,5 (one-class training for anomaly detection).",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Set a component parameter: TARGET.PARAM=VALUE, e.g. encoder.channels=32,64."
+    ),
+]
+
+
+def component_params(
+    regs: list[str],
+    set_: list[str] | None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+) -> dict[str, dict[str, str | int | float]]:
+    """``train()``'s ``params`` from ``--set`` items and the trainer shortcuts."""
+    params: dict[str, dict[str, str | int | float]] = dict(parse_sets(set_ or [], regs))
+    trainer_params = params.setdefault("trainer", {})
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            trainer_params[name] = value
+    return params
+
+
+def parse_classes(classes: str | None) -> list[int] | None:
+    """``--classes 3,5`` as a list of integer labels (None when not given)."""
+    if classes is None:
+        return None
+    try:
+        return [int(c) for c in classes.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--classes expects comma-separated integer labels, got '{classes}'.") from None
+
+
 def train_command(
-    encoder: Annotated[
-        str | None, typer.Option("--encoder", "-e", help="Encoder plugin name (see 'ae plugins list').")
-    ] = None,
-    decoder: Annotated[
-        str | None,
-        typer.Option("--decoder", "-d", help="Decoder plugin name [default: the encoder's counterpart]."),
-    ] = None,
-    reg: Annotated[
-        list[str] | None,
-        typer.Option("--reg", "-r", help="Regularizer plugin name; repeat to stack several."),
-    ] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="Start from a named recipe (see 'ae presets'); options override it.")
-    ] = None,
-    trainer: Annotated[str, typer.Option(help="Trainer plugin name.")] = "default",
-    latent_dim: Annotated[
-        int | None, typer.Option(help="Size of the code [default: the preset's, or 32].")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [default: the trainer's].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: the trainer's].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate [default: the trainer's].")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed for weights, split and shuffling.")] = 0,
-    loss: Annotated[str, typer.Option(help="Reconstruction loss: mse, bce or l1.")] = "mse",
-    data: Annotated[
-        str | None, typer.Option(help="Dataset: embedded (default, ships with aecore) or mnist.")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Local copy of the dataset (torchvision layout); no download.")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")] = "auto",
+    encoder: EncoderOpt = None,
+    decoder: DecoderOpt = None,
+    reg: RegOpt = None,
+    preset: PresetOpt = None,
+    trainer: TrainerOpt = "default",
+    latent_dim: LatentDimOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = 0,
+    loss: LossOpt = "mse",
+    data: TrainDataOpt = None,
+    data_dir: TrainDataDirOpt = None,
+    device: TrainDeviceOpt = "auto",
     out: Annotated[
         Path | None, typer.Option(help="Run directory [default: runs/<components>, never reused].")
     ] = None,
     val_fraction: Annotated[
         float, typer.Option(help="Share of training data held out for validation.")
     ] = 0.1,
-    classes: Annotated[
-        str | None,
-        typer.Option(
-            "--classes",
-            "--normal-class",
-            help="Train only on these labels, e.g. 0 or 3,5 (one-class training for anomaly detection).",
-        ),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", "-s", help="Set a component parameter: TARGET.PARAM=VALUE, e.g. encoder.channels=32,64."
-        ),
-    ] = None,
+    classes: ClassesOpt = None,
+    set_: SetOpt = None,
     overwrite: Annotated[
         bool, typer.Option(help="Allow writing into a run directory that holds files.")
     ] = False,
@@ -86,18 +129,8 @@ def train_command(
 ) -> None:
     """Train an autoencoder composed from plugins and save it as safetensors."""
     regs = list(reg or [])
-    params: dict[str, dict[str, str | int | float]] = dict(parse_sets(set_ or [], regs))
-    trainer_params = params.setdefault("trainer", {})
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
-        if value is not None:
-            trainer_params[name] = value
-
-    class_list = None
-    if classes is not None:
-        try:
-            class_list = [int(c) for c in classes.split(",") if c.strip()]
-        except ValueError:
-            raise ConfigError(f"--classes expects comma-separated integer labels, got '{classes}'.") from None
+    params = component_params(regs, set_, epochs, batch_size, lr)
+    class_list = parse_classes(classes)
 
     from aecore.training import train  # imports torch: only once we really train
 

@@ -2,6 +2,7 @@
 
 ``embedded``  (default) a real MNIST subset shipped inside the package: works offline.
 ``mnist``     torchvision's MNIST: downloads when online, or reads ``--data-dir``.
+``csv:PATH``, ``npy:PATH``  numeric tables (see :mod:`aecore.data.tabular`).
 """
 
 from __future__ import annotations
@@ -94,15 +95,32 @@ DATASETS: dict[str, Callable[[Path | None], Dataset]] = {
 }
 
 
-def load_dataset(name: str | None = None, data_dir: str | Path | None = None) -> Dataset:
-    """Load a named dataset (default: the embedded MNIST subset) into memory."""
+def load_dataset(
+    name: str | None = None,
+    data_dir: str | Path | None = None,
+    *,
+    normalisation: dict[str, Any] | None = None,
+) -> Dataset:
+    """Load a named dataset (default: the embedded MNIST subset) into memory.
+
+    ``normalisation`` is a trained model's record: tables (``csv:``/``npy:``)
+    then reuse its statistics instead of computing them; named image sets
+    have a fixed scaling and ignore it.
+    """
     name = name or "embedded"
-    loader = DATASETS.get(name)
-    if loader is None:
-        raise DataError(
-            f"unknown dataset '{name}'.{suggest(name, DATASETS)} Known datasets: {', '.join(DATASETS)}."
-        )
-    dataset = loader(Path(data_dir).expanduser() if data_dir is not None else None)
+    root = Path(data_dir).expanduser() if data_dir is not None else None
+    if name.partition(":")[0] in ("csv", "npy") and ":" in name:
+        from aecore.data.tabular import load_table
+
+        dataset = load_table(name, root, normalisation)
+    else:
+        loader = DATASETS.get(name)
+        if loader is None:
+            raise DataError(
+                f"unknown dataset '{name}'.{suggest(name, DATASETS)} Known datasets: "
+                f"{', '.join(DATASETS)}, csv:PATH, npy:PATH."
+            )
+        dataset = loader(root)
     if len(dataset.train) == 0 or len(dataset.test) == 0:
         raise DataError(f"dataset '{name}' is empty; check the files it reads.")
     return dataset

@@ -1,0 +1,1 @@
+"""Numerical analyses of trained autoencoders, shared by the ``ae`` analysis commands."""

@@ -1,0 +1,355 @@
+"""Numeric tables as datasets: ``--data csv:PATH`` and ``--data npy:PATH``.
+
+Options travel inside the source string, as a query, so that they reach every
+command through the one ``--data`` option and are recorded, with the absolute
+path, in the checkpoint's ``data.name`` (reloading the name reloads the same
+table the same way)::
+
+    csv:table.csv?label=species&test_fraction=0.25&seed=3
+    npy:features.npy?label=-1
+    csv:train.csv?test=test.csv&header=no
+
+The test split is a seeded random share of the rows (sorted, so row order is
+kept) unless ``test=PATH`` gives a separate file. Columns are standardised
+with the mean and standard deviation of the TRAINING split only; a
+zero-variance column gets std 1 (it becomes all zeros, never NaN). A reload
+for a trained model passes the checkpoint's normalisation back in, so the
+stored statistics are reused, never recomputed.
+
+Every cell must be a finite number: an empty, non-numeric, NaN or infinite
+cell is an error naming its row and column; no row is ever dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+import torch
+
+from aecore.data.tensors import TensorData
+from aecore.errors import DataError, suggest
+
+__all__ = ["TABULAR_KINDS", "TableSource", "load_table", "parse_source", "standardise_stats"]
+
+#: ``--data`` prefixes handled here.
+TABULAR_KINDS = ("csv", "npy")
+
+_OPTIONS = ("label", "test", "test_fraction", "seed", "header", "norm")
+_DEFAULTS = {"test_fraction": 0.2, "seed": 0, "header": "auto", "norm": "standardise"}
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """A parsed ``csv:PATH?...`` or ``npy:PATH?...`` source."""
+
+    kind: str
+    path: Path
+    label: str | None = None
+    test: Path | None = None
+    test_fraction: float = 0.2
+    seed: int = 0
+    header: str = "auto"
+    norm: str = "standardise"
+
+    def canonical(self) -> str:
+        """The source with absolute paths and non-default options: reloads the same data from anywhere."""
+        query = []
+        if self.label is not None:
+            query.append(f"label={self.label}")
+        if self.test is not None:
+            query.append(f"test={self.test}")
+        else:
+            if self.test_fraction != _DEFAULTS["test_fraction"]:
+                query.append(f"test_fraction={self.test_fraction:g}")
+            if self.seed != _DEFAULTS["seed"]:
+                query.append(f"seed={self.seed}")
+        if self.header != _DEFAULTS["header"]:
+            query.append(f"header={self.header}")
+        if self.norm != _DEFAULTS["norm"]:
+            query.append(f"norm={self.norm}")
+        return f"{self.kind}:{self.path}" + (f"?{'&'.join(query)}" if query else "")
+
+
+def parse_source(text: str, data_dir: Path | None = None) -> TableSource:
+    """Parse ``KIND:PATH[?key=value&...]``; relative paths are taken from ``data_dir`` or the cwd."""
+    kind, _, rest = text.partition(":")
+    if kind not in TABULAR_KINDS:
+        raise DataError(f"'{text}' is not a table source; write csv:PATH or npy:PATH.")
+    path_text, _, query = rest.partition("?")
+    if not path_text:
+        raise DataError(f"--data {kind}: needs a file path, e.g. {kind}:table.{kind}.")
+    base = data_dir if data_dir is not None else Path.cwd()
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in _OPTIONS:
+            raise DataError(
+                f"unknown table option '{key}' in '{text}'.{suggest(key, _OPTIONS)} "
+                f"Options: {', '.join(_OPTIONS)}."
+            )
+        options[key] = value
+    if query and not options:
+        raise DataError(f"cannot read the options '{query}' in '{text}'; write ?label=COL&test_fraction=0.2.")
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return (path if path.is_absolute() else base / path).resolve()
+
+    try:
+        test_fraction = float(options.get("test_fraction", _DEFAULTS["test_fraction"]))
+        seed = int(options.get("seed", _DEFAULTS["seed"]))
+    except ValueError:
+        raise DataError(f"test_fraction must be a number and seed an integer in '{text}'.") from None
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction:g}.")
+    header = options.get("header", "auto")
+    if header not in ("auto", "yes", "no"):
+        raise DataError(f"header must be auto, yes or no, got '{header}'.")
+    if header != "auto" and kind == "npy":
+        raise DataError("header applies to csv tables only; .npy files have no header.")
+    norm = options.get("norm", "standardise")
+    if norm not in ("standardise", "none"):
+        raise DataError(f"norm must be standardise or none, got '{norm}'.")
+    label = options.get("label") or None
+    test = resolve(options["test"]) if options.get("test") else None
+    return TableSource(kind, resolve(path_text), label, test, test_fraction, seed, header, norm)
+
+
+@dataclass
+class _Table:
+    x: np.ndarray  # float64, (N, *shape)
+    y: list[str] | np.ndarray | None
+    columns: list[str]
+    label: str | None
+
+
+def _read(source: TableSource, path: Path) -> _Table:
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"{source.kind} file {path} {what}.")
+    return _read_csv(path, source) if source.kind == "csv" else _read_npy(path, source)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path, source: TableSource) -> _Table:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} as CSV ({exc}).") from None
+    if not rows:
+        raise DataError(f"{path} is empty; a table needs at least one row of numbers.")
+    first = [c.strip() for c in rows[0][1]]
+    has_header = source.header == "yes" or (
+        source.header == "auto" and not any(_is_number(c) for c in first)
+    )
+    if has_header:
+        columns = first
+        rows = rows[1:]
+        if not rows:
+            raise DataError(f"{path} has a header but no rows of data.")
+        if len(set(columns)) != len(columns):
+            dup = next(c for c in columns if columns.count(c) > 1)
+            raise DataError(f"{path} has the column '{dup}' twice in its header.")
+    else:
+        columns = [str(i) for i in range(len(first))]
+    width = len(columns)
+    for line, row in rows:
+        if len(row) != width:
+            raise DataError(f"{path} row {line} has {len(row)} cells, but the table has {width} columns.")
+    label_index = _label_index(source.label, columns, path)
+    cells = np.array([row for _, row in rows], dtype=str)
+    lines = [line for line, _ in rows]
+    y = None
+    if label_index is not None:
+        y = [c.strip() for c in cells[:, label_index]]
+        for r, value in enumerate(y):
+            if not value:
+                raise DataError(f"{path} row {lines[r]}, label column '{columns[label_index]}' is empty.")
+    features = [j for j in range(width) if j != label_index]
+    if not features:
+        raise DataError(f"{path} has no feature columns besides the label.")
+    x = np.empty((len(rows), len(features)), dtype=np.float64)
+    for k, j in enumerate(features):
+        column = np.char.strip(cells[:, j])
+        try:
+            x[:, k] = column.astype(np.float64)
+        except ValueError:
+            r = next(r for r, c in enumerate(column) if not _is_number(c))
+            problem = "is empty" if not column[r] else f"'{column[r]}' is not a number"
+            hint = "" if has_header or lines[r] != 1 else " (if row 1 is a header, add ?header=yes)"
+            raise DataError(f"{path} row {lines[r]}, column '{columns[j]}': {problem}{hint}.") from None
+        bad = ~np.isfinite(x[:, k])
+        if bad.any():
+            r = int(np.argmax(bad))
+            kind = "NaN" if math.isnan(x[r, k]) else "infinite"
+            raise DataError(
+                f"{path} row {lines[r]}, column '{columns[j]}': '{column[r]}' is {kind}; "
+                "fill or remove the row (aecore never drops rows silently)."
+            )
+    label = None if label_index is None else columns[label_index]
+    return _Table(x, y, [columns[j] for j in features], label)
+
+
+def _label_index(label: str | None, columns: list[str], path: Path) -> int | None:
+    if label is None:
+        return None
+    if label in columns:
+        return columns.index(label)
+    try:
+        index = int(label)
+    except ValueError:
+        names = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
+        raise DataError(
+            f"{path} has no column '{label}'.{suggest(label, columns)} Columns: {names}."
+        ) from None
+    if not -len(columns) <= index < len(columns):
+        raise DataError(f"label column {index} is out of range: {path} has {len(columns)} columns.")
+    return index % len(columns)
+
+
+def _read_npy(path: Path, source: TableSource) -> _Table:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} as a .npy array ({' '.join(str(exc).split())}).") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path} holds several arrays (.npz); save one array with numpy.save.")
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{path} holds {arr.dtype} values; a table needs numbers.")
+    if arr.ndim < 2 or arr.shape[0] == 0:
+        raise DataError(f"{path} has shape {arr.shape}; a table needs rows, shape (rows, columns).")
+    y = None
+    label = None
+    x = arr.astype(np.float64)
+    if source.label is not None:
+        if arr.ndim != 2:
+            raise DataError(f"label= needs a 2-D array, but {path} has shape {arr.shape}.")
+        columns = [str(i) for i in range(arr.shape[1])]
+        j = _label_index(source.label, columns, path)
+        assert j is not None
+        y = x[:, j]
+        x = np.delete(x, j, axis=1)
+        label = columns[j]
+        if x.shape[1] == 0:
+            raise DataError(f"{path} has no feature columns besides the label.")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        kind = "NaN" if math.isnan(x[tuple(where)]) else "infinite"
+        col = ", ".join(str(int(i)) for i in where[1:])
+        raise DataError(f"{path} row {int(where[0])}, column {col}: the value is {kind} (rows count from 0).")
+    columns = [str(i) for i in range(x.shape[1])] if x.ndim == 2 else []
+    return _Table(x, y, columns, label)
+
+
+def _labels(values: list[str] | np.ndarray) -> tuple[torch.Tensor, list[str] | None]:
+    """Integer labels as they are; anything else becomes class indices of its sorted distinct values."""
+    text = [str(v) for v in values] if isinstance(values, list) else None
+    try:
+        if text is not None:
+            as_int = [int(v) for v in text]
+        else:
+            assert isinstance(values, np.ndarray)
+            if not np.all(values == np.round(values)):
+                raise ValueError
+            as_int = [int(v) for v in values]
+        return torch.tensor(as_int, dtype=torch.long), None
+    except ValueError:
+        names = sorted(set(text if text is not None else [f"{v:g}" for v in values]))
+        index = {n: i for i, n in enumerate(names)}
+        keys = text if text is not None else [f"{v:g}" for v in values]
+        return torch.tensor([index[k] for k in keys], dtype=torch.long), names
+
+
+def standardise_stats(x: torch.Tensor) -> dict[str, Any]:
+    """Per-column mean and population std of the training rows; std 0 becomes 1 (column -> zeros)."""
+    x64 = x.double()
+    mean = x64.mean(0)
+    std = x64.std(0, correction=0)
+    std = torch.where(std > 1e-12 * (1 + mean.abs()), std, torch.ones_like(std))
+    return {"kind": "standardise", "mean": mean.tolist(), "std": std.tolist()}
+
+
+def _check_normalisation(norm: dict[str, Any], shape: tuple[int, ...], path: Path) -> dict[str, Any]:
+    for key in ("mean", "std"):
+        if key in norm:
+            got = tuple(torch.tensor(norm[key]).shape)
+            if got != shape:
+                raise DataError(
+                    f"the model's normalisation has {key} of shape {got}, but {path} rows have shape "
+                    f"{shape}; use the table it was trained on."
+                )
+    return dict(norm)
+
+
+def load_table(text: str, data_dir: Path | None = None, normalisation: dict[str, Any] | None = None) -> Any:
+    """Load a table source into a :class:`~aecore.data.Dataset` (train/test, standardised).
+
+    ``normalisation``, when given (a trained model's record), is used as is
+    instead of statistics computed from this table's training rows.
+    """
+    from aecore.data.sources import Dataset
+
+    source = parse_source(text, data_dir)
+    table = _read(source, source.path)
+    if source.test is not None:
+        test_table = _read(source, source.test)
+        if test_table.x.shape[1:] != table.x.shape[1:] or test_table.columns != table.columns:
+            raise DataError(
+                f"{source.test} has columns {test_table.columns or test_table.x.shape[1:]}, "
+                f"but {source.path} has {table.columns or table.x.shape[1:]}."
+            )
+        x_all = np.concatenate([table.x, test_table.x])
+        n_train = len(table.x)
+        train_idx = torch.arange(n_train)
+        test_idx = torch.arange(n_train, len(x_all))
+        y_values: Any = None
+        if table.y is not None and test_table.y is not None:
+            y_values = (
+                [*table.y, *test_table.y]
+                if isinstance(table.y, list)
+                else np.concatenate([table.y, test_table.y])  # type: ignore[list-item]
+            )
+    else:
+        x_all = table.x
+        n = len(x_all)
+        if n < 2:
+            raise DataError(f"{source.path} has {n} row; a train/test split needs at least 2.")
+        n_test = min(max(round(n * source.test_fraction), 1), n - 1)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(source.seed))
+        test_idx = order[:n_test].sort().values
+        train_idx = order[n_test:].sort().values
+        y_values = table.y
+    x = torch.from_numpy(x_all).float()
+    y, label_names = (None, None) if y_values is None else _labels(y_values)
+    shape = tuple(x.shape[1:])
+    if normalisation is not None:
+        norm = _check_normalisation(normalisation, shape, source.path)
+    elif source.norm == "standardise":
+        norm = standardise_stats(torch.from_numpy(x_all[train_idx.numpy()]))
+    else:
+        norm = {"kind": "identity"}
+    full = TensorData(x, y, norm)
+    train, test = full.subset(train_idx), full.subset(test_idx)
+    name = source.canonical()
+    spec: dict[str, Any] = {"name": name, "format": source.kind, "path": str(source.path)}
+    if table.columns:
+        spec["columns"] = table.columns
+    if table.label is not None:
+        spec["label"] = table.label
+    if label_names is not None:
+        spec["label_names"] = label_names
+    return Dataset(name, train, test, spec)
