@@ -72,7 +72,7 @@ def test_a_failed_load_is_shown_as_broken_by_a_later_plugins_list(runner, broken
     before = {r[1]: r[4] for r in table_rows(runner.invoke(app, ["plugins", "list"]).stdout)[1:]}
     assert before["raises"] == "ok"  # listing imports nothing, so it cannot know yet
     with pytest.warns(registry.PluginWarning):
-        bad = runner.invoke(app, ["train", "--encoder", "raises", "-q"])
+        bad = runner.invoke(app, ["train", "--encoder", "raises", "--decoder", "mlp", "-q"])
     assert bad.exit_code == 2
     assert bad.stderr.count("\n") == 1 and "aefake-raises" in bad.stderr and "libfoo" in bad.stderr
     registry.refresh()  # as a new process would

@@ -8,6 +8,7 @@ behind every figure can be checked (and reused) from Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "fit_gaussian",
     "interpolate",
     "is_variational",
+    "plot_scatter",
     "project_2d",
     "sample_codes",
     "to_display",
@@ -240,3 +242,29 @@ def _broadcast(stat: Tensor, like: Tensor) -> Tensor:
     if stat.dim() == 1 and like.dim() == 4 and stat.numel() == like.shape[1]:
         return stat.reshape(1, -1, 1, 1)
     return stat
+
+
+def plot_scatter(points: Any, labels: Tensor | None, path: Path, title: str = "") -> Path:
+    """2-D points coloured by class (tab10 for up to 10 classes), with a legend."""
+    import numpy as np
+
+    from aecore.plots import figure, save_figure
+
+    fig, ax = figure(figsize=(5.5, 5))
+    pts = np.asarray(points)
+    if labels is None:
+        ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.6)
+    else:
+        y = labels.cpu().numpy()
+        classes = np.unique(y)
+        cmap = "tab10" if len(classes) <= 10 else "tab20"
+        import matplotlib
+
+        colours = matplotlib.colormaps[cmap]
+        for i, cls in enumerate(classes):
+            mask = y == cls
+            ax.scatter(pts[mask, 0], pts[mask, 1], s=4, alpha=0.7, color=colours(i % colours.N), label=str(cls))
+        ax.legend(markerscale=3, fontsize=7, title="class", title_fontsize=7, loc="best")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    return save_figure(fig, path, dpi=100)

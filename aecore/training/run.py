@@ -114,6 +114,7 @@ def train(
         latent_dim=latent_dim,
         params=params,
     )
+    _check_output_range(model, train_data)
     check = getattr(trainer_obj, "check", None)
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
@@ -218,6 +219,16 @@ def split_validation(data: TensorData, fraction: float, seed: int) -> tuple[Tens
     n_val = round(len(data) * fraction)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[n_val:]), data.subset(order[:n_val])
+
+
+def _check_output_range(model: Autoencoder, data: TensorData) -> None:
+    """Standardised data (tables) spans negative values and values above 1: a bounded output cannot fit it."""
+    bounded = model.spec.decoder.params.get("output_activation")
+    if data.normalisation.get("kind") == "standardise" and bounded in ("sigmoid", "tanh"):
+        raise ConfigError(
+            f"decoder '{model.spec.decoder.name}' ends in {bounded}, which cannot reproduce standardised "
+            "data (zero mean, unit variance); pass --set decoder.output_activation=none."
+        )
 
 
 def _components_label(model: Autoencoder) -> str:
