@@ -104,7 +104,7 @@ def resolve(path: str | Path) -> Path:
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The aecore metadata of a checkpoint, validated, without reading the weights."""
     path = resolve(path)
-    header = _read_header(path)
+    header = read_header(path)
     raw = header.get("__metadata__", {}).get(METADATA_KEY)
     if raw is None:
         raise CheckpointError(f"{path} has no aecore metadata; it was not written by aecore.")
@@ -167,7 +167,7 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Autoe
     return model.to(map_location).eval()
 
 
-def _read_header(path: Path) -> dict[str, Any]:
+def read_header(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)

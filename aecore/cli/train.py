@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aecore.cli.output import console
 from aecore.cli.overrides import parse_sets
 from aecore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aecore.training import TrainResult
 
 EPILOG = """
 Examples:
@@ -126,8 +129,19 @@ def train_command(
         bool, typer.Option(help="Allow writing into a run directory that holds files.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue an interrupted run directory exactly where it stopped."),
+    ] = None,
+    ctx: typer.Context = None,  # type: ignore[assignment]
 ) -> None:
-    """Train an autoencoder composed from plugins and save it as safetensors."""
+    """Train an autoencoder composed from plugins and save it as safetensors.
+
+    Ctrl-C saves the run's state and prints how to continue it with --resume.
+    """
+    if resume is not None:
+        _resume(resume, ctx, quiet)
+        return
     regs = list(reg or [])
     params = component_params(regs, set_, epochs, batch_size, lr)
     class_list = parse_classes(classes)
@@ -153,6 +167,29 @@ def train_command(
         overwrite=overwrite,
         progress=not quiet,
     )
+    _report(result)
+
+
+def _resume(run_dir: Path, ctx: typer.Context, quiet: bool) -> None:
+    """``--resume RUN``: the run continues with the options it was started with, and no others."""
+    from typer._click.core import ParameterSource  # Typer vendors Click
+
+    given = [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name not in {"resume", "quiet"}
+        and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise ConfigError(
+            f"--resume continues {run_dir} with the options it was started with; drop {', '.join(given)}."
+        )
+    from aecore.training import resume
+
+    _report(resume(run_dir, progress=not quiet))
+
+
+def _report(result: TrainResult) -> None:
     from aecore.cli.evaluate import format_test_error
 
     console.print(f"test: {format_test_error(result.metrics, prefix='test_')}")

@@ -73,14 +73,24 @@ class TensorData:
         return TensorData(self.x.to(device), y, self.normalisation)
 
     def batches(
-        self, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = False
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        shuffle: bool = False,
+        skip: int = 0,
     ) -> Iterator[Tensor]:
-        """Float batches in order, or in a random order drawn from ``generator``."""
+        """Float batches in order, or in a random order drawn from ``generator``.
+
+        ``skip`` leaves out the first batches of the same order (a resumed epoch
+        draws the same permutation and continues where it stopped).
+        """
         n = len(self)
+        starts = range(skip * batch_size, n, batch_size)
         if shuffle:
             order = torch.randperm(n, generator=generator).to(self.x.device)
-            for start in range(0, n, batch_size):
+            for start in starts:
                 yield self.batch(order[start : start + batch_size])
         else:
-            for start in range(0, n, batch_size):
+            for start in starts:
                 yield self.batch(slice(start, start + batch_size))

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,8 +24,15 @@ from aecore.data import TensorData
 from aecore.errors import AecoreError, ConfigError
 from aecore.model import Autoencoder
 from aecore.training.context import RunContext
+from aecore.training.state import load_optimizer_state, optimizer_state
 
-__all__ = ["BEST_CHECKPOINT", "DefaultTrainer", "DefaultTrainerConfig", "TrainingDiverged"]
+__all__ = [
+    "BEST_CHECKPOINT",
+    "DefaultTrainer",
+    "DefaultTrainerConfig",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+]
 
 BEST_CHECKPOINT = "best.safetensors"
 LAST_CHECKPOINT = "model.safetensors"
@@ -30,6 +40,51 @@ LAST_CHECKPOINT = "model.safetensors"
 
 class TrainingDiverged(AecoreError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(AecoreError):
+    """Ctrl-C or SIGTERM stopped training after saving a resumable state."""
+
+    exit_code = 130
+
+
+@dataclass
+class _Position:
+    """Where training stands: what the resume file records for this trainer."""
+
+    epoch: int = 1
+    step: int = 0  # steps completed in ``epoch``
+    best: float = math.inf
+    stale: int = 0
+    done: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    epoch_rng: torch.Tensor | None = None  # shuffle generator state at the start of ``epoch``
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _StopSignal:
+    received: str | None = None
+
+
+@contextlib.contextmanager
+def _graceful_stop() -> Iterator[_StopSignal]:
+    """Turn the first Ctrl-C or SIGTERM into a flag checked after each step; a second one stops at once."""
+    flag = _StopSignal()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.received is not None:
+            raise KeyboardInterrupt
+        flag.received = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass(frozen=True)
@@ -49,6 +104,9 @@ class DefaultTrainerConfig:
     min_delta: float = param(0.0, "Smallest fall in validation loss that counts as an improvement.")
     keep_best: bool = param(True, "Also save best.safetensors, the epoch with the lowest validation loss.")
     checkpoint_every: int = param(1, "Save model.safetensors every N epochs (0: only at the end).")
+    save_every_steps: int | None = param(
+        None, "Also save the resume state every N steps (it is always saved at each epoch end)."
+    )
     amp: bool = param(False, "Mixed precision (bfloat16 autocast) on CUDA; ignored with a warning elsewhere.")
 
     def __post_init__(self) -> None:
@@ -64,7 +122,7 @@ class DefaultTrainerConfig:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
         if not 0 < self.plateau_factor < 1:
             raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
-        for name in ("plateau_patience", "early_stopping"):
+        for name in ("plateau_patience", "early_stopping", "save_every_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} cannot be negative, got {value}")
@@ -77,6 +135,9 @@ class DefaultTrainer:
 
     def __init__(self, config: DefaultTrainerConfig) -> None:
         self.config = config
+
+    #: This trainer continues interrupted runs (see aecore.training.state).
+    supports_resume = True
 
     def fit(
         self, model: Autoencoder, train: TensorData, val: TensorData, run: RunContext
@@ -95,57 +156,130 @@ class DefaultTrainer:
             )
         autocast = self._autocast(device)
         generator = torch.Generator().manual_seed(run.seed)
+        pos = _Position()
+        if run.resume is not None:
+            pos = self._restore(run.resume, optimizer, scheduler, generator)
+            if pos.done:
+                return dict(pos.metrics)
         steps = math.ceil(len(train) / cfg.batch_size)
         run.hooks.ae_train_start(run=run, total_epochs=cfg.epochs, steps_per_epoch=steps)
 
-        best, stale = math.inf, 0
-        metrics: dict[str, float] = {}
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            sums: dict[str, torch.Tensor] = {}
-            for step, xb in enumerate(train.batches(cfg.batch_size, generator=generator, shuffle=True)):
-                with autocast:
-                    terms = model.loss_terms(xb, run.loss_fn)
-                    loss = sum(terms.values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                n = xb.shape[0]
-                for name, value in terms.items():
-                    contribution = value.detach().float() * n
-                    sums[name] = sums[name] + contribution if name in sums else contribution
-                run.hooks.ae_step_end(run=run, epoch=epoch, step=step, batch_size=n, loss=loss.detach())
+        def save_state(done: bool = False) -> None:
+            if run.save_resume is not None:
+                meta, tensors = self._state(pos, optimizer, scheduler, done)
+                run.save_resume(model, meta, tensors)
 
-            metrics = self._epoch_metrics(epoch, sums, len(train), optimizer)
-            if not math.isfinite(metrics["train_loss"]):
-                raise TrainingDiverged(
-                    f"the loss became {metrics['train_loss']} in epoch {epoch}; the last good checkpoint "
-                    f"is kept in {run.out_dir}. Try a lower --lr or --set trainer.grad_clip=1.0."
-                )
-            improved = False
-            if len(val):
-                metrics["val_recon"] = self._validate(model, val, run)
-                improved = metrics["val_recon"] < best - cfg.min_delta
-                if improved:
-                    best, stale = metrics["val_recon"], 0
+        metrics: dict[str, float] = dict(pos.metrics)
+        with _graceful_stop() as stop_signal:
+            for epoch in range(pos.epoch, cfg.epochs + 1):
+                model.train()
+                if pos.step == 0:
+                    pos.epoch_rng = generator.get_state()
+                    pos.sums = {}
                 else:
-                    stale += 1
-                if scheduler is not None:
-                    scheduler.step(metrics["val_recon"])
-            run.hooks.ae_epoch_end(run=run, epoch=epoch, metrics=dict(metrics))
-            if cfg.keep_best and improved:
-                run.save_checkpoint(model, BEST_CHECKPOINT, metrics)
-            stop = cfg.early_stopping is not None and stale > cfg.early_stopping
-            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs and not stop:
-                run.save_checkpoint(model, LAST_CHECKPOINT, metrics)
-            if stop:
-                metrics["stopped_early"] = 1.0
-                break
-        if math.isfinite(best):
-            metrics["best_val_recon"] = best
+                    generator.set_state(pos.epoch_rng)  # the same order as before the interruption
+                order = train.batches(cfg.batch_size, generator=generator, shuffle=True, skip=pos.step)
+                for step, xb in enumerate(order, start=pos.step):
+                    with autocast:
+                        terms = model.loss_terms(xb, run.loss_fn)
+                        loss = sum(terms.values())
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the loss became {float(loss.detach())} in epoch {epoch}, step {step + 1}; the last good "
+                            f"checkpoint is kept in {run.out_dir}. Try a lower --lr or "
+                            "--set trainer.grad_clip=1.0."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    n = xb.shape[0]
+                    for name, value in terms.items():
+                        contribution = value.detach().float() * n
+                        pos.sums[name] = pos.sums[name] + contribution if name in pos.sums else contribution
+                    pos.epoch, pos.step = epoch, step + 1
+                    run.hooks.ae_step_end(run=run, epoch=epoch, step=step, batch_size=n, loss=loss.detach())
+                    if stop_signal.received:
+                        save_state()
+                        raise TrainingInterrupted(
+                            f"training stopped by {stop_signal.received} at epoch {epoch}, step {step + 1}; "
+                            f"its state is saved. Resume with: ae train --resume {run.out_dir}"
+                        )
+                    if cfg.save_every_steps and pos.step % cfg.save_every_steps == 0:
+                        save_state()
+
+                metrics = self._epoch_metrics(epoch, pos.sums, len(train), optimizer)
+                improved = False
+                if len(val):
+                    metrics["val_recon"] = self._validate(model, val, run)
+                    improved = metrics["val_recon"] < pos.best - cfg.min_delta
+                    if improved:
+                        pos.best, pos.stale = metrics["val_recon"], 0
+                    else:
+                        pos.stale += 1
+                    if scheduler is not None:
+                        scheduler.step(metrics["val_recon"])
+                run.hooks.ae_epoch_end(run=run, epoch=epoch, metrics=dict(metrics))
+                if cfg.keep_best and improved:
+                    run.save_checkpoint(model, BEST_CHECKPOINT, metrics)
+                stop = cfg.early_stopping is not None and pos.stale > cfg.early_stopping
+                last = epoch == cfg.epochs or stop
+                if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and not last:
+                    run.save_checkpoint(model, LAST_CHECKPOINT, metrics)
+                if stop:
+                    metrics["stopped_early"] = 1.0
+                if math.isfinite(pos.best):
+                    metrics["best_val_recon"] = pos.best
+                pos.epoch, pos.step, pos.metrics = epoch + 1, 0, dict(metrics)
+                pos.epoch_rng = generator.get_state()
+                save_state(done=last)
+                if stop:
+                    break
         return metrics
+
+    def _state(
+        self,
+        pos: _Position,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        done: bool,
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """This trainer's part of the resume file."""
+        optim_meta, tensors = optimizer_state(optimizer)
+        tensors = {**tensors, "shuffle_rng": pos.epoch_rng}
+        tensors.update({f"sums.{k}": v.reshape(()) for k, v in pos.sums.items()})
+        meta = {
+            "epoch": pos.epoch,
+            "step": pos.step,
+            "best": pos.best,
+            "stale": pos.stale,
+            "done": done,
+            "metrics": pos.metrics,
+            "optimizer": optim_meta,
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+        }
+        return meta, tensors
+
+    @staticmethod
+    def _restore(
+        state: Any, optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator
+    ) -> _Position:
+        meta, tensors = state.trainer, state.trainer_tensors
+        load_optimizer_state(optimizer, meta["optimizer"], tensors)
+        if scheduler is not None and meta.get("scheduler") is not None:
+            scheduler.load_state_dict(meta["scheduler"])
+        generator.set_state(tensors["shuffle_rng"])
+        return _Position(
+            epoch=meta["epoch"],
+            step=meta["step"],
+            best=meta["best"],
+            stale=meta["stale"],
+            done=meta["done"],
+            metrics=meta["metrics"],
+            epoch_rng=tensors["shuffle_rng"],
+            sums={k[len("sums.") :]: v for k, v in tensors.items() if k.startswith("sums.")},
+        )
 
     @staticmethod
     def _epoch_metrics(

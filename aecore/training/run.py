@@ -27,7 +27,7 @@ from aecore.losses import get_loss
 from aecore.model import Autoencoder, compose
 from aecore.training.context import RunContext
 
-__all__ = ["TrainResult", "keep_classes", "resolve_device", "split_validation", "train"]
+__all__ = ["TrainResult", "keep_classes", "resolve_device", "resume", "split_validation", "train"]
 
 METRICS_FILE = "metrics.json"
 
@@ -70,7 +70,8 @@ def train(
     ``params`` maps ``encoder``, ``decoder``, ``trainer`` and regularizer
     names to parameter dicts. A ``preset`` supplies all of these; explicit
     arguments override it. ``latent_dim`` defaults to the preset's, else 32.
-    Returns once the final checkpoint is written.
+    Returns once the final checkpoint is written. An interrupted run
+    continues with :func:`resume`.
     """
     params = {k: dict(v) for k, v in (params or {}).items()}
     preset_trainer: dict[str, Any] = {}
@@ -90,40 +91,117 @@ def train(
     if encoder is None:
         names = ", ".join(sorted({c.name for c in registry.list_components("encoder")})) or "none installed"
         raise ConfigError(f"choose an encoder with --encoder or a --preset (installed encoders: {names}).")
-    latent_dim = 32 if latent_dim is None else latent_dim
-    loss_fn = get_loss(loss)
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}.")
-    torch_device = resolve_device(device)
-    trainer_info = registry.info("trainer", trainer)
-    trainer_cls = trainer_info.load()
+    get_loss(loss)  # fail on a bad name before loading anything
+    resolve_device(device)
     # A preset's trainer settings apply where the chosen trainer has them; explicit ones always do.
+    trainer_cls = registry.get("trainer", trainer)
     accepted = {p.name for p in params_of(trainer_cls.Config)}
     trainer_params = {k: v for k, v in preset_trainer.items() if k in accepted}
     trainer_params.update(params.pop("trainer", {}))
-    trainer_obj = trainer_cls(config_from_dict(trainer_cls.Config, trainer_params, owner="trainer"))
 
     dataset = data if isinstance(data, Dataset) else load_dataset(data, data_dir)
+    request: dict[str, Any] = {
+        "encoder": encoder,
+        "decoder": decoder,
+        "regularizers": list(regularizers),
+        "preset": preset,
+        "trainer": trainer,
+        "trainer_params": _jsonable(trainer_params),
+        "params": _jsonable(params),
+        "latent_dim": 32 if latent_dim is None else latent_dim,
+        "data": None if isinstance(data, Dataset) else data,
+        "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+        "loss": loss,
+        "seed": seed,
+        "device": device,
+        "val_fraction": val_fraction,
+        "classes": None if classes is None else sorted({int(c) for c in classes}),
+    }
+    return _execute(
+        request,
+        dataset,
+        lambda model: _prepare_run_dir(out, runs_root, preset or _components_label(model), overwrite),
+        progress=progress,
+        hooks=hooks,
+    )
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    data: Dataset | None = None,
+    progress: bool = True,
+    hooks: Iterable[object] = (),
+) -> TrainResult:
+    """Continue an interrupted run from ``run_dir/resume.safetensors``, exactly where it stopped.
+
+    Weights, optimizer, scheduler, epoch, position in the epoch's data order
+    and random states are all restored, so on CPU the result is bit-identical
+    to an uninterrupted run. Pass ``data`` only if the run was started from
+    a :class:`Dataset` object rather than a dataset name.
+    """
+    from aecore.training.state import read_resume
+
+    run_dir = Path(run_dir)
+    state = read_resume(run_dir)
+    request = state.request
+    if data is None:
+        if request.get("data") is None and request.get("data_name") not in (None, "embedded"):
+            raise ConfigError(
+                f"{run_dir} was trained on an in-memory dataset; "
+                "resume it from Python with resume(..., data=...)."
+            )
+        data = load_dataset(request.get("data"), request.get("data_dir"))
+    return _execute(request, data, lambda model: run_dir, progress=progress, hooks=hooks, state=state)
+
+
+def _execute(
+    request: Mapping[str, Any],
+    dataset: Dataset,
+    make_run_dir: Any,
+    *,
+    progress: bool,
+    hooks: Iterable[object],
+    state: Any = None,
+) -> TrainResult:
+    """Run a resolved request: compose, fit (fresh or resumed), evaluate, save."""
+    from aecore.training.state import restore_rng, write_resume
+
+    request = {**request, "data_name": dataset.name}
+    torch_device = resolve_device(request["device"])
+    loss_fn = get_loss(request["loss"])
+    trainer_info = registry.info("trainer", request["trainer"])
+    trainer_cls = trainer_info.load()
+    trainer_obj = trainer_cls(
+        config_from_dict(trainer_cls.Config, request["trainer_params"], owner="trainer")
+    )
+    if state is not None and not getattr(trainer_obj, "supports_resume", False):
+        raise ConfigError(f"trainer '{trainer_info.name}' cannot resume a run; start it again instead.")
+
+    classes = request.get("classes")
     train_data = dataset.train if classes is None else keep_classes(dataset.train, classes, dataset.name)
+    seed = request["seed"]
     torch.manual_seed(seed)
     model = compose(
-        encoder,
-        decoder,
-        regularizers,
+        request["encoder"],
+        request["decoder"],
+        request["regularizers"],
         input_shape=train_data.shape,
-        latent_dim=latent_dim,
-        params=params,
+        latent_dim=request["latent_dim"],
+        params=request["params"],
     )
     _check_output_range(model, train_data)
     check = getattr(trainer_obj, "check", None)
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
-    train_split, val_split = split_validation(train_data, val_fraction, seed)
-    run_dir = _prepare_run_dir(out, runs_root, preset or _components_label(model), overwrite)
+    train_split, val_split = split_validation(train_data, request["val_fraction"], seed)
+    run_dir = make_run_dir(model)
 
     data_meta = {**dataset.spec, "normalisation": dataset.train.normalisation}
     if classes is not None:
-        data_meta["classes"] = sorted({int(c) for c in classes})
+        data_meta["classes"] = classes
     training_meta = {
         "trainer": {
             "name": trainer_info.name,
@@ -131,18 +209,27 @@ def train(
             "version": trainer_info.version,
             "params": config_to_dict(trainer_obj.config),
         },
-        "preset": preset,
-        "loss": loss,
+        "preset": request["preset"],
+        "loss": request["loss"],
         "seed": seed,
-        "val_fraction": val_fraction,
+        "val_fraction": request["val_fraction"],
         "device": str(torch_device),
     }
     pm = plugin_manager(hooks, exclude=() if progress else ("progress",))
+    history: list[dict[str, float]] = [] if state is None else list(state.history)
+    pm.register(_HistoryRecorder(history))
 
     def save_checkpoint(m: Autoencoder, filename: str, metrics: Mapping[str, float]) -> Path:
         path = checkpoint.save(m, run_dir / filename, data=data_meta, training=training_meta, metrics=metrics)
         pm.hook.ae_checkpoint_saved(run=run, path=path, metrics=dict(metrics))
         return path
+
+    def save_resume(
+        m: Autoencoder, trainer_meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> Path:
+        return write_resume(
+            run_dir, model=m, request=request, trainer=trainer_meta, trainer_tensors=tensors, history=history
+        )
 
     run = RunContext(
         out_dir=run_dir,
@@ -160,17 +247,23 @@ def train(
             "train_size": len(train_split),
             "val_size": len(val_split),
             "parameters": model.num_parameters(),
+            "resumed": state is not None,
         },
+        resume=state,
+        save_resume=save_resume,
     )
-    history: list[dict[str, float]] = []
-    recorder = _HistoryRecorder(history)
-    pm.register(recorder)
+    if state is not None:
+        try:
+            model.load_state_dict(state.model_state, strict=True)
+        except RuntimeError as exc:
+            raise RunDirectoryError(f"{run_dir} resume file does not match its model: {exc}") from None
+        restore_rng(state.rng)
 
     try:
         final = dict(trainer_obj.fit(model, train_split, val_split, run))
     except BaseException:
         pm.hook.ae_train_end(run=run, metrics={})  # lets displays and loggers close cleanly
-        if not any(run_dir.iterdir()):
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # nothing was saved: leave no empty run directory behind
         raise
     model.eval()
@@ -183,6 +276,15 @@ def train(
     )
     pm.hook.ae_train_end(run=run, metrics=dict(final))
     return TrainResult(model, run_dir, path, final, history)
+
+
+def _jsonable(value: Any) -> Any:
+    """Parameters as JSON values (tuples become lists), as the resume file stores them."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def resolve_device(name: str) -> torch.device:
@@ -210,7 +312,9 @@ def keep_classes(data: TensorData, classes: Sequence[int], name: str) -> TensorD
     kept = data.subset(torch.isin(data.y, wanted).nonzero().flatten())
     if len(kept) == 0:
         present = sorted(int(v) for v in data.y.unique()[:20])
-        raise ConfigError(f"no training samples have a label in {sorted(wanted.tolist())}; labels present: {present}.")
+        raise ConfigError(
+            f"no training samples have a label in {sorted(wanted.tolist())}; labels present: {present}."
+        )
     return kept
 
 
