@@ -185,8 +185,8 @@ class DefaultTrainer:
                         loss = sum(terms.values())
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
-                            f"the loss became {float(loss.detach())} in epoch {epoch}, step {step + 1}; the last good "
-                            f"checkpoint is kept in {run.out_dir}. Try a lower --lr or "
+                            f"the loss became {float(loss.detach())} in epoch {epoch}, step {step + 1}; "
+                            f"the last good checkpoint is kept in {run.out_dir}. Try a lower --lr or "
                             "--set trainer.grad_clip=1.0."
                         )
                     optimizer.zero_grad(set_to_none=True)
