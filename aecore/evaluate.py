@@ -13,28 +13,39 @@ import torch
 from aecore.data import TensorData
 from aecore.model import Autoencoder
 
-__all__ = ["reconstruction_metrics"]
+__all__ = ["bce_per_pixel", "reconstruction_metrics"]
 
 
 @torch.no_grad()
 def reconstruction_metrics(
-    model: Autoencoder, data: TensorData, *, batch_size: int = 1000, device: torch.device | str = "cpu"
+    model: Autoencoder,
+    data: TensorData,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+    part: tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """MSE per pixel, sum of squared errors per image, and PSNR (for data in [0, 1]).
 
     Errors are accumulated in float64 over fixed-size batches in order, so the
-    result does not depend on anything but the weights and the data.
+    result does not depend on anything but the weights and the data. In a
+    distributed job, ``part`` = (rank, world size) splits the work and the
+    sums are added up across ranks.
     """
+    from aecore.training.distributed import all_reduce_sum
+
     was_training = model.training
     model.eval()
     sse = torch.zeros((), dtype=torch.float64, device=device)
     try:
-        for xb in data.batches(batch_size):
+        for xb in data.batches(batch_size, part=part):
             xb = xb.to(device)
             recon = model(xb)
             sse += (recon.double() - xb.double()).pow(2).sum()
     finally:
         model.train(was_training)
+    if part is not None:
+        all_reduce_sum(sse)
     n = len(data)
     per_image = sse.item() / n
     mse = per_image / math.prod(data.shape)
@@ -42,3 +53,30 @@ def reconstruction_metrics(
     if data.normalisation.get("kind") == "scale":
         metrics["psnr"] = 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
     return metrics
+
+
+@torch.no_grad()
+def bce_per_pixel(
+    model: Autoencoder, data: TensorData, *, batch_size: int = 1000, device: torch.device | str = "cpu"
+) -> float | None:
+    """Mean binary cross-entropy per element, for data in [0, 1] (``scale``) and outputs in [0, 1].
+
+    None where BCE does not apply: other normalisations, or outputs outside
+    [0, 1] (a decoder without a sigmoid). Accumulated in float64 like
+    :func:`reconstruction_metrics`.
+    """
+    if data.normalisation.get("kind") != "scale":
+        return None
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for xb in data.batches(batch_size):
+            xb = xb.to(device)
+            recon = model(xb).double()
+            if recon.min() < 0 or recon.max() > 1:
+                return None
+            total += torch.nn.functional.binary_cross_entropy(recon, xb.double(), reduction="sum")
+    finally:
+        model.train(was_training)
+    return total.item() / (len(data) * math.prod(data.shape))

@@ -100,8 +100,16 @@ class Autoencoder(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """The reconstruction of ``x`` (no input corruption)."""
+    def forward(
+        self, x: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+    ) -> Tensor | dict[str, Tensor]:
+        """The reconstruction of ``x``; with ``loss_fn``, the training loss terms instead.
+
+        Routing the loss through ``forward`` lets a DistributedDataParallel
+        wrapper see the whole training computation.
+        """
+        if loss_fn is not None:
+            return self.loss_terms(x, loss_fn)
         return self.decode(self.encode(x))
 
     def loss_terms(self, x: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> dict[str, Tensor]:

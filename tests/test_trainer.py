@@ -59,7 +59,7 @@ def test_early_stopping_ends_training_after_patience_epochs_without_improvement(
 def test_plateau_cuts_the_learning_rate(tmp_path, tiny_data, monkeypatch):
     from aecore.training.default import DefaultTrainer
 
-    monkeypatch.setattr(DefaultTrainer, "_validate", lambda self, model, val, run: 0.5)  # a flat plateau
+    monkeypatch.setattr(DefaultTrainer, "_validate", lambda self, *args: 0.5)  # a flat plateau
     result = _train(
         tmp_path,
         tiny_data,

@@ -133,12 +133,18 @@ def train_command(
         Path | None,
         typer.Option(help="Continue an interrupted run directory exactly where it stopped."),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(help="Launch N processes with torchrun (DDP: gloo on CPU, NCCL on CUDA)."),
+    ] = None,
     ctx: typer.Context = None,  # type: ignore[assignment]
 ) -> None:
     """Train an autoencoder composed from plugins and save it as safetensors.
 
     Ctrl-C saves the run's state and prints how to continue it with --resume.
     """
+    if nproc is not None:
+        raise typer.Exit(_launch_torchrun(nproc))
     if resume is not None:
         _resume(resume, ctx, quiet)
         return
@@ -189,8 +195,31 @@ def _resume(run_dir: Path, ctx: typer.Context, quiet: bool) -> None:
     _report(resume(run_dir, progress=not quiet))
 
 
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun with ``nproc`` processes on this machine."""
+    import subprocess
+    import sys
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*command, "-m", "aecore", *args])
+
+
 def _report(result: TrainResult) -> None:
     from aecore.cli.evaluate import format_test_error
+    from aecore.training.distributed import from_environment
+
+    if not from_environment().is_main:
+        return  # rank 0 speaks for the job
 
     console.print(f"test: {format_test_error(result.metrics, prefix='test_')}")
     console.print(f"saved {result.checkpoint} and {result.run_dir / 'metrics.json'}")

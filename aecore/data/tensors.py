@@ -79,18 +79,21 @@ class TensorData:
         generator: torch.Generator | None = None,
         shuffle: bool = False,
         skip: int = 0,
+        part: tuple[int, int] | None = None,
     ) -> Iterator[Tensor]:
         """Float batches in order, or in a random order drawn from ``generator``.
 
         ``skip`` leaves out the first batches of the same order (a resumed epoch
-        draws the same permutation and continues where it stopped).
+        draws the same permutation and continues where it stopped). ``part`` =
+        (rank, world size) yields only this rank's share of each batch, so the
+        ranks of a distributed job together see exactly the single-process batches.
         """
         n = len(self)
-        starts = range(skip * batch_size, n, batch_size)
-        if shuffle:
-            order = torch.randperm(n, generator=generator).to(self.x.device)
-            for start in starts:
-                yield self.batch(order[start : start + batch_size])
-        else:
-            for start in starts:
-                yield self.batch(slice(start, start + batch_size))
+        order = torch.randperm(n, generator=generator).to(self.x.device) if shuffle else None
+        for start in range(skip * batch_size, n, batch_size):
+            stop = min(start + batch_size, n)
+            if part is not None:
+                rank, world = part
+                size = stop - start
+                start, stop = start + rank * size // world, start + (rank + 1) * size // world
+            yield self.batch(slice(start, stop) if order is None else order[start:stop])

@@ -13,17 +13,20 @@ from aecore.registry import HOOKS_GROUP, entry_point_infos
 hookimpl = pluggy.HookimplMarker(specs.PROJECT)
 
 
-def plugin_manager(extra: Iterable[object] = (), *, exclude: Iterable[str] = ()) -> pluggy.PluginManager:
+def plugin_manager(
+    extra: Iterable[object] = (), *, exclude: Iterable[str] = (), entry_points: bool = True
+) -> pluggy.PluginManager:
     """A manager with every installed hook plugin registered, plus ``extra`` objects.
 
-    ``exclude`` names entry points to leave out (``--quiet`` drops ``progress``).
+    ``exclude`` names entry points to leave out (``--quiet`` drops ``progress``);
+    ``entry_points=False`` loads none (the non-zero ranks of a distributed job).
     A plugin that fails to load is warned about and skipped: a broken
     logger must not stop training.
     """
     pm = pluggy.PluginManager(specs.PROJECT)
     pm.add_hookspecs(specs)
     skip = set(exclude)
-    for entry in entry_point_infos(HOOKS_GROUP):
+    for entry in entry_point_infos(HOOKS_GROUP) if entry_points else ():
         if entry.name in skip:
             continue
         try:

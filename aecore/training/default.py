@@ -23,6 +23,7 @@ from aecore.config import param
 from aecore.data import TensorData
 from aecore.errors import AecoreError, ConfigError
 from aecore.model import Autoencoder
+from aecore.training import distributed
 from aecore.training.context import RunContext
 from aecore.training.state import load_optimizer_state, optimizer_state
 
@@ -148,6 +149,15 @@ class DefaultTrainer:
         device = run.device
         train, val = train.to(device), val.to(device)
         model.to(device)
+        job = distributed.current()
+        part = (job.rank, job.world_size) if job.active else None
+        engine: torch.nn.Module = model
+        if job.active:  # gradients are averaged across ranks during backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            engine = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = None
         if cfg.plateau_patience is not None and len(val):
@@ -178,10 +188,12 @@ class DefaultTrainer:
                     pos.sums = {}
                 else:
                     generator.set_state(pos.epoch_rng)  # the same order as before the interruption
-                order = train.batches(cfg.batch_size, generator=generator, shuffle=True, skip=pos.step)
+                order = train.batches(
+                    cfg.batch_size, generator=generator, shuffle=True, skip=pos.step, part=part
+                )
                 for step, xb in enumerate(order, start=pos.step):
                     with autocast:
-                        terms = model.loss_terms(xb, run.loss_fn)
+                        terms = engine(xb, loss_fn=run.loss_fn)
                         loss = sum(terms.values())
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
@@ -199,7 +211,9 @@ class DefaultTrainer:
                         contribution = value.detach().float() * n
                         pos.sums[name] = pos.sums[name] + contribution if name in pos.sums else contribution
                     pos.epoch, pos.step = epoch, step + 1
-                    run.hooks.ae_step_end(run=run, epoch=epoch, step=step, batch_size=n, loss=loss.detach())
+                    run.hooks.ae_step_end(
+                        run=run, epoch=epoch, step=step, batch_size=n * job.world_size, loss=loss.detach()
+                    )
                     if stop_signal.received:
                         save_state()
                         raise TrainingInterrupted(
@@ -212,7 +226,7 @@ class DefaultTrainer:
                 metrics = self._epoch_metrics(epoch, pos.sums, len(train), optimizer)
                 improved = False
                 if len(val):
-                    metrics["val_recon"] = self._validate(model, val, run)
+                    metrics["val_recon"] = self._validate(model, val, run, part)
                     improved = metrics["val_recon"] < pos.best - cfg.min_delta
                     if improved:
                         pos.best, pos.stale = metrics["val_recon"], 0
@@ -286,8 +300,12 @@ class DefaultTrainer:
         epoch: int, sums: dict[str, torch.Tensor], n: int, optimizer: torch.optim.Optimizer
     ) -> dict[str, float]:
         metrics = {"epoch": epoch, "train_loss": 0.0}
-        for name, total in sums.items():
-            value = total.item() / n
+        totals: dict[str, float] = {}
+        if sums:  # one all-reduce for every term (a no-op in a single process)
+            summed = distributed.all_reduce_sum(torch.stack(list(sums.values()))).tolist()
+            totals = dict(zip(sums, summed, strict=True))
+        for name, total in totals.items():
+            value = total / n
             metrics[f"train_{name}"] = value
             metrics["train_loss"] += value
         metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -302,10 +320,13 @@ class DefaultTrainer:
         return torch.autocast("cuda", dtype=torch.bfloat16)
 
     @torch.no_grad()
-    def _validate(self, model: Autoencoder, val: TensorData, run: RunContext) -> float:
+    def _validate(
+        self, model: Autoencoder, val: TensorData, run: RunContext, part: tuple[int, int] | None
+    ) -> float:
         model.eval()
         total = torch.zeros((), dtype=torch.float64, device=run.device)
-        for xb in val.batches(1000):
-            total += run.loss_fn(model(xb), xb).double() * xb.shape[0]
+        for xb in val.batches(1000, part=part):
+            if len(xb):
+                total += run.loss_fn(model(xb), xb).double() * xb.shape[0]
         model.train()
-        return total.item() / len(val)
+        return distributed.all_reduce_sum(total).item() / len(val)

@@ -25,6 +25,7 @@ from aecore.evaluate import reconstruction_metrics
 from aecore.hooks import hookimpl, plugin_manager
 from aecore.losses import get_loss
 from aecore.model import Autoencoder, compose
+from aecore.training import distributed
 from aecore.training.context import RunContext
 
 __all__ = ["TrainResult", "keep_classes", "resolve_device", "resume", "split_validation", "train"]
@@ -122,7 +123,9 @@ def train(
     return _execute(
         request,
         dataset,
-        lambda model: _prepare_run_dir(out, runs_root, preset or _components_label(model), overwrite),
+        lambda model, create: _prepare_run_dir(
+            out, runs_root, preset or _components_label(model), overwrite, create=create
+        ),
         progress=progress,
         hooks=hooks,
     )
@@ -154,7 +157,7 @@ def resume(
                 "resume it from Python with resume(..., data=...)."
             )
         data = load_dataset(request.get("data"), request.get("data_dir"))
-    return _execute(request, data, lambda model: run_dir, progress=progress, hooks=hooks, state=state)
+    return _execute(request, data, lambda model, create: run_dir, progress=progress, hooks=hooks, state=state)
 
 
 def _execute(
@@ -166,11 +169,43 @@ def _execute(
     hooks: Iterable[object],
     state: Any = None,
 ) -> TrainResult:
-    """Run a resolved request: compose, fit (fresh or resumed), evaluate, save."""
+    """Run a resolved request: compose, fit (fresh or resumed), evaluate, save.
+
+    Under torchrun every rank runs this; only rank 0 writes files and runs hooks.
+    """
+    job, torch_device = distributed.setup(resolve_device(request["device"]))
+    try:
+        if job.active and state is not None:
+            raise ConfigError("resuming a distributed run is not supported yet; resume it in one process.")
+        return _run_job(
+            request,
+            dataset,
+            make_run_dir,
+            progress=progress,
+            hooks=hooks,
+            state=state,
+            job=job,
+            device=torch_device,
+        )
+    finally:
+        distributed.shutdown()
+
+
+def _run_job(
+    request: Mapping[str, Any],
+    dataset: Dataset,
+    make_run_dir: Any,
+    *,
+    progress: bool,
+    hooks: Iterable[object],
+    state: Any,
+    job: distributed.Distributed,
+    device: torch.device,
+) -> TrainResult:
     from aecore.training.state import restore_rng, write_resume
 
     request = {**request, "data_name": dataset.name}
-    torch_device = resolve_device(request["device"])
+    torch_device = device
     loss_fn = get_loss(request["loss"])
     trainer_info = registry.info("trainer", request["trainer"])
     trainer_cls = trainer_info.load()
@@ -197,7 +232,10 @@ def _execute(
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
     train_split, val_split = split_validation(train_data, request["val_fraction"], seed)
-    run_dir = make_run_dir(model)
+    run_dir = make_run_dir(model, False)  # every rank agrees on the path before rank 0 creates it
+    distributed.barrier()
+    if job.is_main:
+        run_dir = make_run_dir(model, True)
 
     data_meta = {**dataset.spec, "normalisation": dataset.train.normalisation}
     if classes is not None:
@@ -215,11 +253,13 @@ def _execute(
         "val_fraction": request["val_fraction"],
         "device": str(torch_device),
     }
-    pm = plugin_manager(hooks, exclude=() if progress else ("progress",))
+    pm = plugin_manager(hooks, exclude=() if progress else ("progress",), entry_points=job.is_main)
     history: list[dict[str, float]] = [] if state is None else list(state.history)
     pm.register(_HistoryRecorder(history))
 
     def save_checkpoint(m: Autoencoder, filename: str, metrics: Mapping[str, float]) -> Path:
+        if not job.is_main:
+            return run_dir / filename
         path = checkpoint.save(m, run_dir / filename, data=data_meta, training=training_meta, metrics=metrics)
         pm.hook.ae_checkpoint_saved(run=run, path=path, metrics=dict(metrics))
         return path
@@ -227,6 +267,8 @@ def _execute(
     def save_resume(
         m: Autoencoder, trainer_meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
     ) -> Path:
+        if not job.is_main:
+            return run_dir / "resume.safetensors"
         return write_resume(
             run_dir, model=m, request=request, trainer=trainer_meta, trainer_tensors=tensors, history=history
         )
@@ -267,13 +309,15 @@ def _execute(
             run_dir.rmdir()  # nothing was saved: leave no empty run directory behind
         raise
     model.eval()
-    test = reconstruction_metrics(model, dataset.test, device=torch_device)
+    part = (job.rank, job.world_size) if job.active else None
+    test = reconstruction_metrics(model, dataset.test, device=torch_device, part=part)
     final.update({f"test_{k}": v for k, v in test.items()})
     path = save_checkpoint(model, checkpoint.DEFAULT_NAME, final)
-    checkpoint.atomic_write_bytes(
-        run_dir / METRICS_FILE,
-        json.dumps({"final": final, "history": history}, indent=2).encode(),
-    )
+    if job.is_main:
+        checkpoint.atomic_write_bytes(
+            run_dir / METRICS_FILE,
+            json.dumps({"final": final, "history": history}, indent=2).encode(),
+        )
     pm.hook.ae_train_end(run=run, metrics=dict(final))
     return TrainResult(model, run_dir, path, final, history)
 
@@ -345,8 +389,13 @@ def _components_label(model: Autoencoder) -> str:
     return "-".join(parts)
 
 
-def _prepare_run_dir(out: str | Path | None, runs_root: str | Path, label: str, overwrite: bool) -> Path:
-    """A fresh run directory; an existing non-empty one is kept unless ``overwrite``."""
+def _prepare_run_dir(
+    out: str | Path | None, runs_root: str | Path, label: str, overwrite: bool, *, create: bool = True
+) -> Path:
+    """A fresh run directory; an existing non-empty one is kept unless ``overwrite``.
+
+    With ``create=False`` it only chooses the path.
+    """
     if out is not None:
         run_dir = Path(out)
         if run_dir.exists() and not run_dir.is_dir():
@@ -363,7 +412,8 @@ def _prepare_run_dir(out: str | Path | None, runs_root: str | Path, label: str, 
         while run_dir.exists():
             run_dir = root / f"{base}-{counter}"
             counter += 1
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
