@@ -1,9 +1,392 @@
-"""Analysis commands (being written)."""
+"""Commands about data and numbers: ``ae pca``, ``ae inspect``, ``ae encode`` and ``ae decode``.
+
+The numbers come from :mod:`aecore.analysis.pca`, :mod:`aecore.analysis.codes`
+and :mod:`aecore.analysis.summary`; this module parses options, writes the
+files and prints a summary. torch, numpy and matplotlib are imported inside
+the commands so that ``ae --help`` stays light.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from aecore.cli.common import (
+    DataDirOpt,
+    DataOpt,
+    DeviceOpt,
+    ModelArg,
+    OverwriteOpt,
+    load_model_and_data,
+    output_file,
+)
+from aecore.cli.output import console
+from aecore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
+
+    from aecore.analysis.summary import ModuleNode
+
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="safetensors, npy or csv [default: from the --out suffix, else safetensors]."
+    ),
+]
+
+
+def _files(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
+
+
+# -- ae pca ---------------------------------------------------------------------------------------
+
+
+def pca_command(
+    data: Annotated[
+        str | None, typer.Option(help="Dataset: embedded (default), mnist, csv:PATH or npy:PATH.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    variance: Annotated[
+        float, typer.Option(help="Share of the variance to explain, between 0 and 1.")
+    ] = 0.95,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Plot file (.png); the curve goes next to it as .csv [default: ./pca.png]."),
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """How many principal components a variance target needs: a bottleneck size to start from."""
+    from aecore.analysis.pca import components_for_variance, fit_pca
+    from aecore.data import load_dataset
+
+    if not 0.0 < variance <= 1.0:
+        raise ConfigError(f"--variance must be in (0, 1], got {variance:g}; e.g. --variance 0.95.")
+    base = (out if out is not None else Path("pca.png")).with_suffix("")
+    png = output_file(base.with_suffix(".png"), base.with_suffix(".png"), overwrite)
+    csv_path = output_file(base.with_suffix(".csv"), base.with_suffix(".csv"), overwrite)
+    dataset = load_dataset(data, data_dir)
+    pca = fit_pca(dataset.train)
+    k = components_for_variance(pca, variance)
+    ratio = pca.explained_variance_ratio
+    cumulative = ratio.cumsum(0)
+    with csv_path.open("w") as f:
+        f.write("components,explained_variance_ratio,cumulative_variance\n")
+        for i, (r, c) in enumerate(zip(ratio.tolist(), cumulative.tolist(), strict=True), start=1):
+            f.write(f"{i},{r:.9g},{c:.9g}\n")
+    _plot_cumulative(cumulative.tolist(), variance, k, dataset.name, png)
+
+    from rich.table import Table
+
+    dim = pca.components.shape[1]
+    table = Table(title=f"PCA of {dataset.name} (training split, {len(dataset.train)} samples)")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("features", f"{dim:,}")
+    table.add_row("variance target", f"{variance:.2%}")
+    table.add_row("components needed", f"{k:,}")
+    table.add_row("variance explained", f"{float(cumulative[k - 1]):.4%}")
+    table.add_row("compression", f"{dim / k:.1f}×")
+    console.print(table)
+    console.print(f"{k} components explain {variance:.0%} of the variance")
+    console.print(f"wrote {_files([png, csv_path])}")
+
+
+def _plot_cumulative(cumulative: list[float], target: float, k: int, name: str, path: Path) -> None:
+    from aecore.plots import figure, save_figure
+
+    fig, ax = figure(figsize=(5.5, 3.6))
+    xs = range(1, len(cumulative) + 1)
+    ax.plot(xs, cumulative, color="tab:blue", lw=1.8, label="cumulative explained variance")
+    ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target:.0%}")
+    ax.axvline(k, color="tab:gray", ls=":", lw=1)
+    ax.annotate(f"{k} components", (k, target), xytext=(8, -18), textcoords="offset points", fontsize=9)
+    ax.set_xlabel("components")
+    ax.set_ylabel("share of variance")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, len(cumulative))
+    ax.set_title(f"PCA on {name}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, path)
+
+
+# -- ae inspect -----------------------------------------------------------------------------------
+
+
+def inspect_command(
+    model: ModelArg,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write everything shown as JSON to this file.")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """What a checkpoint holds: components, data, training, versions, metrics, module tree and sizes."""
+    import math
+
+    from rich.table import Table
+
+    from aecore import checkpoint
+    from aecore.analysis.summary import module_tree, parameter_counts, tensor_counts
+    from aecore.errors import CheckpointError
+
+    path = checkpoint.resolve(model)
+    meta = checkpoint.read_metadata(path)  # validated header: works before (or without) the weights
+    target = output_file(out, out, overwrite) if out is not None else None
+    loaded = None
+    note = ""
+    try:
+        loaded = checkpoint.load(path)
+    except CheckpointError as exc:
+        note = str(exc)
+    counts = parameter_counts(loaded) if loaded is not None else tensor_counts(path)
+    spec = meta["model"]
+    input_shape = [int(s) for s in spec.get("input_shape", [])]
+    latent = int(spec.get("latent_dim", 0))
+    ratio = math.prod(input_shape) / latent if latent else float("nan")
+
+    console.print(f"[bold]{path}[/bold]  format {meta.get('format_version')}")
+    comps = Table(title="components")
+    for col in ("role", "name", "dist", "version", "parameters", "settings"):
+        comps.add_column(col, justify="right" if col == "parameters" else "left")
+    roles = [("encoder", spec.get("encoder", {}), "encoder"), ("decoder", spec.get("decoder", {}), "decoder")]
+    roles += [("regularizer", r, r.get("name", "")) for r in spec.get("regularizers", [])]
+    for role, comp, key in roles:
+        comps.add_row(
+            role,
+            str(comp.get("name")),
+            str(comp.get("dist")),
+            str(comp.get("version")),
+            f"{counts.get(key, 0):,}",
+            _settings(comp.get("params", {})),
+        )
+    console.print(comps)
+
+    facts = Table(show_header=False, title="model")
+    facts.add_column("")
+    facts.add_column("")
+    total = sum(counts.values())
+    facts.add_row("input shape", "×".join(map(str, input_shape)))
+    facts.add_row("latent size", str(latent))
+    facts.add_row("compression", f"{ratio:.1f}× ({math.prod(input_shape):,} → {latent})")
+    label = "parameters" if loaded is not None else "stored values (weights not loaded)"
+    facts.add_row(label, f"{total:,}")
+    data = meta.get("data", {})
+    facts.add_row("data", f"{data.get('name')} ({_normalisation(data.get('normalisation', {}))})")
+    if data.get("classes") is not None:
+        facts.add_row("trained on classes", ", ".join(map(str, data["classes"])))
+    training = meta.get("training", {})
+    trainer = training.get("trainer", {})
+    facts.add_row("trainer", f"{trainer.get('name')} {_settings(trainer.get('params', {}))}")
+    for key in ("preset", "loss", "seed", "val_fraction", "device"):
+        if training.get(key) is not None:
+            facts.add_row(key, str(training[key]))
+    facts.add_row("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))
+    console.print(facts)
+
+    metrics = meta.get("metrics", {})
+    if metrics:
+        table = Table(title="metrics (at save time)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in metrics.items():
+            table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+    tree = None
+    if loaded is not None:
+        tree = module_tree(loaded, "model")
+        console.print(_rich_tree(tree))
+    else:
+        console.print(f"module tree unavailable: {note}")
+    if target is not None:
+        report: dict[str, Any] = {
+            "path": str(path),
+            "metadata": meta,
+            "parameters": counts,
+            "total_parameters": total,
+            "compression_ratio": ratio,
+            "tree": _tree_dict(tree) if tree is not None else None,
+        }
+        target.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {target}")
+
+
+def _settings(params: dict[str, Any]) -> str:
+    """``hidden=512,256 activation=relu``: compact, one line."""
+
+    def fmt(v: Any) -> str:
+        return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
+
+
+def _normalisation(norm: dict[str, Any]) -> str:
+    kind = norm.get("kind", "identity")
+    if kind == "scale":
+        return f"scale ÷{norm.get('divisor', 1):g}"
+    if kind == "standardise":
+        return f"standardise, {len(norm.get('mean', []))} column statistics from the training split"
+    return str(kind)
+
+
+def _rich_tree(node: ModuleNode) -> Tree:
+    from rich.tree import Tree
+
+    def label(n: ModuleNode) -> str:
+        extra = f" ({n.text})" if n.text and not n.children else ""
+        return f"[bold]{n.name}[/bold]: {n.kind}{extra} · {n.parameters:,} params"
+
+    def add(parent: Tree, n: ModuleNode) -> None:
+        branch = parent.add(label(n))
+        for child in n.children:
+            add(branch, child)
+
+    root = Tree(label(node))
+    for child in node.children:
+        add(root, child)
+    return root
+
+
+def _tree_dict(node: ModuleNode) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "type": node.kind,
+        "repr": node.text,
+        "parameters": node.parameters,
+        "children": [_tree_dict(c) for c in node.children],
+    }
+
+
+# -- ae encode / ae decode -------------------------------------------------------------------------
+
+
+def _target(out: Path | None, fmt: str | None, default_stem: Path, overwrite: bool) -> tuple[Path, str]:
+    from aecore.analysis.codes import file_format
+
+    if out is None:
+        fmt = file_format(Path("x.safetensors"), fmt or "safetensors")
+        out = default_stem.with_name(f"{default_stem.name}.{fmt}")
+    fmt = file_format(out, fmt)
+    return output_file(out, out, overwrite), fmt
+
+
+def encode_command(
+    model: ModelArg,
+    split: Annotated[str, typer.Option(help="Which split to encode: test or train.")] = "test",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Codes file: .safetensors, .npy or .csv "
+            "[default: codes-SPLIT.safetensors next to the checkpoint]."
+        ),
+    ] = None,
+    fmt: FormatOpt = None,
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "cpu",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write the latent codes of a dataset split (with labels where known) to a file."""
+    from aecore.analysis.codes import encode_data, labels_path, write_table
+
+    if split not in ("test", "train"):
+        raise ConfigError(f"--split must be test or train, got '{split}'.")
+    loaded = load_model_and_data(model, data, data_dir, device)
+    subset = getattr(loaded.dataset, split)
+    target, fmt = _target(out, fmt, loaded.run_dir / f"codes-{split}", overwrite)
+    if fmt == "npy" and subset.y is not None:
+        output_file(labels_path(target), labels_path(target), overwrite)
+    codes = encode_data(loaded.model, subset, device=next(loaded.model.parameters()).device)
+    written = write_table(target, codes, subset.y, fmt)
+
+    from rich.table import Table
+
+    table = Table(title=f"codes of {loaded.dataset.name} {split} ({len(codes):,} samples)")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("code size", str(codes.shape[1]))
+    table.add_row("mean |z|", f"{codes.abs().mean():.4g}")
+    table.add_row("std per unit (mean)", f"{codes.std(0).mean():.4g}" if len(codes) > 1 else "-")
+    table.add_row("units never active (z = 0)", str(int((codes == 0).all(0).sum())))
+    table.add_row("labels", "yes" if subset.y is not None else "none")
+    console.print(table)
+    console.print(f"wrote {_files(written)}")
+
+
+def decode_command(
+    model: ModelArg,
+    codes: Annotated[Path, typer.Argument(help="Codes: .safetensors (key 'codes'), .npy or .csv (z0..).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Outputs: .safetensors, .npy or .csv (plus a .png grid for image models), or just a "
+            ".png grid [default: decoded.safetensors next to the checkpoint]."
+        ),
+    ] = None,
+    fmt: FormatOpt = None,
+    codes_format: Annotated[
+        str | None, typer.Option(help="Format of CODES [default: from its suffix].")
+    ] = None,
+    data_units: Annotated[
+        bool, typer.Option(help="Undo the data normalisation (e.g. standardisation) in the data file.")
+    ] = False,
+    max_images: Annotated[int, typer.Option(help="At most this many images in the grid.")] = 64,
+    device: DeviceOpt = "cpu",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Decode latent codes from a file into outputs (a PNG grid for image models, and/or a data file)."""
+    from aecore import checkpoint
+    from aecore.analysis.codes import decode_codes, denormalise, read_codes, write_table
+    from aecore.training.run import resolve_device
+
+    path = checkpoint.resolve(model)
+    grid_only = out is not None and out.suffix.lower() == ".png"
+    torch_device = resolve_device(device)
+    net = checkpoint.load(path, map_location=torch_device)
+    norm = net.metadata.get("data", {}).get("normalisation", {})
+    image = len(net.input_shape) == 3 and net.input_shape[0] in (1, 3)
+    if grid_only and not image:
+        raise ConfigError(
+            f"the model's outputs have shape {net.input_shape}, not images; write .npy or .csv."
+        )
+    if grid_only:
+        assert out is not None
+        data_file, fmt, png = None, None, output_file(out, out, overwrite)
+    else:
+        data_file, fmt = _target(out, fmt, path.parent / "decoded", overwrite)
+        png = (
+            output_file(data_file.with_suffix(".png"), data_file.with_suffix(".png"), overwrite)
+            if image
+            else None
+        )
+    z, labels = read_codes(codes, codes_format)
+    outputs = decode_codes(net, z, device=torch_device)
+    written = []
+    if data_file is not None and fmt is not None:
+        values = denormalise(outputs, norm) if data_units else outputs
+        written += write_table(data_file, values, labels, fmt, key="outputs", prefix="x")
+    if png is not None:
+        from aecore.plots import save_grid
+
+        shown = denormalise(outputs[:max_images], norm) / float(norm.get("divisor", 1.0))
+        nrow = min(len(shown), 8) or 1
+        written.append(save_grid(shown.clamp(0, 1), png, nrow=nrow))
+    console.print(
+        f"decoded {len(z):,} codes of size {z.shape[1]} into outputs of shape "
+        f"{'×'.join(map(str, net.input_shape))} "
+        f"(range {float(outputs.min()):.3g} to {float(outputs.max()):.3g})"
+    )
+    console.print(f"wrote {_files(written)}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `ae` application."""
+    app.command("pca")(pca_command)
+    app.command("inspect")(inspect_command)
+    app.command("encode")(encode_command)
+    app.command("decode")(decode_command)

@@ -21,9 +21,7 @@ if TYPE_CHECKING:
     from aecore.model import Autoencoder
 
 ModelArg = Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory.")]
-DataOpt = Annotated[
-    str | None, typer.Option(help="Dataset [default: the one the model was trained on].")
-]
+DataOpt = Annotated[str | None, typer.Option(help="Dataset [default: the one the model was trained on].")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Local copy of the dataset (no download).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 OutOpt = Annotated[Path | None, typer.Option(help="Output file [default: next to the checkpoint].")]
@@ -53,8 +51,8 @@ def load_model_and_data(
     from aecore.training.run import resolve_device
 
     torch_device = resolve_device(device)
+    model = checkpoint.load(path, map_location=torch_device)  # resolves (and checks) the path itself
     file = checkpoint.resolve(path)
-    model = checkpoint.load(file, map_location=torch_device)
     recorded = model.metadata.get("data", {})
     if data is None:
         data = recorded.get("name")

@@ -1,4 +1,9 @@
-"""``ae eval``: reload a checkpoint and measure its test reconstruction error."""
+"""``ae eval``: reload a checkpoint, measure its test reconstruction error, compare it with PCA.
+
+PCA with as many components as the model has code units is the best linear
+code of that size, so the ratio model SSE / PCA SSE says how much the
+non-linear model gains (below 1) or loses (above 1).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from typing import Annotated
 
 import typer
 
+from aecore.cli.common import load_model_and_data, output_file
 from aecore.cli.output import console
-from aecore.errors import ShapeError
 
 
 def format_test_error(metrics: Mapping[str, float], prefix: str = "") -> str:
@@ -30,26 +35,88 @@ def eval_command(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Local copy of the dataset.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    pca: Annotated[
+        bool, typer.Option(help="Compare with PCA at the same code size, fitted on the training split.")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the figures as CSV (metric, model, pca, ratio).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
-    """Report test MSE per pixel, SSE per image and PSNR of a saved model."""
-    from aecore import checkpoint
-    from aecore.data import load_dataset
-    from aecore.evaluate import reconstruction_metrics
-    from aecore.training.run import resolve_device
+    """Report test MSE per pixel, SSE per image, PSNR and BCE of a saved model, next to PCA's."""
+    import math
 
-    torch_device = resolve_device(device)
-    model = checkpoint.load(path, map_location=torch_device)
-    recorded = model.metadata.get("data", {})
-    if data is None:
-        data = recorded.get("name")
-        if data_dir is None and recorded.get("data_dir"):
-            data_dir = Path(recorded["data_dir"])
-    dataset = load_dataset(data, data_dir)
-    if dataset.test.shape != model.input_shape:
-        raise ShapeError(
-            f"the model takes inputs of shape {model.input_shape}, but {dataset.name} has "
-            f"{dataset.test.shape}; evaluate it on the data it was trained on."
-        )
+    from aecore.evaluate import bce_per_pixel, reconstruction_metrics
+
+    target = output_file(out, out, overwrite) if out is not None else None
+    loaded = load_model_and_data(path, data, data_dir, device)
+    model, dataset = loaded.model, loaded.dataset
+    torch_device = next(model.parameters()).device
     metrics = reconstruction_metrics(model, dataset.test, device=torch_device)
-    console.print(f"{checkpoint.resolve(path)} on {dataset.name} test ({len(dataset.test)} images)")
+    bce = bce_per_pixel(model, dataset.test, device=torch_device)
+    if bce is not None:
+        metrics["bce_per_pixel"] = bce
+    unit = "images" if len(dataset.test.shape) > 1 else "rows"
+    console.print(f"{loaded.path} on {dataset.name} test ({len(dataset.test)} {unit})")
     console.print(f"test: {format_test_error(metrics)}")
+
+    baseline: dict[str, float] = {}
+    if pca:
+        from aecore.analysis.pca import MAX_FEATURES, fit_pca, pca_metrics
+
+        train = dataset.train
+        classes = loaded.meta.get("data", {}).get("classes")
+        if classes is not None and data is None:
+            from aecore.training.run import keep_classes
+
+            train = keep_classes(train, classes, dataset.name)  # the data the model saw
+        if math.prod(train.shape) <= MAX_FEATURES and len(train) >= 2:
+            fitted = fit_pca(train, model.latent_dim)
+            baseline = pca_metrics(fitted, dataset.test, fitted.n_components)
+        else:
+            console.print("PCA baseline skipped: too many features or too few training samples.")
+    _print_table(metrics, baseline, min(model.latent_dim, math.prod(dataset.test.shape)))
+    if target is not None:
+        with target.open("w") as f:
+            f.write("metric,model,pca,ratio\n")
+            for key, value in metrics.items():
+                other = baseline.get(key)
+                pca_cell = "" if other is None else f"{other:.9g}"
+                ratio = f"{value / other:.9g}" if other and key in _RATIO_KEYS else ""
+                f.write(f"{key},{value:.9g},{pca_cell},{ratio}\n")
+        console.print(f"wrote {target}")
+
+
+#: Errors, where model / PCA is meaningful (PSNR is logarithmic, BCE has no PCA counterpart).
+_RATIO_KEYS = ("mse_per_pixel", "sse_per_image")
+
+
+def _print_table(metrics: Mapping[str, float], baseline: Mapping[str, float], k: int) -> None:
+    from rich.table import Table
+
+    names = {
+        "mse_per_pixel": "MSE per pixel",
+        "sse_per_image": "SSE per image",
+        "psnr": "PSNR (dB)",
+        "bce_per_pixel": "BCE per pixel",
+    }
+    table = Table(title="test reconstruction error")
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    if baseline:
+        table.add_column(f"PCA ({k} components)", justify="right")
+        table.add_column("model / PCA", justify="right")
+    for key, label in names.items():
+        if key not in metrics:
+            continue
+        row = [label, f"{metrics[key]:.6g}"]
+        if baseline:
+            other = baseline.get(key)
+            row.append("-" if other is None else f"{other:.6g}")
+            row.append(f"{metrics[key] / other:.3f}" if other and key in _RATIO_KEYS else "")
+        table.add_row(*row)
+    console.print(table)
+    if baseline:
+        ratio = metrics["sse_per_image"] / baseline["sse_per_image"]
+        verdict = "better than" if ratio < 1 else "no better than"
+        console.print(f"SSE ratio model/PCA: {ratio:.3f} (the model is {verdict} PCA with {k} components)")

@@ -152,9 +152,7 @@ def _read_csv(path: Path, source: TableSource) -> _Table:
     if not rows:
         raise DataError(f"{path} is empty; a table needs at least one row of numbers.")
     first = [c.strip() for c in rows[0][1]]
-    has_header = source.header == "yes" or (
-        source.header == "auto" and not any(_is_number(c) for c in first)
-    )
+    has_header = source.header == "yes" or (source.header == "auto" and not any(_is_number(c) for c in first))
     if has_header:
         columns = first
         rows = rows[1:]
