@@ -60,7 +60,11 @@ def collect_activations(module: nn.Module, x: Tensor) -> list[LayerActivation]:
         if not isinstance(output, Tensor) or output.dim() not in (2, 4):
             return
         seen = snapshots.pop(id(mod), None)
-        if seen is not None and seen.numel() == output.numel() and torch.equal(seen.flatten(), output.flatten()):
+        if (
+            seen is not None
+            and seen.numel() == output.numel()
+            and torch.equal(seen.flatten(), output.flatten())
+        ):
             return  # passes values on unchanged
         name = names.get(id(mod), type(mod).__name__) or type(mod).__name__
         calls[name] = calls.get(name, 0) + 1
@@ -83,7 +87,7 @@ def collect_activations(module: nn.Module, x: Tensor) -> list[LayerActivation]:
 
 
 def feature_map_grid(maps: Tensor, nrow: int | None = None, padding: int = 1) -> Tensor:
-    """One sample's feature maps (C, H, W) as a single image grid (3, H', W'), each map scaled to [0, 1].
+    """One sample's feature maps (C, H, W) as one image grid (3, H', W'), up to 16 per row, each in [0, 1].
 
     Each channel gets its own range so weak and strong channels are both visible.
     """
@@ -94,7 +98,7 @@ def feature_map_grid(maps: Tensor, nrow: int | None = None, padding: int = 1) ->
     low = flat.min(1).values.reshape(c, 1, 1)
     span = (flat.max(1).values.reshape(c, 1, 1) - low).clamp(min=1e-12)
     scaled = ((maps - low) / span).unsqueeze(1)
-    nrow = nrow or min(c, max(8, math.ceil(math.sqrt(c))))
+    nrow = nrow or min(c, 16)
     return make_grid(scaled, nrow=nrow, padding=padding, pad_value=1.0)
 
 
@@ -104,8 +108,8 @@ def plot_activation_rows(
     """One heat row per layer for sample 0: the input image, then each layer's units left to right.
 
     Feature-map layers are summarised by the mean activation of each channel.
-    Each row has its own colour scale; its range and fraction of non-zero units
-    are written beside it.
+    Each row has its own colour scale; the row's range and the fraction of the
+    layer's values that are non-zero are written beside it.
     """
     from aecore.plots import figure, save_figure
 
@@ -119,18 +123,16 @@ def plot_activation_rows(
         ax.set_title(title or "input", fontsize=8, loc="left")
         ax.axis("off")
         offset = 1
-    for ax, layer in zip(axes[offset:], layers):
+    for ax, layer in zip(axes[offset:], layers, strict=True):
         values = layer.output[0]
         row = values.mean(dim=(1, 2)) if layer.is_map else values
         row = row.reshape(1, -1).numpy()
         ax.imshow(row, aspect="auto", cmap="viridis", interpolation="nearest")
-        active = float((row != 0).mean())
+        active = float((values != 0).float().mean())  # over every value, not the channel means
         summary = "channel means" if layer.is_map else "units"
         ax.set_yticks([])
         ax.set_xticks([])
-        ax.set_ylabel(
-            layer.describe().replace(" (", "\n("), rotation=0, ha="right", va="center", fontsize=7
-        )
+        ax.set_ylabel(layer.describe().replace(" (", "\n("), rotation=0, ha="right", va="center", fontsize=7)
         ax.text(
             1.01,
             0.5,
@@ -159,7 +161,7 @@ def plot_feature_maps(layers: list[LayerActivation], path: Path) -> Path:
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
     )
-    for ax, layer, grid in zip(axes[:, 0], maps, grids):
+    for ax, layer, grid in zip(axes[:, 0], maps, grids, strict=True):
         ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(layer.describe(), fontsize=8, loc="left")
         ax.axis("off")

@@ -69,9 +69,9 @@ def plot_loss(series: dict[str, tuple[list[float], list[float]]], path: Path, ti
 
     pretrain = {k: v for k, v in series.items() if k.startswith("pretrain_")}
     main = {k: v for k, v in series.items() if k not in pretrain}
-    panels = [p for p in (main, pretrain) if p]
+    panels = [p for p in (main, pretrain) if p] or [main]
     fig, axes = figure(ncols=len(panels) or 1, figsize=(5.5 * max(1, len(panels)), 3.6), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes[0], panels, strict=True):
         for name, (xs, ys) in panel.items():
             style = "--" if name.startswith("val_") else "-"
             ax.plot(xs, ys, style, marker="o", markersize=3, label=name)
@@ -86,7 +86,11 @@ def plot_loss(series: dict[str, tuple[list[float], list[float]]], path: Path, ti
         xs, ys = main["val_recon"]
         best = min(range(len(ys)), key=ys.__getitem__)
         axes[0][0].annotate(
-            f"best {ys[best]:.4g}", (xs[best], ys[best]), textcoords="offset points", xytext=(0, 8), fontsize=7
+            f"best {ys[best]:.4g}",
+            (xs[best], ys[best]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            fontsize=7,
         )
     if pretrain:
         axes[0][-1].set_title("layer-wise pretraining", fontsize=9)

@@ -263,7 +263,9 @@ def plot_scatter(points: Any, labels: Tensor | None, path: Path, title: str = ""
         colours = matplotlib.colormaps[cmap]
         for i, cls in enumerate(classes):
             mask = y == cls
-            ax.scatter(pts[mask, 0], pts[mask, 1], s=4, alpha=0.7, color=colours(i % colours.N), label=str(cls))
+            ax.scatter(
+                pts[mask, 0], pts[mask, 1], s=4, alpha=0.7, color=colours(i % colours.N), label=str(cls)
+            )
         ax.legend(markerscale=3, fontsize=7, title="class", title_fontsize=7, loc="best")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
