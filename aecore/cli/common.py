@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     from aecore.model import Autoencoder
 
 ModelArg = Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory.")]
-DataOpt = Annotated[str | None, typer.Option(help="Dataset [default: the one the model was trained on].")]
+DataOpt = Annotated[str | None, typer.Option(help="Dataset (default: the one the model was trained on).")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Local copy of the dataset (no download).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-OutOpt = Annotated[Path | None, typer.Option(help="Output file [default: next to the checkpoint].")]
+OutOpt = Annotated[Path | None, typer.Option(help="Output file (default: next to the checkpoint).")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output file.")]
 
 

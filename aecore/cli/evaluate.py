@@ -31,7 +31,7 @@ def format_test_error(metrics: Mapping[str, float], prefix: str = "") -> str:
 def eval_command(
     path: Annotated[Path, typer.Argument(help="A model.safetensors file or a run directory.")],
     data: Annotated[
-        str | None, typer.Option(help="Dataset [default: the one the model was trained on].")
+        str | None, typer.Option(help="Dataset (default: the one the model was trained on).")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Local copy of the dataset.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",

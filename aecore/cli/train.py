@@ -37,7 +37,7 @@ EncoderOpt = Annotated[
 ]
 DecoderOpt = Annotated[
     str | None,
-    typer.Option("--decoder", "-d", help="Decoder plugin name [default: the encoder's counterpart]."),
+    typer.Option("--decoder", "-d", help="Decoder plugin name (default: the encoder's counterpart)."),
 ]
 RegOpt = Annotated[
     list[str] | None,
@@ -47,10 +47,10 @@ PresetOpt = Annotated[
     str | None, typer.Option(help="Start from a named recipe (see 'ae presets'); options override it.")
 ]
 TrainerOpt = Annotated[str, typer.Option(help="Trainer plugin name.")]
-LatentDimOpt = Annotated[int | None, typer.Option(help="Size of the code [default: the preset's, or 32].")]
-EpochsOpt = Annotated[int | None, typer.Option(help="Epochs [default: the trainer's].")]
-BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size [default: the trainer's].")]
-LrOpt = Annotated[float | None, typer.Option(help="Learning rate [default: the trainer's].")]
+LatentDimOpt = Annotated[int | None, typer.Option(help="Size of the code (default: the preset's, or 32).")]
+EpochsOpt = Annotated[int | None, typer.Option(help="Epochs (default: the trainer's).")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size (default: the trainer's).")]
+LrOpt = Annotated[float | None, typer.Option(help="Learning rate (default: the trainer's).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed for weights, split and shuffling.")]
 LossOpt = Annotated[str, typer.Option(help="Reconstruction loss: mse, bce or l1.")]
 TrainDataOpt = Annotated[
@@ -118,7 +118,7 @@ def train_command(
     data_dir: TrainDataDirOpt = None,
     device: TrainDeviceOpt = "auto",
     out: Annotated[
-        Path | None, typer.Option(help="Run directory [default: runs/<components>, never reused].")
+        Path | None, typer.Option(help="Run directory (default: runs/<components>, never reused).")
     ] = None,
     val_fraction: Annotated[
         float, typer.Option(help="Share of training data held out for validation.")
