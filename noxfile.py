@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s demo``.
+"""Developer sessions: ``nox -s tests``, ``lint``, ``demo``, ``docs`` and ``bench``.
 
 Each session installs the repository (core and shipped plugins) from
 requirements.txt into its own virtual environment, exactly as the README's
@@ -36,3 +36,11 @@ def demo(session: nox.Session) -> None:
     session.run("ae", "plugins", "list")
     session.run("ae", "train", "--encoder", "conv", "--reg", "sparse", "--out", run_dir, "--overwrite")
     session.run("ae", "eval", run_dir)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate the CLI reference from the app, then build the mkdocs site with --strict."""
+    session.install("-r", "requirements.txt", "mkdocs>=1.6", "mkdocs-material>=9.5")
+    session.run("python", "-m", "aecore.cli.reference", "--write", "docs/cli.md")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})

@@ -1,6 +1,6 @@
 """Write the CLI reference (docs/cli.md) from the Typer app itself, so it cannot drift.
 
-    python -m aecore.cli.reference > docs/cli.md
+    python -m aecore.cli.reference --write docs/cli.md
 
 A test regenerates it and compares with the committed file.
 """
@@ -17,7 +17,8 @@ from aecore.cli.app import app
 
 HEADER = """# CLI reference
 
-Generated from the `ae` application by `python -m aecore.cli.reference`; do not edit by hand.
+Generated from the `ae` application by `python -m aecore.cli.reference --write docs/cli.md`;
+do not edit by hand (a test fails when this page and the application disagree).
 Every error a user can fix prints one line on stderr and exits with code 2.
 """
 
@@ -69,5 +70,17 @@ def render() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def main(argv: list[str]) -> None:
+    """Print the reference, or write it with ``--write PATH``."""
+    if argv[:1] == ["--write"] and len(argv) == 2:
+        from pathlib import Path
+
+        Path(argv[1]).write_text(render())
+    else:
+        print(render(), end="")
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    import sys
+
+    main(sys.argv[1:])
