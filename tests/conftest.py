@@ -151,3 +151,11 @@ def tiny_data(embedded):
     test = embedded.test.subset(torch.arange(200))
     assert isinstance(train, TensorData)
     return Dataset("tiny", train, test, {"name": "tiny"})
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir() -> Path:
+    """The real MNIST copy (../shared/data/mnist or $AECORE_MNIST_DIR); skips loudly, fails on CI."""
+    from helpers import require_real_mnist
+
+    return require_real_mnist()

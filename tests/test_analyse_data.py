@@ -21,8 +21,6 @@ from aecore.data import Dataset, load_dataset
 from aecore.errors import DataError
 from aecore.evaluate import bce_per_pixel, reconstruction_metrics
 
-MNIST_DIR = Path("/work/shared/data/mnist")
-
 
 def one_line_error(result, *fragments: str) -> str:
     """A failure that printed exactly one 'error: ...' line (exit code 2, no traceback)."""
@@ -419,18 +417,15 @@ def test_train_on_csv_then_eval_reuses_the_stored_statistics(runner, tmp_path, m
 
 # -- full MNIST reference figures ------------------------------------------------------------------
 
-needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "MNIST" / "raw").is_dir(), reason="no local MNIST copy")
-
 
 @pytest.mark.slow
-@needs_mnist
-def test_pca_reference_figures_on_full_mnist(runner):
-    data = load_dataset("mnist", MNIST_DIR)
+def test_pca_reference_figures_on_full_mnist(runner, real_mnist_dir):
+    data = load_dataset("mnist", real_mnist_dir)
     pca = fit_pca(data.train)
     assert pca_metrics(pca, data.test, 30)["sse_per_image"] == pytest.approx(13.866, abs=5e-4)
     assert pca_metrics(pca, data.test, 154)["sse_per_image"] == pytest.approx(2.59, abs=5e-3)
     assert components_for_variance(pca, 0.95) == 154
-    result = runner.invoke(app, ["pca", "--data", "mnist", "--data-dir", str(MNIST_DIR)])
+    result = runner.invoke(app, ["pca", "--data", "mnist", "--data-dir", str(real_mnist_dir)])
     assert result.exit_code == 0, result.stderr
     assert "154 components explain 95% of the variance" in result.stdout
     assert math.isclose(float(pca.explained_variance_ratio[:154].sum()), 0.95, abs_tol=1e-3)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import require_real_mnist
 from typer.testing import CliRunner
 
 from aecore.cli import app
@@ -17,31 +17,6 @@ from aecore.data.idx import read_idx, write_idx
 from aecore.errors import AecoreError, DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def mnist_dir() -> Path:
-    """The real MNIST copy: $AECORE_MNIST_DIR, else ../shared/data/mnist next to the repository."""
-    env = os.environ.get("AECORE_MNIST_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "mnist"
-
-
-def require_real_mnist() -> Path:
-    """The real MNIST folder; skip with the reason when it is missing, but fail on CI."""
-    path = mnist_dir()
-    if not (path / "MNIST" / "raw").is_dir():
-        reason = (
-            f"the real MNIST copy is not at {path} (expected MNIST/raw/ inside it); "
-            "set AECORE_MNIST_DIR to a folder holding MNIST/raw/"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must test the real data path: {reason}")
-        pytest.skip(reason)
-    return path
-
-
-@pytest.fixture(scope="module")
-def real_mnist_dir() -> Path:
-    return require_real_mnist()
 
 
 def test_missing_real_copy_skips_locally_but_fails_on_ci(tmp_path, monkeypatch):

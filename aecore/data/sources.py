@@ -88,6 +88,28 @@ def load_mnist(data_dir: Path | None) -> Dataset:
     return Dataset("mnist", splits["train"], splits["test"], spec)
 
 
+def _embedded_sources(data_dir: Path | None) -> list[Path]:
+    root = Path(str(resources.files(EMBEDDED_PACKAGE)))
+    return sorted(root.glob("*-ubyte.gz"))
+
+
+def _mnist_sources(data_dir: Path | None) -> list[Path]:
+    raw = (default_data_root() if data_dir is None else data_dir) / "MNIST" / "raw"
+    names = (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    )
+    return [raw / n for n in names]
+
+
+#: Dataset name -> the files whose state decides whether a cached copy is still good.
+_SOURCES: dict[str, Callable[[Path | None], list[Path]]] = {
+    "embedded": _embedded_sources,
+    "mnist": _mnist_sources,
+}
+
 #: Dataset name -> loader(data_dir).
 DATASETS: dict[str, Callable[[Path | None], Dataset]] = {
     "embedded": load_embedded,
@@ -107,12 +129,20 @@ def load_dataset(
     then reuse its statistics instead of computing them; named image sets
     have a fixed scaling and ignore it.
     """
+    from aecore.data.cache import cached_dataset
+
     name = name or "embedded"
     root = Path(data_dir).expanduser() if data_dir is not None else None
     if name.partition(":")[0] in ("csv", "npy") and ":" in name:
-        from aecore.data.tabular import load_table
+        from aecore.data.tabular import load_table, parse_source
 
-        dataset = load_table(name, root, normalisation)
+        source = parse_source(name, root)
+        dataset = cached_dataset(
+            source.canonical(),
+            {"normalisation": normalisation},
+            lambda: [p for p in (source.path, source.test) if p is not None],
+            lambda: load_table(name, root, normalisation),
+        )
     else:
         loader = DATASETS.get(name)
         if loader is None:
@@ -120,7 +150,12 @@ def load_dataset(
                 f"unknown dataset '{name}'.{suggest(name, DATASETS)} Known datasets: "
                 f"{', '.join(DATASETS)}, csv:PATH, npy:PATH."
             )
-        dataset = loader(root)
+        dataset = cached_dataset(
+            name,
+            {"data_dir": None if root is None else str(root.resolve())},
+            lambda: _SOURCES[name](root),
+            lambda: loader(root),
+        )
     if len(dataset.train) == 0 or len(dataset.test) == 0:
         raise DataError(f"dataset '{name}' is empty; check the files it reads.")
     return dataset
