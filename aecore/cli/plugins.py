@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aecore import registry
+from aecore.cli import scaffold
 from aecore.cli.output import console
 from aecore.errors import UnknownComponentError, suggest
 
@@ -156,3 +157,6 @@ def _show(value: object) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+app.command("new")(scaffold.new_command)

@@ -1,0 +1,232 @@
+"""``ae plugins new``: scaffold a plugin distribution that installs, trains and passes its tests.
+
+The files come from ``aecore/templates/plugin/*.tmpl`` (package data),
+filled in with :class:`string.Template`. Nothing here imports torch: the
+generated code does, once it is installed and used.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import string
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aecore.errors import AecoreError, suggest
+
+__all__ = ["KINDS", "ScaffoldError", "check_kind", "check_name", "new_command", "render", "scaffold_plugin"]
+
+TEMPLATE_PACKAGE = "aecore"
+TEMPLATE_DIR = ("templates", "plugin")
+MAX_NAME_LENGTH = 30
+_NAME = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
+_DIST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+class ScaffoldError(AecoreError):
+    """A plugin name, kind or target folder that ``ae plugins new`` cannot use."""
+
+
+@dataclass(frozen=True)
+class _Kind:
+    group: str
+    suffix: str  # class-name suffix
+    try_it: str  # an 'ae train' line using the new component
+    set_target: str  # TARGET in --set TARGET.PARAM=VALUE
+
+
+KINDS: dict[str, _Kind] = {
+    "encoder": _Kind(
+        "aecore.encoders", "Encoder", "ae train --encoder {name} --decoder mlp --epochs 1", "encoder"
+    ),
+    "decoder": _Kind(
+        "aecore.decoders", "Decoder", "ae train --encoder mlp --decoder {name} --epochs 1", "decoder"
+    ),
+    "regularizer": _Kind(
+        "aecore.regularizers",
+        "Regularizer",
+        "ae train --encoder mlp --reg {name} --set {name}.weight=1e-2 --epochs 1",
+        "{name}",
+    ),
+    "trainer": _Kind(
+        "aecore.trainers", "Trainer", "ae train --encoder mlp --trainer {name} --epochs 1", "trainer"
+    ),
+}
+
+_DESCRIPTIONS = {
+    "encoder": "A minimal aecore encoder: flatten, then one linear layer to the code.",
+    "decoder": "A minimal aecore decoder: one linear layer, a sigmoid, and the input's shape.",
+    "regularizer": "A minimal aecore regularizer: a small L2 penalty on the code.",
+    "trainer": "A minimal aecore trainer: Adam over shuffled mini-batches, with validation and hooks.",
+}
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a component, a package suffix and a distribution; else a ScaffoldError."""
+    lowered = name.lower()
+    for prefix in ("aecore-", "aecore_"):
+        if lowered.startswith(prefix) and len(name) > len(prefix):
+            raise ScaffoldError(
+                f"leave out the '{prefix}' prefix: 'ae plugins new {name[len(prefix) :]}' "
+                f"creates the distribution aecore-{name[len(prefix) :]}."
+            )
+    if not _NAME.fullmatch(name):
+        hint = f" (did you mean '{_slugify(name)}'?)" if _slugify(name) else ""
+        raise ScaffoldError(
+            f"plugin name '{name}' must be lowercase letters and digits, optionally joined by single "
+            f"'-' or '_', starting with a letter, e.g. 'tinyconv'{hint}."
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise ScaffoldError(f"plugin name '{name}' is {len(name)} characters; use at most {MAX_NAME_LENGTH}.")
+    return name
+
+
+def check_kind(kind: str) -> _Kind:
+    if kind not in KINDS:
+        raise ScaffoldError(
+            f"unknown plugin kind '{kind}'.{suggest(kind, KINDS)} Choose one of: {', '.join(KINDS)}."
+        )
+    return KINDS[kind]
+
+
+def scaffold_plugin(
+    name: str,
+    kind: str,
+    directory: str | Path = ".",
+    *,
+    dist: str | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, list[Path]]:
+    """Write a plugin distribution into ``directory/<dist>``; return the folder and the files written.
+
+    ``dist`` defaults to ``aecore-<name>``; the package is ``aecore_<name>``
+    either way (``-`` becomes ``_``). An existing non-empty folder is refused
+    unless ``overwrite``, which replaces the generated files and leaves any
+    others alone.
+    """
+    check_name(name)
+    spec = check_kind(kind)
+    slug = name.replace("-", "_")
+    dist = f"aecore-{slug.replace('_', '-')}" if dist is None else dist
+    if not _DIST.fullmatch(dist):
+        raise ScaffoldError(
+            f"distribution name '{dist}' is not valid; use letters, digits, '-', '_' and '.', "
+            "starting and ending with a letter or digit."
+        )
+    target = Path(directory).expanduser() / dist
+    _check_target(target, overwrite)
+    _check_installed(kind, name, dist, target)
+
+    values = {
+        "name": name,
+        "slug": slug,
+        "package": f"aecore_{slug}",
+        "dist": dist,
+        "cls": _class_name(name, spec.suffix),
+        "kind": kind,
+        "group": spec.group,
+        "entry_key": name,
+        "description": _DESCRIPTIONS[kind],
+        "try_it": spec.try_it.format(name=name),
+        "set_target": spec.set_target.format(name=name),
+    }
+    files = {
+        "pyproject.toml": "pyproject.toml.tmpl",
+        "README.md": "README.md.tmpl",
+        f"{values['package']}/__init__.py": f"{kind}.py.tmpl",
+        f"tests/test_{slug}.py": f"test_{kind}.py.tmpl",
+    }
+    written = []
+    for relative, template in files.items():
+        path = target / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(template, values), encoding="utf-8")
+        written.append(path)
+    return target, written
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """One template file filled in; a placeholder without a value is a bug, so it raises KeyError."""
+    source = resources.files(TEMPLATE_PACKAGE).joinpath(*TEMPLATE_DIR, template)
+    return string.Template(source.read_text(encoding="utf-8")).substitute(values)
+
+
+def _class_name(name: str, suffix: str) -> str:
+    """``tiny-conv`` and ``Encoder`` give ``TinyConvEncoder``; ``my-encoder`` gives ``MyEncoder``."""
+    camel = "".join(part.capitalize() for part in re.split(r"[-_]", name))
+    return camel if camel.endswith(suffix) else camel + suffix
+
+
+def _slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.strip().lower()).strip("-")
+    slug = re.sub(r"^(aecore-)+", "", re.sub(r"^[0-9-]+", "", slug))
+    return slug[:MAX_NAME_LENGTH].strip("-")
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise ScaffoldError(f"{target} is a file; choose another --dir or --dist.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ScaffoldError(
+            f"{target} already exists and is not empty; choose another --dir or pass --overwrite "
+            "(which replaces the generated files only)."
+        )
+
+
+def _check_installed(kind: str, name: str, dist: str, target: Path) -> None:
+    """Refuse a name that would clash with an installed plugin other than this one."""
+    from aecore import registry  # reads entry-point metadata only; imports no plugin
+
+    others = [c for c in registry.list_components(kind) if c.name == name and c.dist != dist]
+    if others:
+        raise ScaffoldError(
+            f"an installed {kind} is already called '{name}' (from {others[0].dist}); "
+            "choose another name, or every use of it would have to say which distribution."
+        )
+    try:
+        installed = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return
+    origin = json.loads(installed.read_text("direct_url.json") or "{}").get("url", "")
+    if origin != target.resolve().as_uri():
+        raise ScaffoldError(
+            f"a distribution named {dist} is already installed; installing this one would replace it. "
+            "Choose another name or --dist."
+        )
+
+
+def new_command(
+    name: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME", help="Component name, e.g. 'tinyconv': what 'ae train' and 'ae plugins' call it."
+        ),
+    ],
+    kind: Annotated[str, typer.Option("--kind", "-k", help="encoder, decoder, regularizer or trainer.")],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Folder to create the distribution's folder in.")
+    ] = Path("."),
+    dist: Annotated[
+        str | None,
+        typer.Option(help="Distribution name, also the folder's name (default: aecore-NAME)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into an existing non-empty folder, replacing the generated files.")
+    ] = False,
+) -> None:
+    """Create a ready-to-install plugin: pyproject.toml, a working minimal component, README and tests.
+
+    The package is aecore_NAME; its tests use aecore's conformance kit (aecore.testing).
+    """
+    target, written = scaffold_plugin(name, kind, directory, dist=dist, overwrite=overwrite)
+    lines = [f"created {kind} '{name}' in {target}:"]
+    lines += [f"  {path.relative_to(target)}" for path in written]
+    lines += ["next:", f"  pip install -e {target}", f"  pytest {target / 'tests'}"]
+    lines.append(f"  {KINDS[kind].try_it.format(name=name)}")
+    typer.echo("\n".join(lines))  # plain text: paths stay whole for copying
