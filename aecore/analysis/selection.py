@@ -216,6 +216,22 @@ class SweepPoint:
     val_recon: float
     seconds: float
 
+    def as_row(self) -> dict[str, Any]:
+        """The CSV row: hidden widths as ``512-256`` and their count as ``depth``."""
+        return {
+            "latent_dim": self.latent_dim,
+            "hidden": hidden_label(self.hidden),
+            "depth": len(self.hidden or ()),
+            "parameters": self.parameters,
+            "compression_ratio": self.compression_ratio,
+            "test_sse_per_image": self.test_sse_per_image,
+            "test_mse_per_pixel": self.test_mse_per_pixel,
+            "test_psnr": self.test_psnr,
+            "train_loss": self.train_loss,
+            "val_recon": self.val_recon,
+            "seconds": self.seconds,
+        }
+
 
 @dataclass
 class SweepResult:

@@ -22,7 +22,6 @@ from aecore.cli.common import (
     DataOpt,
     DeviceOpt,
     ModelArg,
-    OutOpt,
     OverwriteOpt,
     load_model_and_data,
     output_file,
@@ -53,15 +52,15 @@ from aecore.errors import ConfigError
 if TYPE_CHECKING:
     from aecore.data import Dataset
 
-PlotOpt = Annotated[Path | None, typer.Option(help="Figure (PNG) [default: next to the checkpoint].")]
+PlotOpt = Annotated[Path | None, typer.Option(help="PNG figure (default: next to the checkpoint).")]
 OutDirOpt = Annotated[
-    Path | None, typer.Option(help="Folder for the outputs [default: a new runs/<command>[-N]].")
+    Path | None, typer.Option(help="Folder for the outputs (default: a new runs/<command>[-N]).")
 ]
 TrainSizeOpt = Annotated[
-    int | None, typer.Option(help="Use only the first N training images (quick runs) [default: all].")
+    int | None, typer.Option(help="Use only the first N training images (quick runs; default: all).")
 ]
 KeepModelsOpt = Annotated[
-    bool, typer.Option(help="Keep each trained model under the output folder [default: temporary, removed].")
+    bool, typer.Option(help="Keep each trained model under the output folder (default: temporary, removed).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
@@ -102,6 +101,13 @@ def _fresh_dir(out_dir: Path | None, base: str) -> Path:
     return candidate
 
 
+def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
+    """Fail early if an output exists (the folder itself is only created once there is output)."""
+    for path in paths:
+        if path.exists() and not overwrite:
+            output_file(path, path, overwrite)  # raises the usual one-line error
+
+
 def _training_data(data: str | None, data_dir: Path | None, train_size: int | None) -> Dataset:
     """The dataset once for all runs, its training split cut to ``train_size`` if given."""
     import torch
@@ -124,7 +130,7 @@ def anomaly_command(
     model: ModelArg,
     percentile: Annotated[
         float | None,
-        typer.Option(help="Flag test scores above this percentile of the training scores [default: 95]."),
+        typer.Option(help="Flag test scores above this percentile of the training scores (default: 95)."),
     ] = None,
     contamination: Annotated[
         float | None,
@@ -135,14 +141,14 @@ def anomaly_command(
         typer.Option(
             "--normal-class",
             "--classes",
-            help="Labels that count as normal, e.g. 0 or 3,5 [default: those the model was trained on].",
+            help="Labels that count as normal, e.g. 0 or 3,5 (default: those the model was trained on).",
         ),
     ] = None,
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "cpu",
     out: Annotated[
-        Path | None, typer.Option(help="Scores (CSV) [default: anomaly.csv next to the checkpoint].")
+        Path | None, typer.Option(help="CSV of scores (default: anomaly.csv next to the checkpoint).")
     ] = None,
     plot: PlotOpt = None,
     overwrite: OverwriteOpt = False,
@@ -151,7 +157,9 @@ def anomaly_command(
     if percentile is not None and not 0.0 <= percentile <= 100.0:
         raise ConfigError(f"--percentile must be between 0 and 100, got {percentile}.")
     if contamination is not None and not 0.0 < contamination < 1.0:
-        raise ConfigError(f"--contamination must be a fraction strictly between 0 and 1, got {contamination}.")
+        raise ConfigError(
+            f"--contamination must be a fraction strictly between 0 and 1, got {contamination}."
+        )
     if percentile is not None and contamination is not None:
         raise ConfigError("give either --percentile or --contamination, not both.")
     classes = parse_classes(normal_class)
@@ -187,12 +195,17 @@ def anomaly_command(
     _write_csv(csv_path, header, list(zip(*columns, strict=True)))
     _anomaly_histogram(report, png_path)
 
-    rule = f"{contamination:g} contamination" if contamination is not None else f"{percentile or 95.0:g}th percentile of training scores"
+    rule = (
+        f"{contamination:g} contamination"
+        if contamination is not None
+        else f"{95.0 if percentile is None else percentile:g}th percentile of training scores"
+    )
     console.print(f"{loaded.path} on {loaded.dataset.name} test ({len(report.scores)} samples)")
     if report.normal_classes is not None:
         console.print(f"normal classes: {', '.join(map(str, report.normal_classes))}")
     console.print(
-        f"threshold {report.threshold:.6g} ({rule}): flagged {int(report.flagged.sum())} of {len(report.scores)}"
+        f"threshold {report.threshold:.6g} ({rule}): "
+        f"flagged {int(report.flagged.sum())} of {len(report.scores)}"
     )
     if report.metrics:
         n_pos = int(report.is_anomaly.sum()) if report.is_anomaly is not None else 0
@@ -215,13 +228,27 @@ def _anomaly_histogram(report: Any, path: Path) -> None:
     bins = np.linspace(scores.min(), scores.max(), 60)
     if report.is_anomaly is not None:
         mask = report.is_anomaly.numpy()
-        ax.hist(scores[~mask], bins=bins, alpha=0.6, label=f"normal ({(~mask).sum()})", color="tab:blue")
-        ax.hist(scores[mask], bins=bins, alpha=0.6, label=f"anomalous ({mask.sum()})", color="tab:red")
+        ax.hist(
+            scores[~mask],
+            bins=bins,
+            density=True,
+            alpha=0.6,
+            label=f"normal ({(~mask).sum()})",
+            color="tab:blue",
+        )
+        ax.hist(
+            scores[mask],
+            bins=bins,
+            density=True,
+            alpha=0.6,
+            label=f"anomalous ({mask.sum()})",
+            color="tab:red",
+        )
     else:
         ax.hist(scores, bins=bins, alpha=0.7, label=f"test ({len(scores)})", color="tab:gray")
     ax.axvline(report.threshold, color="black", linestyle="--", label="threshold")
     ax.set_xlabel("reconstruction MSE per sample")
-    ax.set_ylabel("samples")
+    ax.set_ylabel("density" if report.is_anomaly is not None else "samples")
     title = "Anomaly scores"
     if report.metrics:
         title += f" (ROC-AUC {report.metrics['roc_auc']:.3f})"
@@ -243,13 +270,13 @@ def denoise_command(
     seed: Annotated[int, typer.Option(help="Seed of the corruption.")] = 0,
     count: Annotated[int, typer.Option(help="Images shown in the grid.")] = 8,
     limit: Annotated[
-        int | None, typer.Option(help="Measure on the first N test images [default: all].")
+        int | None, typer.Option(help="Measure on the first N test images (default: all).")
     ] = None,
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "cpu",
     out: Annotated[
-        Path | None, typer.Option(help="Grid (PNG) [default: denoise.png next to the checkpoint].")
+        Path | None, typer.Option(help="PNG grid (default: denoise.png next to the checkpoint).")
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -303,7 +330,7 @@ def probe_command(
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "cpu",
     out: Annotated[
-        Path | None, typer.Option(help="Results (JSON) [default: probe.json next to the checkpoint].")
+        Path | None, typer.Option(help="JSON of results (default: probe.json next to the checkpoint).")
     ] = None,
     plot: PlotOpt = None,
     overwrite: OverwriteOpt = False,
@@ -391,7 +418,7 @@ def cv_command(
     params = component_params(regs, set_, epochs, batch_size, lr)
     class_list = parse_classes(classes)
     target = _fresh_dir(out_dir, "cv")
-    csv_path = output_file(None, target / "cv.csv", overwrite)
+    _refuse_existing([target / "cv.csv"], overwrite)  # before hours of training, not after
 
     from rich.table import Table
 
@@ -401,7 +428,8 @@ def cv_command(
 
     def report(fold: FoldResult) -> None:
         console.print(
-            f"fold {fold.fold}/{folds}: held-out {loss} {fold.val_loss:.6g} · SSE/image {fold.val_sse_per_image:.4g}"
+            f"fold {fold.fold}/{folds}: held-out {loss} {fold.val_loss:.6g} · "
+            f"SSE/image {fold.val_sse_per_image:.4g}"
         )
 
     result = cross_validate(
@@ -423,6 +451,7 @@ def cv_command(
         device=device,
         progress=not quiet,
     )
+    csv_path = output_file(None, target / "cv.csv", overwrite)
     header = ["fold", "n_train", "n_val", "val_loss", "val_mse_per_pixel", "val_sse_per_image", "train_loss"]
     rows: list[list[Any]] = [
         [f.fold, f.n_train, f.n_val, f.val_loss, f.val_mse_per_pixel, f.val_sse_per_image, f.train_loss]
@@ -432,12 +461,19 @@ def cv_command(
     rows.append(["std", "", "", result.std, "", result.std_sse, ""])
     _write_csv(csv_path, header, rows)
 
-    table = Table(title=f"{folds}-fold cross-validation on {dataset.name} ({sum(f.n_val for f in result.folds)} images)")
+    table = Table(
+        title=f"{folds}-fold cross-validation on {dataset.name} ({sum(f.n_val for f in result.folds)} images)"
+    )
     for name in ("fold", "train", "held out", f"held-out {loss}", "SSE/image", "train loss"):
         table.add_column(name, justify="right")
     for f in result.folds:
         table.add_row(
-            str(f.fold), str(f.n_train), str(f.n_val), f"{f.val_loss:.6g}", f"{f.val_sse_per_image:.4g}", _fmt(f.train_loss, 6)
+            str(f.fold),
+            str(f.n_train),
+            str(f.n_val),
+            f"{f.val_loss:.6g}",
+            f"{f.val_sse_per_image:.4g}",
+            _fmt(f.train_loss, 6),
         )
     table.add_section()
     table.add_row("mean", "", "", f"{result.mean:.6g}", f"{result.mean_sse:.4g}", "")
@@ -456,7 +492,9 @@ def sweep_command(
     ] = None,
     hidden: Annotated[
         str | None,
-        typer.Option(help="Hidden widths to sweep (depth, width), |-separated, e.g. '256|512,256|512,256,128'."),
+        typer.Option(
+            help="Hidden widths to sweep (depth, width), |-separated, e.g. '256|512,256|512,256,128'."
+        ),
     ] = None,
     encoder: EncoderOpt = None,
     decoder: DecoderOpt = None,
@@ -471,7 +509,9 @@ def sweep_command(
     data: TrainDataOpt = None,
     data_dir: TrainDataDirOpt = None,
     device: TrainDeviceOpt = "auto",
-    val_fraction: Annotated[float, typer.Option(help="Share of training data held out for validation.")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of training data held out for validation.")
+    ] = 0.1,
     classes: ClassesOpt = None,
     set_: SetOpt = None,
     train_size: TrainSizeOpt = None,
@@ -491,8 +531,7 @@ def sweep_command(
     params = component_params(regs, set_, epochs, batch_size, lr)
     class_list = parse_classes(classes)
     target = _fresh_dir(out_dir, "sweep")
-    csv_path = output_file(None, target / "sweep.csv", overwrite)
-    png_path = output_file(None, target / "sweep.png", overwrite)
+    _refuse_existing([target / "sweep.csv", target / "sweep.png"], overwrite)
 
     from rich.table import Table
 
@@ -526,18 +565,10 @@ def sweep_command(
         classes=class_list,
         progress=not quiet,
     )
-    header = [
-        "latent_dim", "hidden", "depth", "parameters", "compression_ratio", "test_sse_per_image",
-        "test_mse_per_pixel", "test_psnr", "train_loss", "val_recon", "seconds",
-    ]  # fmt: skip
-    rows = [
-        [
-            p.latent_dim, hidden_label(p.hidden), len(p.hidden or ()), p.parameters, p.compression_ratio,
-            p.test_sse_per_image, p.test_mse_per_pixel, p.test_psnr, p.train_loss, p.val_recon, p.seconds,
-        ]  # fmt: skip
-        for p in result.points
-    ]
-    _write_csv(csv_path, header, rows)
+    csv_path = output_file(None, target / "sweep.csv", overwrite)
+    png_path = output_file(None, target / "sweep.png", overwrite)
+    rows = [p.as_row() for p in result.points]
+    _write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
     _sweep_plot(result, png_path, dataset.name)
 
     table = Table(title=f"Sweep over {' × '.join(result.swept)} on {dataset.name} (test error)")

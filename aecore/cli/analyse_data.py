@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 FormatOpt = Annotated[
     str | None,
     typer.Option(
-        "--format", help="safetensors, npy or csv [default: from the --out suffix, else safetensors]."
+        "--format", help="safetensors, npy or csv (default: from the --out suffix, else safetensors)."
     ),
 ]
 
@@ -56,7 +56,7 @@ def pca_command(
     ] = 0.95,
     out: Annotated[
         Path | None,
-        typer.Option(help="Plot file (.png); the curve goes next to it as .csv [default: ./pca.png]."),
+        typer.Option(help="Plot file (.png); the curve goes next to it as .csv (default: ./pca.png)."),
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -282,7 +282,7 @@ def encode_command(
         Path | None,
         typer.Option(
             help="Codes file: .safetensors, .npy or .csv "
-            "[default: codes-SPLIT.safetensors next to the checkpoint]."
+            "(default: codes-SPLIT.safetensors next to the checkpoint)."
         ),
     ] = None,
     fmt: FormatOpt = None,
@@ -325,12 +325,12 @@ def decode_command(
         Path | None,
         typer.Option(
             help="Outputs: .safetensors, .npy or .csv (plus a .png grid for image models), or just a "
-            ".png grid [default: decoded.safetensors next to the checkpoint]."
+            ".png grid (default: decoded.safetensors next to the checkpoint)."
         ),
     ] = None,
     fmt: FormatOpt = None,
     codes_format: Annotated[
-        str | None, typer.Option(help="Format of CODES [default: from its suffix].")
+        str | None, typer.Option(help="Format of CODES (default: from its suffix).")
     ] = None,
     data_units: Annotated[
         bool, typer.Option(help="Undo the data normalisation (e.g. standardisation) in the data file.")

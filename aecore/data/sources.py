@@ -150,12 +150,15 @@ def load_dataset(
                 f"unknown dataset '{name}'.{suggest(name, DATASETS)} Known datasets: "
                 f"{', '.join(DATASETS)}, csv:PATH, npy:PATH."
             )
-        dataset = cached_dataset(
-            name,
-            {"data_dir": None if root is None else str(root.resolve())},
-            lambda: _SOURCES[name](root),
-            lambda: loader(root),
-        )
+        elif name not in _SOURCES:  # a loader registered at run time: no files to key a cache on
+            dataset = loader(root)
+        else:
+            dataset = cached_dataset(
+                name,
+                {"data_dir": None if root is None else str(root.resolve())},
+                lambda: _SOURCES[name](root),
+                lambda: loader(root),
+            )
     if len(dataset.train) == 0 or len(dataset.test) == 0:
         raise DataError(f"dataset '{name}' is empty; check the files it reads.")
     return dataset
