@@ -7,6 +7,9 @@ first command does, so a session that passes here passes on a fresh machine.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "tests"]
@@ -44,3 +47,15 @@ def docs(session: nox.Session) -> None:
     session.install("-r", "requirements.txt", "mkdocs>=1.6", "mkdocs-material>=9.5")
     session.run("python", "-m", "aecore.cli.reference", "--write", "docs/cli.md")
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run ``ae bench`` (docs/performance.md); extra arguments go to it, e.g. ``-- --only startup``.
+
+    MNIST comes from $AECORE_MNIST_DIR, else ../shared/data/mnist next to the repository (as in the tests).
+    """
+    session.install("-r", "requirements.txt")
+    default = Path(__file__).resolve().parent.parent / "shared" / "data" / "mnist"
+    data_dir = os.environ.get("AECORE_MNIST_DIR") or str(default)
+    session.run("ae", "bench", "--data-dir", data_dir, *session.posargs)

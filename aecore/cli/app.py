@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from aecore.cli import analyse_apply, analyse_data, analyse_visual, evaluate, plugins, presets, train
+from aecore.cli import analyse_apply, analyse_data, analyse_visual, bench, evaluate, plugins, presets, train
 from aecore.cli.output import fail_line
 from aecore.errors import AecoreError
 
@@ -83,6 +83,7 @@ def _root(
 app.command("train", epilog=train.EPILOG)(train.train_command)
 app.command("eval")(evaluate.eval_command)
 app.command("presets")(presets.presets_command)
+app.command("bench")(bench.bench_command)
 app.add_typer(plugins.app, name="plugins")
 for _module in (analyse_data, analyse_visual, analyse_apply):
     _module.register(app)

@@ -1,0 +1,142 @@
+"""Rich tables for ``ae bench``: one per section, then the targets with PASS/FAIL.
+
+The JSON record holds every figure; the tables show the medians and ratios
+a reader needs to judge the issue at a glance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["print_report"]
+
+_MB = 1024 * 1024
+
+
+def _num(value: Any, fmt: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def _f(value: Any) -> float:
+    """A figure from the record as a float (null, written for NaN, becomes NaN again)."""
+    return math.nan if value is None else float(value)
+
+
+def _targets(console: Console, title: str, targets: Iterable[dict[str, Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("target", "value", "limit", "result"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for t in targets:
+        verdict = "[green]PASS[/]" if t["passed"] else "[red]FAIL[/]"
+        if t.get("note"):
+            verdict += f" ({t['note']})"
+        table.add_row(t["name"], _num(t["value"]), f"≤ {t['limit']:g}", verdict)
+    console.print(table)
+
+
+def _throughput(console: Console, r: dict[str, Any]) -> None:
+    w = r["workload"]
+    table = Table(
+        title=(
+            f"Training throughput: '{w['preset']}' on {w['train_samples']:,} images, "
+            f"batch {w['batch_size']}, {w['epochs']} epoch(s), median of {w['repeats']}, "
+            f"{w['threads']} thread(s)"
+        ),
+        title_justify="left",
+    )
+    for column in ("loop", "s/epoch", "runs (s/epoch)", "÷ aecore", "test MSE", "efficiency"):
+        table.add_column(column, justify="left" if column == "loop" else "right")
+    aecore = _f(r["seconds_per_epoch"]["aecore"])
+    for name, seconds in r["seconds_per_epoch"].items():
+        runs = ", ".join(_num(run["seconds_per_epoch"], ".2f") for run in r["runs"][name])
+        share = _num(_f(seconds) / aecore if aecore else math.nan, ".2f")
+        eff = _f(r["efficiency"][name])
+        table.add_row(
+            f"({'abc'[list(r['seconds_per_epoch']).index(name)]}) {name}",
+            _num(seconds, ".2f"),
+            runs,
+            share,
+            _num(r["test_mse"][name], ".5f"),
+            "-" if math.isnan(eff) else f"{eff:.1%}",
+        )
+    console.print(table)
+    m, f = r["matmul"], r["flops"]
+    console.print(
+        f"ratios: aecore/plain {_num(r['ratios']['aecore/plain'], '.2f')}, "
+        f"aecore/classic {_num(r['ratios']['aecore/classic'], '.2f')}; test MSE aecore vs plain "
+        f"{_num(100 * _f(r['test_mse_rel_diff_aecore_vs_plain']), '+.2f')}%; same initial weights: "
+        f"{r['same_initial_weights']}\n"
+        f"fp32 matmul {m['size']}×{m['size']}: {_num(m['gflops'], '.0f')} GFLOP/s (median of "
+        f"{len(m['gflops_samples'])}); model: {f['per_sample'] / 1e6:.2f} MFLOP/sample, "
+        f"{f['per_epoch'] / 1e9:.1f} GFLOP/epoch",
+        highlight=False,
+    )
+    _targets(console, "Throughput targets", r["targets"])
+
+
+def _startup(console: Console, r: dict[str, Any]) -> None:
+    table = Table(
+        title=f"Start-up: wall time of a fresh process, median of {r['repeats']}", title_justify="left"
+    )
+    for column in ("command", "seconds", "÷ import torch", "exit codes"):
+        table.add_column(column, justify="left" if column == "command" else "right")
+    for name, seconds in r["seconds"].items():
+        ratio = r["ratio_to_import_torch"].get(name, 1.0)
+        codes = ",".join(str(c) for c in sorted(set(r["exit_codes"][name])))
+        table.add_row(name, _num(seconds, ".3f"), _num(ratio, ".3f"), codes)
+    console.print(table)
+    _targets(console, "Start-up targets", r["targets"])
+
+
+def _memory(console: Console, r: dict[str, Any]) -> None:
+    table = Table(title="Memory: peak RSS (MiB) of fresh processes, training 1 epoch", title_justify="left")
+    for column in ("workload", "data (uint8)", "bare", "baseline", "peak", "data share", "share ÷ data"):
+        table.add_column(column, justify="left" if column == "workload" else "right")
+    for name, w in r["workloads"].items():
+        if "error" in w:
+            table.add_row(name, f"[red]error[/]: {w['error']}", "", "", "", "", "")
+            continue
+        table.add_row(
+            f"{name} ({w['data_samples']:,} images)",
+            _num(w["data_bytes"] / _MB, ".1f"),
+            _num(w["bare_rss"] / _MB, ".0f"),
+            _num(w["baseline_rss"] / _MB, ".0f"),
+            _num(w["peak_rss"] / _MB, ".0f"),
+            _num(w["data_share"] / _MB, ".1f"),
+            _num(w["share_over_uint8"], ".2f") + "×",
+        )
+    console.print(table)
+    cache = r["cache"]
+    if cache.get("status") == "measured":
+        s = cache["seconds"]
+        line = (
+            f"dataset cache (MNIST load, fresh process, median): uncached {_num(s['uncached'], '.2f')} s, "
+            f"first {_num(s['first'], '.2f')} s, second {_num(s['second'], '.2f')} s "
+            f"(second ÷ uncached {_num(cache['second_over_uncached'], '.2f')})"
+        )
+    else:
+        line = f"dataset cache: {cache.get('status')}"
+    console.print(line, highlight=False)
+    _targets(console, "Memory targets", r["targets"])
+
+
+def print_report(console: Console, record: dict[str, Any]) -> None:
+    """Print every section present in ``record``."""
+    machine = record["machine"]
+    console.print(
+        f"[bold]ae bench[/] {record['started']} · {machine['cpu_model']} · {machine['cpus_usable']} usable "
+        f"core(s) · torch {machine['torch']} · {machine['torch_threads']} thread(s) · load "
+        f"{'/'.join(_num(v, '.2f') for v in machine['load_average_start'])} → "
+        f"{'/'.join(_num(v, '.2f') for v in machine['load_average_end'])}",
+        highlight=False,
+    )
+    for name, show in (("throughput", _throughput), ("startup", _startup), ("memory", _memory)):
+        if name in record:
+            show(console, record[name])

@@ -1,0 +1,159 @@
+"""One benchmark run: the machine record, the chosen sections, the JSON file.
+
+The record says where and under what load the figures were taken (CPU
+model, usable cores, torch version and threads, load average at start and
+end), because on a shared machine a figure means little without them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+__all__ = ["SECTIONS", "BenchSettings", "machine_info", "run_bench"]
+
+SECTIONS = ("throughput", "startup", "memory")
+SCHEMA = "aecore.bench/1"
+
+
+@dataclass
+class BenchSettings:
+    """What to run; ``None`` repeats means each section's default (3 for throughput, 5 for start-up)."""
+
+    data_dir: Path | None = None
+    epochs: int = 2
+    limit: int | None = None
+    repeats: int | None = None
+    only: tuple[str, ...] = SECTIONS
+    json_out: Path | None = None
+    matmul_size: int = 2048
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return [math.nan] * 3
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, versions and threads (the load average is added by :func:`run_bench`)."""
+    import torch
+
+    from aecore import __version__
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return {
+        "cpu_model": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": usable,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "aecore": __version__,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def default_json_path(started: _dt.datetime) -> Path:
+    return Path("bench-results") / f"bench-{started.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[str, Any]:
+    """Run the chosen sections, print their tables, write and return the JSON record."""
+    import torch
+
+    from aecore.bench.report import print_report
+
+    console = console or Console(highlight=False)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    started = _dt.datetime.now().astimezone()
+    clock = time.perf_counter()
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "started": started.isoformat(timespec="seconds"),
+        "machine": {**machine_info(), "load_average_start": _load()},
+        "settings": {
+            "data_dir": None if settings.data_dir is None else str(settings.data_dir),
+            "epochs": settings.epochs,
+            "limit": settings.limit,
+            "repeats": settings.repeats,
+            "only": list(settings.only),
+            "threads": settings.threads,
+        },
+    }
+    if "throughput" in settings.only:
+        from aecore.bench.throughput import run_throughput
+
+        console.print("[bold]throughput[/] (training progress goes to stderr) ...")
+        record["throughput"] = run_throughput(
+            settings.data_dir,
+            epochs=settings.epochs,
+            limit=settings.limit,
+            repeats=settings.repeats or 3,
+            matmul_size=settings.matmul_size,
+        )
+    if "startup" in settings.only:
+        from aecore.bench.startup import run_startup
+
+        console.print("[bold]start-up[/] ...")
+        record["startup"] = run_startup(repeats=settings.repeats or 5)
+    if "memory" in settings.only:
+        from aecore.bench.memory import run_memory
+
+        console.print("[bold]memory[/] ...")
+        record["memory"] = run_memory(
+            settings.data_dir,
+            limit=settings.limit,
+            threads=torch.get_num_threads(),
+            repeats=settings.repeats or 3,
+        )
+    record["machine"]["load_average_end"] = _load()
+    record["duration_seconds"] = time.perf_counter() - clock
+    record = _clean(record)
+    path = settings.json_out or default_json_path(started)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    record["json_path"] = str(path)
+    print_report(console, record)
+    console.print(f"record written to {path}", highlight=False)
+    return record

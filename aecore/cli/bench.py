@@ -1,0 +1,87 @@
+"""``ae bench``: the performance benchmarks (throughput, start-up, memory).
+
+Kept thin: options in, :func:`aecore.bench.run_bench` out. torch and the
+benchmark modules are imported inside the command so ``ae --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aecore.errors import ConfigError
+
+SECTIONS = ("throughput", "startup", "memory")
+
+
+def bench_command(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="AECORE_MNIST_DIR",
+            help="Full MNIST in torchvision layout (a folder holding MNIST/raw/; or $AECORE_MNIST_DIR).",
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs per timed run.")] = 2,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N training images (quick runs).")
+    ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(help="Alternating repetitions [default: 3 for throughput, 5 for start-up]."),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only this section: throughput, startup or memory; repeat for several."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch intra-op threads [default: torch's default].")
+    ] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the JSON record [default: bench-results/bench-<timestamp>.json]."),
+    ] = None,
+) -> None:
+    """Measure training throughput, start-up time and memory; print tables and write a JSON record.
+
+    Every comparison is made within this one run, alternating the
+    competitors. Targets print PASS or FAIL but never change the exit status.
+    """
+    chosen = tuple(only or SECTIONS)
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown section '{unknown[0]}' for --only; choose from {', '.join(SECTIONS)}.")
+    for name, value in (
+        ("--epochs", epochs),
+        ("--limit", limit),
+        ("--repeats", repeats),
+        ("--threads", threads),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}.")
+    needs_data = {"throughput", "memory"} & set(chosen)
+    if needs_data and data_dir is None:
+        raise ConfigError(
+            f"{' and '.join(sorted(needs_data))} need MNIST: pass --data-dir (a folder holding MNIST/raw/) "
+            "or set AECORE_MNIST_DIR."
+        )
+    if data_dir is not None and not (data_dir / "MNIST" / "raw").is_dir():
+        raise ConfigError(f"--data-dir {data_dir} holds no MNIST/raw/ folder (torchvision layout).")
+
+    from aecore.bench import BenchSettings, run_bench
+    from aecore.cli.output import console
+
+    run_bench(
+        BenchSettings(
+            data_dir=data_dir,
+            epochs=epochs,
+            limit=limit,
+            repeats=repeats,
+            only=tuple(s for s in SECTIONS if s in chosen),
+            json_out=json_out,
+            threads=threads,
+        ),
+        console,
+    )

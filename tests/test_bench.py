@@ -1,0 +1,174 @@
+"""``ae bench`` on a tiny workload: the record's structure, and that every ratio comes from its figures.
+
+No assertion here depends on how fast anything ran: benchmarks report, and
+a shared test machine is no place to time things. The data is the embedded
+MNIST sample laid out as torchvision expects (MNIST/raw/), so no download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+import statistics
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aecore.cli import output as cli_output
+from aecore.cli.app import app
+
+LIMIT = 2000
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded sample (10,000 train, 2,000 test) as an uncompressed torchvision MNIST folder."""
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    sample = resources.files("aecore.data.mnist_sample")
+    for name in RAW_FILES:
+        with (
+            resources.as_file(sample / f"{name}.gz") as src,
+            gzip.open(src) as fin,
+            open(raw / name, "wb") as fout,
+        ):
+            shutil.copyfileobj(fin, fout)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bench_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """One tiny run of every section through the CLI: 2,000 images, 1 epoch, 1 repetition."""
+    out = tmp_path_factory.mktemp("bench") / "record.json"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cli_output.console, "_width", 200)
+    try:
+        args = ["bench", "--data-dir", str(mnist_dir), "--epochs", "1", "--limit", str(LIMIT)]
+        result = CliRunner().invoke(app, [*args, "--repeats", "1", "--json-out", str(out)])
+    finally:
+        mp.undo()
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return json.loads(out.read_text()), result.stdout
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_record_has_machine_settings_and_every_section(bench_run):
+    record, stdout = bench_run
+    assert record["schema"] == "aecore.bench/1"
+    machine = record["machine"]
+    for key in ("cpu_model", "cpus", "cpus_usable", "torch", "torch_threads", "python"):
+        assert machine[key] not in (None, ""), key
+    assert len(machine["load_average_start"]) == len(machine["load_average_end"]) == 3
+    assert record["settings"] == {
+        "data_dir": record["settings"]["data_dir"],
+        "epochs": 1,
+        "limit": LIMIT,
+        "repeats": 1,
+        "only": ["throughput", "startup", "memory"],
+        "threads": None,
+    }
+    assert {"throughput", "startup", "memory"} <= set(record)
+    for title in ("Training throughput", "Start-up", "Memory"):
+        assert title in stdout
+    assert "PASS" in stdout or "FAIL" in stdout
+
+
+def test_throughput_loops_do_the_same_work(bench_run):
+    r = bench_run[0]["throughput"]
+    w = r["workload"]
+    assert (w["train_samples"], w["epochs"], w["repeats"], w["batch_size"]) == (LIMIT, 1, 1, 128)
+    assert w["steps_per_epoch"] == math.ceil(LIMIT / 128)
+    assert r["same_initial_weights"] is True
+    for name in ("aecore", "plain", "classic"):
+        (run,) = r["runs"][name]
+        assert run["samples_per_epoch"] == LIMIT
+        assert len(run["epoch_seconds"]) == 1
+        assert 0 < run["test_mse"] < 1
+    assert r["runs"]["aecore"][0]["reported_test_mse"] == r["runs"]["aecore"][0]["test_mse"]
+
+
+def test_throughput_ratios_come_from_the_measured_figures(bench_run):
+    r = bench_run[0]["throughput"]
+    seconds, mse = r["seconds_per_epoch"], r["test_mse"]
+    for name, runs in r["runs"].items():
+        assert close(seconds[name], statistics.median(x["seconds_per_epoch"] for x in runs))
+        assert close(runs[0]["seconds_per_epoch"], sum(runs[0]["epoch_seconds"]) / 1)
+        assert close(mse[name], statistics.median(x["test_mse"] for x in runs))
+    assert close(r["ratios"]["aecore/plain"], seconds["aecore"] / seconds["plain"])
+    assert close(r["ratios"]["aecore/classic"], seconds["aecore"] / seconds["classic"])
+    assert close(r["test_mse_rel_diff_aecore_vs_plain"], (mse["aecore"] - mse["plain"]) / mse["plain"])
+
+    flops = r["flops"]
+    assert flops["per_sample"] == flops["per_sample_forward"] + flops["per_sample_backward"] == 2_498_560
+    assert flops["per_epoch"] == flops["per_sample"] * LIMIT
+    assert len(r["matmul"]["gflops_samples"]) == 5
+    assert close(r["matmul"]["gflops"], statistics.median(r["matmul"]["gflops_samples"]))
+    for name, eff in r["efficiency"].items():
+        assert close(eff, flops["per_epoch"] / (seconds[name] * r["matmul"]["gflops"] * 1e9))
+
+    targets = {t["name"]: t for t in r["targets"]}
+    assert close(targets["aecore/plain"]["value"], r["ratios"]["aecore/plain"])
+    assert close(targets["aecore/classic"]["value"], r["ratios"]["aecore/classic"])
+    for t in targets.values():
+        assert t["passed"] == (t["value"] <= t["limit"])
+
+
+def test_startup_ratios_come_from_the_measured_figures(bench_run):
+    r = bench_run[0]["startup"]
+    assert set(r["seconds"]) == {"ae --help", "ae plugins list", "ae train --help", "import torch"}
+    for name, samples in r["samples"].items():
+        assert len(samples) == 1
+        assert r["exit_codes"][name] == [0]
+        assert close(r["seconds"][name], statistics.median(samples))
+    for name, value in r["ratio_to_import_torch"].items():
+        assert close(value, r["seconds"][name] / r["seconds"]["import torch"])
+
+
+def test_memory_share_comes_from_the_probes(bench_run):
+    r = bench_run[0]["memory"]
+    sizes = {
+        "mnist": (10_000 + 2_000) * (28 * 28 + 8),  # uint8 images + int64 labels of the sample
+        "synthetic": (LIMIT + 1_000) * 3 * 32 * 32,  # uint8 images, no labels
+    }
+    for name, w in r["workloads"].items():
+        assert "error" not in w, w
+        assert w["data_bytes"] == sizes[name]
+        assert w["data_share"] == w["peak_rss"] - w["baseline_rss"]
+        assert close(w["share_over_uint8"], w["data_share"] / w["data_bytes"])
+        assert w["bare_rss"] > 0 and w["baseline_rss"] > 0
+    cache = r["cache"]
+    assert cache["status"] in ("not implemented", "measured"), cache
+    if cache["status"] == "measured":
+        for name in ("uncached", "first", "second"):
+            assert close(cache["seconds"][name], statistics.median(cache["samples"][name]))
+        assert close(cache["second_over_uncached"], cache["seconds"]["second"] / cache["seconds"]["uncached"])
+
+
+def test_bench_option_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    for args, fragment in (
+        (["bench", "--only", "speed"], "unknown section 'speed'"),
+        (["bench", "--only", "throughput"], "pass --data-dir"),
+        (["bench", "--data-dir", str(tmp_path)], "no MNIST/raw/"),
+        (["bench", "--only", "startup", "--repeats", "0"], "--repeats must be at least 1"),
+    ):
+        result = runner.invoke(app, args, env={"AECORE_MNIST_DIR": ""})
+        assert result.exit_code == 2, (args, result.stdout, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
