@@ -6,13 +6,12 @@ import itertools
 import json
 from pathlib import Path
 
-import aecore_greedy
 import pytest
 import torch
 import torch.nn.functional as F
-from aecore_greedy import GreedyTrainer, GreedyTrainerConfig, layer_slots
 
 import aecore
+import aecore_greedy
 from aecore.config import config_from_dict
 from aecore.data import Dataset, load_dataset
 from aecore.errors import ConfigError
@@ -22,6 +21,7 @@ from aecore.testing import check_trainer
 from aecore.training import train
 from aecore.training.context import RunContext
 from aecore.training.default import DefaultTrainer, DefaultTrainerConfig
+from aecore_greedy import GreedyTrainer, GreedyTrainerConfig, layer_slots
 
 HIDDEN = (64, 32)
 LATENT = 8
