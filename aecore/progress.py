@@ -2,6 +2,10 @@
 
 Shows one bar per run with the current loss and images per second, and a
 line per epoch with its metrics. ``ae train --quiet`` leaves it out.
+
+It redraws from the training thread a few times a second and has no
+refresh thread of its own: on a small CPU a background redraw competes with
+the compute threads and costs more than the drawing itself.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class RichProgress:
         self.progress: Progress | None = None
         self.task: Any = None
         self._samples = 0
+        self._pending = 0
         self._started = 0.0
         self._last_refresh = 0.0
 
@@ -48,12 +53,14 @@ class RichProgress:
             TimeElapsedColumn(),
             console=self.console,
             transient=False,
+            auto_refresh=False,
         )
         self.task = self.progress.add_task(
             "epoch 1", total=total_epochs * steps_per_epoch, loss="-", rate="-"
         )
         self.progress.start()
-        self._samples = 0
+        self.progress.refresh()
+        self._samples = self._pending = 0
         self._started = self._last_refresh = time.perf_counter()
 
     @hookimpl
@@ -61,21 +68,32 @@ class RichProgress:
         if self.progress is None:
             return
         self._samples += batch_size
+        self._pending += 1
         now = time.perf_counter()
         if now - self._last_refresh < _REFRESH_SECONDS:
-            self.progress.advance(self.task)
             return
         self._last_refresh = now
+        self._flush(epoch, loss, now)
+
+    def _flush(self, epoch: int, loss: Any, now: float) -> None:
+        assert self.progress is not None
         rate = self._samples / max(now - self._started, 1e-9)
         self.progress.update(
-            self.task, advance=1, description=f"epoch {epoch}", loss=f"{float(loss):.4f}", rate=f"{rate:,.0f}"
+            self.task,
+            advance=self._pending,
+            description=f"epoch {epoch}",
+            loss=f"{float(loss):.4f}",
+            rate=f"{rate:,.0f}",
         )
+        self._pending = 0
+        self.progress.refresh()
 
     @hookimpl
     def ae_epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
         shown = "  ".join(f"{k}={v:.5g}" for k, v in metrics.items() if k != "epoch")
         line = f"epoch {epoch}: {shown}"
         if self.progress is not None:
+            self._flush(epoch, metrics.get("train_loss", float("nan")), time.perf_counter())
             self.progress.console.print(line, highlight=False)
         else:
             self.console.print(line, highlight=False)

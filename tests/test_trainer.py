@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -84,12 +83,20 @@ def test_gradient_clipping_is_applied(tmp_path, tiny_data, monkeypatch):
     assert seen and set(seen) == {0.5}
 
 
-def test_amp_off_cuda_warns_and_trains_in_float32(tmp_path, tiny_data):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = _train(tmp_path, tiny_data, trainer_params={"epochs": 1, "amp": True}, device="cpu")
-    assert any("only used on CUDA" in str(w.message) for w in caught)
-    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+def test_amp_on_cpu_trains_in_bfloat16_autocast_and_keeps_float32_weights(tmp_path, tiny_data, monkeypatch):
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, *args, **kwargs):
+        seen.append((device_type, kwargs.get("dtype")))
+        return real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    amp = _train(tmp_path, tiny_data, name="amp", trainer_params={"epochs": 1, "amp": True}, device="cpu")
+    full = _train(tmp_path, tiny_data, name="fp32", trainer_params={"epochs": 1}, device="cpu")
+    assert seen == [("cpu", torch.bfloat16)]
+    assert all(p.dtype == torch.float32 for p in amp.model.parameters())
+    assert amp.metrics["test_mse_per_pixel"] == pytest.approx(full.metrics["test_mse_per_pixel"], rel=0.1)
 
 
 @pytest.mark.parametrize(

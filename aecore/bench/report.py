@@ -54,12 +54,14 @@ def _throughput(console: Console, r: dict[str, Any]) -> None:
     for column in ("loop", "s/epoch", "runs (s/epoch)", "÷ aecore", "test MSE", "efficiency"):
         table.add_column(column, justify="left" if column == "loop" else "right")
     aecore = _f(r["seconds_per_epoch"]["aecore"])
+    from aecore.bench.throughput import LABELS
+
     for name, seconds in r["seconds_per_epoch"].items():
         runs = ", ".join(_num(run["seconds_per_epoch"], ".2f") for run in r["runs"][name])
         share = _num(_f(seconds) / aecore if aecore else math.nan, ".2f")
         eff = _f(r["efficiency"][name])
         table.add_row(
-            f"({'abc'[list(r['seconds_per_epoch']).index(name)]}) {name}",
+            f"{LABELS.get(name, '')} {name}",
             _num(seconds, ".2f"),
             runs,
             share,

@@ -53,7 +53,9 @@ BATCH_SIZE = 128
 LR = 1e-3
 #: (in, out) of every Linear layer of the ``simple`` preset: 784-256-128-64, then the mirror.
 LAYERS: tuple[tuple[int, int], ...] = ((784, 256), (256, 128), (128, 64), (64, 128), (128, 256), (256, 784))
-COMPETITORS = ("aecore", "plain", "classic")
+COMPETITORS = ("aecore", "aecore-amp", "plain", "classic")
+#: How the tables name each competitor; (a') is (a) with the opt-in bfloat16 autocast.
+LABELS = {"aecore": "(a)", "aecore-amp": "(a')", "plain": "(b)", "classic": "(c)"}
 MATMUL_SIZE = 2048
 MATMUL_REPEATS = 5
 
@@ -155,8 +157,12 @@ def _result(epoch_seconds: list[float], samples: int, epochs: int, model: nn.Mod
     }
 
 
-def run_aecore(dataset: Dataset, epochs: int, seed: int, out: Path) -> dict[str, Any]:
-    """(a) The real training path, as ``ae train --preset simple`` runs it (progress on stderr)."""
+def run_aecore(dataset: Dataset, epochs: int, seed: int, out: Path, amp: bool = False) -> dict[str, Any]:
+    """(a) The real training path, as ``ae train --preset simple`` runs it (progress on stderr).
+
+    (a') is the same with ``--set trainer.amp=true``: bfloat16 autocast, an opt-in
+    that trades precision for speed, reported beside (a) but never instead of it.
+    """
     from aecore.training import train
 
     timer = EpochTimer()
@@ -165,7 +171,7 @@ def run_aecore(dataset: Dataset, epochs: int, seed: int, out: Path) -> dict[str,
         preset=PRESET,
         data=dataset,
         val_fraction=0.0,
-        params={"trainer": {"epochs": epochs, "batch_size": BATCH_SIZE, "lr": LR}},
+        params={"trainer": {"epochs": epochs, "batch_size": BATCH_SIZE, "lr": LR, "amp": amp}},
         seed=seed,
         out=out,
         progress=True,
@@ -283,8 +289,9 @@ def run_throughput(
         for rep in range(repeats):
             for name in COMPETITORS:
                 gc.collect()
-                if name == "aecore":
-                    record = run_aecore(dataset, epochs, seed, Path(tmp) / f"run-{rep}")
+                if name.startswith("aecore"):
+                    out = Path(tmp) / f"{name}-{rep}"
+                    record = run_aecore(dataset, epochs, seed, out, amp=name == "aecore-amp")
                 elif name == "plain":
                     record = run_plain(flat, dataset.test, epochs, seed)
                 else:
@@ -298,8 +305,10 @@ def run_throughput(
         "aecore/plain": ratio(seconds["aecore"], seconds["plain"]),
         "aecore/classic": ratio(seconds["aecore"], seconds["classic"]),
         "plain/classic": ratio(seconds["plain"], seconds["classic"]),
+        "aecore-amp/plain": ratio(seconds["aecore-amp"], seconds["plain"]),
     }
     mse_rel = ratio(mse["aecore"] - mse["plain"], mse["plain"])
+    mse_rel_amp = ratio(mse["aecore-amp"] - mse["plain"], mse["plain"])
     flops = flops_per_sample()
     flops_epoch = flops["total"] * n
     rate = median(gflops)
@@ -323,6 +332,7 @@ def run_throughput(
         },
         "competitors": {
             "aecore": "aecore.training.train(preset='simple', val_fraction=0.0, progress=True)",
+            "aecore-amp": "the same with params={'trainer': {'amp': True}} (bfloat16 autocast, opt-in)",
             "plain": "one float32 (N, 784) tensor, randperm slices, nn.Sequential, Adam",
             "classic": "torchvision MNIST + ToTensor + DataLoader(shuffle=True, num_workers=0)",
         },
@@ -332,6 +342,7 @@ def run_throughput(
         "ratios": ratios,
         "test_mse": mse,
         "test_mse_rel_diff_aecore_vs_plain": mse_rel,
+        "test_mse_rel_diff_aecore_amp_vs_plain": mse_rel_amp,
         "flops": {
             "per_sample_forward": flops["forward"],
             "per_sample_backward": flops["backward"],
@@ -347,5 +358,7 @@ def run_throughput(
             target("aecore/plain (never above)", ratios["aecore/plain"], LIMIT_AECORE_PLAIN),
             target("aecore/classic", ratios["aecore/classic"], TARGET_AECORE_CLASSIC),
             target("|test MSE aecore - plain| / plain", abs(mse_rel), TARGET_MSE_REL),
+            target("(a') aecore amp/plain, opt-in bf16", ratios["aecore-amp/plain"], TARGET_AECORE_PLAIN),
+            target("|test MSE (a') - plain| / plain", abs(mse_rel_amp), TARGET_MSE_REL),
         ],
     }

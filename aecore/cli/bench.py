@@ -30,18 +30,18 @@ def bench_command(
     ] = None,
     repeats: Annotated[
         int | None,
-        typer.Option(help="Alternating repetitions [default: 3 for throughput, 5 for start-up]."),
+        typer.Option(help="Alternating repetitions (default: 3 for throughput, 5 for start-up)."),
     ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option(help="Run only this section: throughput, startup or memory; repeat for several."),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="torch intra-op threads [default: torch's default].")
+        int | None, typer.Option(help="torch intra-op threads (default: torch's default).")
     ] = None,
     json_out: Annotated[
         Path | None,
-        typer.Option(help="Where to write the JSON record [default: bench-results/bench-<timestamp>.json]."),
+        typer.Option(help="Where to write the JSON record (default: bench-results/bench-<timestamp>.json)."),
     ] = None,
 ) -> None:
     """Measure training throughput, start-up time and memory; print tables and write a JSON record.

@@ -23,13 +23,25 @@ class TensorData:
 
     ``normalisation`` is JSON-serialisable and goes into checkpoint metadata,
     so a loaded model knows how its inputs were scaled.
+
+    :meth:`subset` returns a view that shares the stored tensor and keeps only
+    row numbers, so a class filter plus a validation split cost no copy of the
+    images. Reading ``x`` or ``y`` of a view gathers its rows (a copy).
     """
 
-    def __init__(self, x: Tensor, y: Tensor | None = None, normalisation: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        normalisation: dict[str, Any] | None = None,
+        *,
+        rows: Tensor | None = None,
+    ):
         if y is not None and len(y) != len(x):
             raise ValueError(f"{len(x)} samples but {len(y)} labels")
-        self.x = x
-        self.y = y
+        self._x = x
+        self._y = y
+        self._rows = None if rows is None else rows.to(device=x.device, dtype=torch.long)
         self.normalisation = dict(normalisation or {"kind": "identity"})
         self._divisor = float(self.normalisation.get("divisor", 1.0))
         mean = self.normalisation.get("mean")
@@ -37,13 +49,30 @@ class TensorData:
         self._mean = None if mean is None else torch.tensor(mean, dtype=torch.float32, device=x.device)
         self._std = None if std is None else torch.tensor(std, dtype=torch.float32, device=x.device)
 
+    @property
+    def x(self) -> Tensor:
+        """The stored samples (gathered, for a view)."""
+        return self._x if self._rows is None else self._x[self._rows]
+
+    @property
+    def y(self) -> Tensor | None:
+        """The labels, or None (gathered, for a view)."""
+        if self._y is None or self._rows is None:
+            return self._y
+        return self._y[self._rows]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the stored tensors (shared by views)."""
+        return sum(t.numel() * t.element_size() for t in (self._x, self._y, self._rows) if t is not None)
+
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return self._x.shape[0] if self._rows is None else self._rows.shape[0]
 
     @property
     def shape(self) -> tuple[int, ...]:
         """The shape of one sample."""
-        return tuple(self.x.shape[1:])
+        return tuple(self._x.shape[1:])
 
     def normalise(self, raw: Tensor) -> Tensor:
         """Raw stored values to the float inputs the model sees."""
@@ -56,21 +85,29 @@ class TensorData:
             out = out.div_(self._std.to(out.device))
         return out
 
+    def _stored(self, index: Tensor | slice) -> Tensor | slice:
+        """Positions in the stored tensor of the samples at ``index`` of this (view of the) data."""
+        return index if self._rows is None else self._rows[index]
+
     def batch(self, index: Tensor | slice) -> Tensor:
         """Float inputs for the samples at ``index``."""
-        return self.normalise(self.x[index])
+        return self.normalise(self._x[self._stored(index)])
 
     def subset(self, index: Tensor) -> TensorData:
-        """A new dataset of the samples at ``index`` (copies, same normalisation)."""
-        y = None if self.y is None else self.y[index]
-        return TensorData(self.x[index], y, self.normalisation)
+        """The samples at ``index``, as a view sharing this data's storage and normalisation."""
+        index = torch.as_tensor(index, device=self._x.device)
+        if index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        rows = self._stored(index.to(torch.long))
+        return TensorData(self._x, self._y, self.normalisation, rows=rows)  # type: ignore[arg-type]
 
     def to(self, device: torch.device | str) -> TensorData:
         """The same data on ``device`` (raw dtype kept, so uint8 stays small)."""
-        if self.x.device == torch.device(device):
+        if self._x.device == torch.device(device):
             return self
-        y = None if self.y is None else self.y.to(device)
-        return TensorData(self.x.to(device), y, self.normalisation)
+        y = None if self._y is None else self._y.to(device)
+        rows = None if self._rows is None else self._rows.to(device)
+        return TensorData(self._x.to(device), y, self.normalisation, rows=rows)
 
     def batches(
         self,

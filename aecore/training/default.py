@@ -63,6 +63,19 @@ class _Position:
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel where this build has one: one pass over each tensor per step.
+
+    The plain implementation loops over parameters with a dozen small ops
+    each; on CPU that is a fifth or more of a small model's step time.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
 class _StopSignal:
     received: str | None = None
 
@@ -108,7 +121,9 @@ class DefaultTrainerConfig:
     save_every_steps: int | None = param(
         None, "Also save the resume state every N steps (it is always saved at each epoch end)."
     )
-    amp: bool = param(False, "Mixed precision (bfloat16 autocast) on CUDA; ignored with a warning elsewhere.")
+    amp: bool = param(
+        False, "Mixed precision: bfloat16 autocast on CUDA and CPU (fast where the CPU has bf16 units)."
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -158,7 +173,7 @@ class DefaultTrainer:
             engine = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = _adam(model, cfg.lr, cfg.weight_decay)
         scheduler = None
         if cfg.plateau_patience is not None and len(val):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -312,12 +327,13 @@ class DefaultTrainer:
         return metrics
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast when ``amp`` is on: matmuls in bf16, weights and the loss in float32."""
         if not self.config.amp:
             return contextlib.nullcontext()
-        if device.type != "cuda":
-            warnings.warn("amp is only used on CUDA; training in float32.", stacklevel=3)
+        if device.type not in ("cuda", "cpu"):
+            warnings.warn(f"amp is not used on {device.type}; training in float32.", stacklevel=3)
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
 
     @torch.no_grad()
     def _validate(

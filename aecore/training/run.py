@@ -363,8 +363,10 @@ def keep_classes(data: TensorData, classes: Sequence[int], name: str) -> TensorD
 
 
 def split_validation(data: TensorData, fraction: float, seed: int) -> tuple[TensorData, TensorData]:
-    """A seeded random split of ``data`` into (train, validation)."""
+    """A seeded random split of ``data`` into (train, validation) views; no copy of the samples."""
     n_val = round(len(data) * fraction)
+    if n_val == 0:
+        return data, data.subset(torch.arange(0))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 
