@@ -87,11 +87,19 @@ class TensorData:
 
     def _stored(self, index: Tensor | slice) -> Tensor | slice:
         """Positions in the stored tensor of the samples at ``index`` of this (view of the) data."""
-        return index if self._rows is None else self._rows[index]
+        if self._rows is None:
+            return index
+        return self._rows[index] if isinstance(index, slice) else self._rows.index_select(0, index)
 
     def batch(self, index: Tensor | slice) -> Tensor:
-        """Float inputs for the samples at ``index``."""
-        return self.normalise(self._x[self._stored(index)])
+        """Float inputs for the samples at ``index``.
+
+        ``index_select`` gathers rows several times faster than advanced
+        indexing, which matters once per training step.
+        """
+        stored = self._stored(index)
+        raw = self._x[stored] if isinstance(stored, slice) else self._x.index_select(0, stored)
+        return self.normalise(raw)
 
     def subset(self, index: Tensor) -> TensorData:
         """The samples at ``index``, as a view sharing this data's storage and normalisation."""
@@ -126,7 +134,7 @@ class TensorData:
         ranks of a distributed job together see exactly the single-process batches.
         """
         n = len(self)
-        order = torch.randperm(n, generator=generator).to(self.x.device) if shuffle else None
+        order = torch.randperm(n, generator=generator).to(self._x.device) if shuffle else None
         for start in range(skip * batch_size, n, batch_size):
             stop = min(start + batch_size, n)
             if part is not None:
