@@ -10,16 +10,10 @@ The heavy parts (torch, models, checkpoints) load on first use, so
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from aecore import registry
 from aecore.errors import AecoreError
-
-try:
-    __version__ = version("aecore")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
 
 if TYPE_CHECKING:
     from aecore.checkpoint import load, read_metadata, save
@@ -49,6 +43,13 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read from the installed metadata on first use only
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("aecore")
+        except PackageNotFoundError:  # a source tree that is not installed
+            return "0.0.0+unknown"
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'aecore' has no attribute {name!r}")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import importlib
-import importlib.metadata as md
 import json
 import os
 import warnings
@@ -188,6 +187,8 @@ def _scan() -> dict[str, tuple[ComponentInfo, ...]]:
     found: dict[str, dict[tuple[str, str], ComponentInfo]] = {g: {} for g in kind_of}
     seen: set[str] = set()
     allowed = allowed_distributions()
+    import importlib.metadata as md  # here, not at import time: `ae --help` never needs it
+
     for dist in md.distributions():
         name = _normalise(dist.metadata["Name"] or "unknown")
         if name in seen:  # the same distribution twice on sys.path: the first one wins, as for imports

@@ -55,6 +55,7 @@ class AeGroup(TyperGroup):
 
 app = typer.Typer(
     cls=AeGroup,
+    rich_markup_mode=None,
     name="ae",
     help="aecore: train, compose and inspect autoencoders built from plugins.",
     no_args_is_help=True,

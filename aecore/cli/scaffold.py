@@ -7,7 +7,6 @@ generated code does, once it is installed and used.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import re
 import string
@@ -190,6 +189,8 @@ def _check_installed(kind: str, name: str, dist: str, target: Path) -> None:
             "choose another name, or every use of it would have to say which distribution."
         )
     try:
+        import importlib.metadata
+
         installed = importlib.metadata.distribution(dist)
     except importlib.metadata.PackageNotFoundError:
         return
