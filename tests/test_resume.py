@@ -163,3 +163,17 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(tm
     got = load_file(run / "model.safetensors")
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_resume_restores_the_cosine_schedule(tiny_data, tmp_path):
+    params = {"encoder": {"hidden": (16,)}, "trainer": {"epochs": 2, "batch_size": 64, "cosine": True}}
+
+    def run(out, **kw):
+        return train("mlp", params=params, latent_dim=4, data=tiny_data, out=out, progress=False, **kw)
+
+    reference = run(tmp_path / "reference")
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "interrupted", hooks=[InterruptAt(1, 6)])
+    resumed = resume(tmp_path / "interrupted", data=tiny_data, progress=False)
+    assert _equal_weights(reference.model, resumed.model)
+    assert [m["lr"] for m in resumed.history] == [m["lr"] for m in reference.history]

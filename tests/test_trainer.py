@@ -157,3 +157,21 @@ def test_unavailable_device_is_refused(tmp_path, tiny_data):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="no CUDA device"):
         _train(tmp_path, tiny_data, device="cuda")
+
+
+def test_cosine_decay_brings_the_learning_rate_to_zero(tmp_path, tiny_data):
+    result = _train(tmp_path, tiny_data, trainer_params={"epochs": 3, "cosine": True, "lr": 1e-3})
+    lrs = [m["lr"] for m in _history(result)]  # the LR at the end of each epoch
+    assert lrs[0] < 1e-3 and lrs[0] > lrs[1] > lrs[2]
+    assert lrs[2] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_and_plateau_together_are_refused(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match="either cosine or plateau_patience"):
+        _train(tmp_path, tiny_data, trainer_params={"cosine": True, "plateau_patience": 2})
+
+
+def test_time_limit_stops_before_an_epoch_that_would_overrun(tmp_path, tiny_data):
+    result = _train(tmp_path, tiny_data, trainer_params={"epochs": 50, "time_limit": 1e-6})
+    assert len(_history(result)) == 1
+    assert result.metrics["stopped_by_time_limit"] == 1.0

@@ -12,6 +12,7 @@ import contextlib
 import math
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -112,6 +113,12 @@ class DefaultTrainerConfig:
         None, "Epochs without validation improvement before the LR is cut (none: constant LR)."
     )
     plateau_factor: float = param(0.5, "Factor the LR is multiplied by on a plateau.")
+    cosine: bool = param(
+        False, "Decay the LR from lr to 0 along a cosine over all steps (not with a plateau)."
+    )
+    time_limit: float | None = param(
+        None, "Minutes: stop before an epoch that would end past this budget (none: no limit)."
+    )
     early_stopping: int | None = param(
         None, "Stop after this many epochs without validation improvement (none: never)."
     )
@@ -138,6 +145,10 @@ class DefaultTrainerConfig:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
         if not 0 < self.plateau_factor < 1:
             raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
+        if self.cosine and self.plateau_patience is not None:
+            raise ValueError("choose either cosine or plateau_patience for the learning rate, not both")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be positive, got {self.time_limit}")
         for name in ("plateau_patience", "early_stopping", "save_every_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -179,19 +190,24 @@ class DefaultTrainer:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience
             )
+        steps = math.ceil(len(train) / cfg.batch_size)
+        cosine = None
+        if cfg.cosine:
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
         autocast = self._autocast(device)
         generator = torch.Generator().manual_seed(run.seed)
         pos = _Position()
         if run.resume is not None:
-            pos = self._restore(run.resume, optimizer, scheduler, generator)
+            pos = self._restore(run.resume, optimizer, scheduler, cosine, generator)
             if pos.done:
                 return dict(pos.metrics)
-        steps = math.ceil(len(train) / cfg.batch_size)
+        started = time.perf_counter()
+        first_epoch = pos.epoch
         run.hooks.ae_train_start(run=run, total_epochs=cfg.epochs, steps_per_epoch=steps)
 
         def save_state(done: bool = False) -> None:
             if run.save_resume is not None:
-                meta, tensors = self._state(pos, optimizer, scheduler, done)
+                meta, tensors = self._state(pos, optimizer, scheduler, cosine, done)
                 run.save_resume(model, meta, tensors)
 
         metrics: dict[str, float] = dict(pos.metrics)
@@ -221,6 +237,8 @@ class DefaultTrainer:
                     if cfg.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
+                    if cosine is not None:
+                        cosine.step()
                     n = xb.shape[0]
                     for name, value in terms.items():
                         contribution = value.detach().float() * n
@@ -253,10 +271,16 @@ class DefaultTrainer:
                 if cfg.keep_best and improved:
                     run.save_checkpoint(model, BEST_CHECKPOINT, metrics)
                 stop = cfg.early_stopping is not None and pos.stale > cfg.early_stopping
+                if cfg.time_limit is not None and epoch < cfg.epochs:
+                    elapsed = time.perf_counter() - started
+                    per_epoch = elapsed / (epoch - first_epoch + 1)
+                    if elapsed + per_epoch > cfg.time_limit * 60:  # the next epoch would overrun
+                        stop = True
+                        metrics["stopped_by_time_limit"] = 1.0
                 last = epoch == cfg.epochs or stop
                 if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and not last:
                     run.save_checkpoint(model, LAST_CHECKPOINT, metrics)
-                if stop:
+                if stop and "stopped_by_time_limit" not in metrics:
                     metrics["stopped_early"] = 1.0
                 if math.isfinite(pos.best):
                     metrics["best_val_recon"] = pos.best
@@ -272,6 +296,7 @@ class DefaultTrainer:
         pos: _Position,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
+        cosine: Any,
         done: bool,
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """This trainer's part of the resume file."""
@@ -287,17 +312,20 @@ class DefaultTrainer:
             "metrics": pos.metrics,
             "optimizer": optim_meta,
             "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "cosine": None if cosine is None else cosine.state_dict(),
         }
         return meta, tensors
 
     @staticmethod
     def _restore(
-        state: Any, optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator
+        state: Any, optimizer: torch.optim.Optimizer, scheduler: Any, cosine: Any, generator: torch.Generator
     ) -> _Position:
         meta, tensors = state.trainer, state.trainer_tensors
         load_optimizer_state(optimizer, meta["optimizer"], tensors)
         if scheduler is not None and meta.get("scheduler") is not None:
             scheduler.load_state_dict(meta["scheduler"])
+        if cosine is not None and meta.get("cosine") is not None:
+            cosine.load_state_dict(meta["cosine"])
         generator.set_state(tensors["shuffle_rng"])
         return _Position(
             epoch=meta["epoch"],
