@@ -254,7 +254,7 @@ def test_scan_happens_once_per_process(fresh_registry, monkeypatch):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(registry.md, "distributions", counting)
+    monkeypatch.setattr(importlib.metadata, "distributions", counting)
     registry.refresh()
     registry.list_components()
     registry.list_components("encoder", "c*")

@@ -6,7 +6,7 @@ batch at a time; a batch is an index slice, never a per-item transform.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -91,12 +91,19 @@ class TensorData:
             return index
         return self._rows[index] if isinstance(index, slice) else self._rows.index_select(0, index)
 
-    def batch(self, index: Tensor | slice) -> Tensor:
+    def batch(self, index: Tensor | slice | Sequence[int]) -> Tensor:
         """Float inputs for the samples at ``index``.
 
         ``index_select`` gathers rows several times faster than advanced
         indexing, which matters once per training step.
         """
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index, device=self._x.device)
+            if index.dtype == torch.bool:
+                index = index.nonzero().flatten()
+            if index.dim() != 1:  # a single position: the usual indexing, no batch dimension kept
+                return self.normalise(self._x[self._rows[index] if self._rows is not None else index])
+            index = index.to(torch.long)
         stored = self._stored(index)
         raw = self._x[stored] if isinstance(stored, slice) else self._x.index_select(0, stored)
         return self.normalise(raw)

@@ -38,3 +38,17 @@ conv_strided = Preset(
     description="Conv 1→32→64 k3 s2, Conv 64→128 k7 to 128×1×1, ReLU; ConvT 128→64 k7 →32 →1, sigmoid",
     reference_params=840_577,
 )
+
+# The 30-d MNIST record recipe (docs/recipes/record-30.md): three stride-2 stages with batch norm
+# and a flat 30-d code, trained with Adam and a cosine schedule inside a time budget.
+record_30 = Preset(
+    "conv",
+    30,
+    "conv",
+    params={
+        "encoder": {"channels": (32, 64, 128), "batch_norm": True},
+        "trainer": {"epochs": 45, "lr": 2e-3, "cosine": True, "batch_size": 128},
+    },
+    description="1→32→64→128 stride-2 convs with BN, Linear to a 30-d code; Adam 2e-3, cosine, 45 epochs",
+    reference_params=310_815,
+)
