@@ -53,9 +53,20 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run ``ae bench`` (docs/performance.md); extra arguments go to it, e.g. ``-- --only startup``.
 
-    MNIST comes from $AECORE_MNIST_DIR, else ../shared/data/mnist next to the repository (as in the tests).
+    MNIST comes from :func:`_mnist_dir`.
     """
     session.install("-r", "requirements.txt")
+    session.run("ae", "bench", "--data-dir", _mnist_dir(), *session.posargs)
+
+
+def _mnist_dir() -> str:
+    """$AECORE_MNIST_DIR, else ../shared/data/mnist next to the repository (as in the tests)."""
     default = Path(__file__).resolve().parent.parent / "shared" / "data" / "mnist"
-    data_dir = os.environ.get("AECORE_MNIST_DIR") or str(default)
-    session.run("ae", "bench", "--data-dir", data_dir, *session.posargs)
+    return os.environ.get("AECORE_MNIST_DIR") or str(default)
+
+
+@nox.session
+def record(session: nox.Session) -> None:
+    """The 30-d MNIST record: train the record-30 preset for 30 minutes and write the SSE curve."""
+    session.install("-r", "requirements.txt")
+    session.run("python", "-m", "aecore.bench.record", "--data-dir", _mnist_dir(), *session.posargs)

@@ -94,3 +94,27 @@ def test_train_with_a_preset_records_it_and_its_training_recipe(tmp_path, tiny_d
     assert trainer["plateau_patience"] == 5  # explicit beats preset
     assert meta["model"]["latent_dim"] == 32
     assert result.model.num_parameters() == REFERENCE["deep"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*sorted(REFERENCE), "record-30"])
+def test_every_preset_trains_one_epoch_from_the_cli_and_reloads_with_eval(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--preset", name, "--epochs", "1", "-q", "--out", "run"])
+    assert trained.exit_code == 0, trained.stderr
+    evaluated = runner.invoke(app, ["eval", "run", "--no-pca"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    test_line = next(line for line in trained.stdout.splitlines() if line.startswith("test:"))
+    assert test_line in evaluated.stdout  # the reloaded model gives the figures training printed
+    from aecore.checkpoint import load
+
+    assert load(tmp_path / "run").num_parameters() == get_preset(name).reference_params
+
+
+def test_every_preset_has_a_recipe_page():
+    from pathlib import Path
+
+    pages = Path(__file__).resolve().parents[1] / "docs" / "recipes"
+    for entry in list_presets():
+        assert (pages / f"{entry.name}.md").exists(), "python -m aecore.bench.recipes --write docs/recipes"
