@@ -89,7 +89,7 @@ class CodeL2Config:
     weight: float = param(1e-5, "Multiplier λ of the mean L2 norm of the code.")
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
+        if not 0 <= self.weight < math.inf:
             raise ValueError(f"weight cannot be negative, got {self.weight}")
 
 

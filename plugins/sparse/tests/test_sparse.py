@@ -111,3 +111,38 @@ def test_kl_gradient_pushes_activation_toward_target():
 def test_invalid_params_raise_config_error(values):
     with pytest.raises(ConfigError):
         config_from_dict(SparseConfig, values, owner="sparse")
+
+
+# -- topk and l2 ---------------------------------------------------------------------------------
+
+
+def test_topk_keeps_exactly_k_units_per_sample_and_they_are_the_largest():
+    from aecore_sparse import TopK, TopKConfig
+
+    torch.manual_seed(0)
+    z = torch.randn(7, 12)
+    reg = TopK(TopKConfig(k=3), latent_dim=12)
+    out = reg.transform_code(z)
+    assert ((out != 0).sum(dim=1) == 3).all()  # the sparsity count
+    kept_min = out.masked_fill(out == 0, float("inf")).min(dim=1).values
+    dropped_max = z.masked_fill(out != 0, float("-inf")).max(dim=1).values
+    assert (kept_min >= dropped_max).all()
+    assert torch.equal(out[out != 0], z[out != 0])  # kept values are unchanged
+    assert float(reg.penalty(z, out, z, None)) == 0.0
+
+
+def test_topk_larger_than_the_code_is_refused():
+    from aecore_sparse import TopK, TopKConfig
+
+    from aecore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="larger than the latent size 4"):
+        TopK(TopKConfig(k=5), latent_dim=4)
+
+
+def test_l2_penalty_is_weight_times_mean_code_norm():
+    from aecore_sparse import CodeL2, CodeL2Config
+
+    z = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # norms 5 and 1
+    reg = CodeL2(CodeL2Config(weight=0.5), latent_dim=2)
+    assert float(reg.penalty(z, z, z, None)) == pytest.approx(0.5 * (5 + 1) / 2)

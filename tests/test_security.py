@@ -1,0 +1,75 @@
+"""Security promises: nothing is unpickled, metadata is data, sizes are bounded."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save
+
+from aecore import checkpoint
+from aecore.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [
+    p for folder in ("aecore", "plugins") for p in (ROOT / folder).rglob("*.py") if "/tests/" not in str(p)
+]
+MODULES = "c?pickle|cloudpickle|dill|shelve|marshal"
+UNPICKLING = re.compile(rf"^\s*(import ({MODULES})\b|from ({MODULES}) import)")
+
+
+def test_the_source_never_unpickles():
+    assert len(SOURCES) > 30  # the scan really covers the package and the plugins
+    offences = []
+    for path in SOURCES:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if UNPICKLING.search(line):
+                offences.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+            if "torch.load(" in line and "weights_only=True" not in line:
+                offences.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+            if re.search(r"\b(pickle|dill)\.loads?\(", line) or "allow_pickle=True" in line:
+                offences.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offences, "\n".join(offences)
+
+
+def _checkpoint_naming(tmp_path: Path, name: str, dist: str = "aecore-mlp") -> Path:
+    component = {"name": name, "dist": dist, "version": "0.1.0", "params": {}}
+    document = {
+        "format": "aecore.checkpoint",
+        "format_version": 1,
+        "model": {"input_shape": [4], "latent_dim": 2, "encoder": component, "decoder": component},
+    }
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(save({"w": torch.zeros(1)}, metadata={"aecore": json.dumps(document)}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["os:system", "aecore_mlp:MLPEncoder", "builtins.eval", "subprocess:Popen", "aefake_evil_module:X"],
+)
+def test_metadata_names_are_looked_up_in_the_registry_never_imported(tmp_path, name):
+    before = set(sys.modules)
+    with pytest.raises(CheckpointError):
+        checkpoint.load(_checkpoint_naming(tmp_path, name))
+    assert "aefake_evil_module" not in set(sys.modules) - before
+
+
+def test_a_header_larger_than_the_limit_is_refused_before_reading(tmp_path):
+    path = tmp_path / "big.safetensors"
+    huge = checkpoint._MAX_HEADER + 1
+    path.write_bytes(struct.pack("<Q", huge) + b"{" + b" " * 64)
+    with pytest.raises(CheckpointError, match="header claims"):
+        checkpoint.read_metadata(path)
+
+
+def test_metadata_that_is_not_an_aecore_document_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    path.write_bytes(save({"w": torch.zeros(1)}, metadata={"aecore": json.dumps(["not", "a", "table"])}))
+    with pytest.raises(CheckpointError, match="not an aecore checkpoint"):
+        checkpoint.load(path)
