@@ -80,11 +80,11 @@ def test_record_has_machine_settings_and_every_section(bench_run):
         "epochs": 1,
         "limit": LIMIT,
         "repeats": 1,
-        "only": ["throughput", "startup", "memory"],
+        "only": ["throughput", "inference", "startup", "memory"],
         "threads": None,
     }
-    assert {"throughput", "startup", "memory"} <= set(record)
-    for title in ("Training throughput", "Start-up", "Memory"):
+    assert {"throughput", "inference", "startup", "memory"} <= set(record)
+    for title in ("Training throughput", "Inference", "Start-up", "Memory"):
         assert title in stdout
     assert "PASS" in stdout or "FAIL" in stdout
 
@@ -172,3 +172,14 @@ def test_bench_option_errors_are_one_line(tmp_path):
         assert result.exit_code == 2, (args, result.stdout, result.stderr)
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+
+
+def test_inference_ratio_comes_from_the_measured_figures(bench_run):
+    r = bench_run[0]["inference"]
+    assert r["workload"]["images"] > 0
+    rate = {name: r["workload"]["images"] / statistics.median(v) for name, v in r["seconds"].items()}
+    for name in ("aecore", "bare"):
+        assert close(r["images_per_second"][name], rate[name])
+    assert close(r["ratio"], rate["aecore"] / rate["bare"])
+    (target,) = r["targets"]
+    assert target["passed"] == (target["value"] <= target["limit"])

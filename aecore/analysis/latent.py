@@ -59,7 +59,7 @@ def check_index(index: int, data: TensorData, option: str) -> int:
     return index
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode(
     model: Autoencoder,
     data: TensorData | Tensor,

@@ -129,6 +129,29 @@ def _memory(console: Console, r: dict[str, Any]) -> None:
     _targets(console, "Memory targets", r["targets"])
 
 
+def _inference(console: Console, r: dict[str, Any]) -> None:
+    w = r["workload"]
+    table = Table(
+        title=(
+            f"Inference: encode {w['images']:,} MNIST images, batch {w['batch_size']}, "
+            f"median of {w['repeats']}"
+        ),
+        title_justify="left",
+    )
+    for column in ("path", "images/s", "runs (s)"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for name, rate in r["images_per_second"].items():
+        runs = ", ".join(_num(v, ".2f") for v in r["seconds"][name])
+        table.add_row(
+            {"aecore": "ae encode", "bare": "bare inference_mode forward"}[name], _num(rate, ",.0f"), runs
+        )
+    console.print(table)
+    console.print(
+        f"throughput ratio ae encode / bare: {_num(r['ratio'], '.3f')} (target ≥ 0.9)", highlight=False
+    )
+    _targets(console, "Inference targets", r["targets"])
+
+
 def print_report(console: Console, record: dict[str, Any]) -> None:
     """Print every section present in ``record``."""
     machine = record["machine"]
@@ -139,6 +162,12 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
         f"{'/'.join(_num(v, '.2f') for v in machine['load_average_end'])}",
         highlight=False,
     )
-    for name, show in (("throughput", _throughput), ("startup", _startup), ("memory", _memory)):
+    sections = (
+        ("throughput", _throughput),
+        ("inference", _inference),
+        ("startup", _startup),
+        ("memory", _memory),
+    )
+    for name, show in sections:
         if name in record:
             show(console, record[name])

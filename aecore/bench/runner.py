@@ -22,7 +22,7 @@ from rich.console import Console
 
 __all__ = ["SECTIONS", "BenchSettings", "machine_info", "run_bench"]
 
-SECTIONS = ("throughput", "startup", "memory")
+SECTIONS = ("throughput", "inference", "startup", "memory")
 SCHEMA = "aecore.bench/1"
 
 
@@ -132,6 +132,11 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
             repeats=settings.repeats or 3,
             matmul_size=settings.matmul_size,
         )
+    if "inference" in settings.only:
+        from aecore.bench.inference import run_inference
+
+        console.print("[bold]inference[/] ...")
+        record["inference"] = run_inference(settings.data_dir, repeats=settings.repeats or 5)
     if "startup" in settings.only:
         from aecore.bench.startup import run_startup
 

@@ -34,7 +34,9 @@ def bench_command(
     ] = None,
     only: Annotated[
         list[str] | None,
-        typer.Option(help="Run only this section: throughput, startup or memory; repeat for several."),
+        typer.Option(
+            help="Run only this section: throughput, inference, startup or memory; repeat for several."
+        ),
     ] = None,
     threads: Annotated[
         int | None, typer.Option(help="torch intra-op threads (default: torch's default).")
@@ -61,7 +63,7 @@ def bench_command(
     ):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}.")
-    needs_data = {"throughput", "memory"} & set(chosen)
+    needs_data = {"throughput", "inference", "memory"} & set(chosen)
     if needs_data and data_dir is None:
         raise ConfigError(
             f"{' and '.join(sorted(needs_data))} need MNIST: pass --data-dir (a folder holding MNIST/raw/) "

@@ -76,9 +76,12 @@ class TensorData:
 
     def normalise(self, raw: Tensor) -> Tensor:
         """Raw stored values to the float inputs the model sees."""
-        out = raw.to(torch.float32, copy=True)  # never normalise the stored data in place
-        if self._divisor != 1.0:
-            out = out.div_(self._divisor)
+        if self._divisor != 1.0 and not raw.is_floating_point():
+            out = torch.div(raw, self._divisor)  # uint8 in, float32 out, in one pass (same bits as two)
+        else:
+            out = raw.to(torch.float32, copy=True)  # never normalise the stored data in place
+            if self._divisor != 1.0:
+                out = out.div_(self._divisor)
         if self._mean is not None:
             out = out.sub_(self._mean.to(out.device))
         if self._std is not None:
