@@ -10,6 +10,7 @@ Modules, one per topic:
 
 ``throughput``  seconds per epoch of aecore's training path against a plain
                 PyTorch loop and the classic torchvision DataLoader loop
+``inference``   ``ae encode``'s path against a bare ``inference_mode`` forward pass
 ``startup``     wall time of ``ae`` commands against ``import torch``
 ``memory``      peak RSS of training, in fresh processes, against the data's uint8 size
 ``runner``      the whole run: machine record, sections, JSON file

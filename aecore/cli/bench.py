@@ -11,9 +11,8 @@ from typing import Annotated
 
 import typer
 
+from aecore.bench.runner import SECTIONS  # stdlib and Rich only: no torch at start-up
 from aecore.errors import ConfigError
-
-SECTIONS = ("throughput", "startup", "memory")
 
 
 def bench_command(
