@@ -132,9 +132,8 @@ def test_topk_keeps_exactly_k_units_per_sample_and_they_are_the_largest():
 
 
 def test_topk_larger_than_the_code_is_refused():
-    from aecore_sparse import TopK, TopKConfig
-
     from aecore.errors import ConfigError
+    from aecore_sparse import TopK, TopKConfig
 
     with pytest.raises(ConfigError, match="larger than the latent size 4"):
         TopK(TopKConfig(k=5), latent_dim=4)
