@@ -75,11 +75,16 @@ def encode(
     was_training = model.training
     model.eval()
     batches = data.batches(batch_size) if isinstance(data, TensorData) else data.split(batch_size)
+    codes = torch.empty(len(data), model.latent_dim)  # filled in place: no list of pieces to join
+    start = 0
     try:
-        codes = [model.encode(xb.to(device)).float().cpu() for xb in batches]
+        for xb in batches:
+            z = model.encode(xb.to(device))
+            codes[start : start + len(z)] = z
+            start += len(z)
     finally:
         model.train(was_training)
-    return torch.cat(codes) if codes else torch.empty(0, model.latent_dim)
+    return codes
 
 
 @torch.no_grad()
