@@ -190,6 +190,9 @@ def _scan() -> dict[str, tuple[ComponentInfo, ...]]:
     import importlib.metadata as md  # here, not at import time: `ae --help` never needs it
 
     for dist in md.distributions():
+        text = dist.read_text("entry_points.txt") or ""
+        if "[aecore." not in text:  # most distributions: skip parsing their metadata at all
+            continue
         name = _normalise(dist.metadata["Name"] or "unknown")
         if name in seen:  # the same distribution twice on sys.path: the first one wins, as for imports
             continue
