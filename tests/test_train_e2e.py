@@ -166,3 +166,49 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path):
     assert str(tmp_path / "nan") in message
     assert "--lr" in message
     assert not (tmp_path / "nan" / "model.safetensors").exists()  # no checkpoint of a diverged model
+
+
+def test_divergence_mid_run_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    from aecore.checkpoint import load
+    from aecore.hooks import hookimpl
+    from aecore.training.default import TrainingDiverged
+
+    class Poison:
+        """Breaks the weights after step 3 of epoch 2, as an exploding update would."""
+
+        @hookimpl
+        def ae_step_end(self, run, epoch, step, batch_size, loss):
+            if (epoch, step) == (2, 3):
+                model = self.model
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("inf"))
+
+    poison = Poison()
+    from aecore.training import run as run_module
+
+    real_compose = run_module.compose
+
+    def compose_and_remember(*args, **kwargs):
+        poison.model = real_compose(*args, **kwargs)
+        return poison.model
+
+    run_module.compose = compose_and_remember
+    try:
+        with pytest.raises(TrainingDiverged) as excinfo:
+            train(
+                "mlp",
+                params={"encoder": {"hidden": "16"}, "trainer": {"epochs": 3}},
+                latent_dim=4,
+                data=tiny_data,
+                out=tmp_path / "run",
+                progress=False,
+                hooks=[poison],
+            )
+    finally:
+        run_module.compose = real_compose
+    message = str(excinfo.value)
+    assert "in epoch 2, step 5" in message  # the first step that computed a loss with the broken weights
+    assert "grad_clip" in message and "--lr" in message
+    kept = load(tmp_path / "run")  # epoch 1's checkpoint, untouched by the bad step
+    assert kept.metadata["metrics"]["epoch"] == 1
+    assert all(torch.isfinite(p).all() for p in kept.parameters())
