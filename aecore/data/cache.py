@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
 from aecore.data.tensors import TensorData
 
@@ -94,8 +94,7 @@ def _read(path: Path) -> Any:
 
 
 def _write(path: Path, dataset: Any) -> None:
-    from aecore.checkpoint import atomic_write_bytes
-
+    """Stream the tensors to a temporary file and rename it: no second copy of the data in memory."""
     tensors: dict[str, torch.Tensor] = {}
     for split in ("train", "test"):
         data: TensorData = getattr(dataset, split)
@@ -107,5 +106,11 @@ def _write(path: Path, dataset: Any) -> None:
         "spec": dataset.spec,
         "normalisation": {"train": dataset.train.normalisation, "test": dataset.test.normalisation},
     }
-    with contextlib.suppress(OSError):  # a read-only or full cache disk must not fail the run
-        atomic_write_bytes(path, save(tensors, metadata={_META: json.dumps(meta)}))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, tmp, metadata={_META: json.dumps(meta)})
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache disk must not fail the run
+        with contextlib.suppress(OSError):
+            tmp.unlink()
