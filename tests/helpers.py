@@ -39,3 +39,21 @@ def require_real_mnist() -> Path:
             pytest.fail(f"CI must test the real data path: {reason}")
         pytest.skip(reason)
     return path
+
+
+def one_line_error(result, *fragments: str, code: int = 2) -> str:
+    """Assert a CLI failure printed exactly one 'error: ...' line on stderr, no traceback; returns it."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert isinstance(result.exception, SystemExit), result.exception  # an exit, not a crash
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def ok(result) -> str:
+    """Assert a CLI command succeeded; returns its stdout."""
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+    return result.stdout

@@ -17,6 +17,7 @@ import statistics
 
 import pytest
 import torch
+from helpers import ok, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -85,21 +86,6 @@ def runner(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # default output folders (runs/cv, runs/sweep) land here
     monkeypatch.setattr(cli_output.console, "_width", 200)
     return CliRunner()
-
-
-def ok(result):
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
-    return result.stdout
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def read_csv(path) -> list[dict[str, str]]:

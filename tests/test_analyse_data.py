@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import table_rows
+from helpers import one_line_error, table_rows
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,17 +20,6 @@ from aecore.cli.app import app
 from aecore.data import Dataset, load_dataset
 from aecore.errors import DataError
 from aecore.evaluate import bce_per_pixel, reconstruction_metrics
-
-
-def one_line_error(result, *fragments: str) -> str:
-    """A failure that printed exactly one 'error: ...' line (exit code 2, no traceback)."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.stdout + result.stderr
-    return lines[0]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import ok, one_line_error
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -85,21 +86,6 @@ def runner(monkeypatch, tmp_path, tiny_data, tabular_data):
     monkeypatch.setitem(DATASETS, "tiny", lambda data_dir: tiny_data)
     monkeypatch.setitem(DATASETS, "tabular", lambda data_dir: tabular_data)
     return CliRunner()
-
-
-def ok(result):
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
-    return result.stdout
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.stdout + result.stderr
-    return lines[0]
 
 
 def png(path) -> np.ndarray:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import table_rows
+from helpers import one_line_error, table_rows
 from typer.testing import CliRunner
 
 from aecore.cli import app
@@ -20,21 +20,6 @@ def runner(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # nothing a command writes lands in the repository
     monkeypatch.setattr(cli_output.console, "_width", 200)  # tables on one line per row
     return CliRunner()
-
-
-def one_line_error(result, *fragments: str, code: int = 2) -> str:
-    """Assert a failure printed exactly one 'error: ...' line on stderr and nothing else."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert isinstance(result.exception, SystemExit)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("error: ")
-    for fragment in fragments:
-        assert fragment in line, line
-    assert "Traceback" not in result.stdout + result.stderr
-    assert result.stdout == ""
-    return line
 
 
 # -- ae plugins --------------------------------------------------------------------------------
