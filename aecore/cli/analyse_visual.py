@@ -45,8 +45,15 @@ def _checkpoint_dir(model: Path) -> Path:
     return checkpoint.resolve(model).parent
 
 
-def _load(model: Path, data: str | None, data_dir: Path | None, device: str) -> Loaded:
-    return load_model_and_data(model, data, data_dir, device)
+def _load_image_model(
+    model: Path, command: str, data: str | None, data_dir: Path | None, device: str
+) -> Loaded:
+    """Reload a checkpoint and its data, refusing models whose inputs are not images."""
+    from aecore.analysis.latent import check_image_model
+
+    loaded = load_model_and_data(model, data, data_dir, device)
+    check_image_model(loaded.model, command)
+    return loaded
 
 
 def _device(loaded: Loaded) -> torch.device:
@@ -91,11 +98,10 @@ def reconstruct_command(
     """Draw test images (top row) over their reconstructions (row below) as a PNG grid."""
     import torch
 
-    from aecore.analysis.latent import check_image_model, decode, encode
+    from aecore.analysis.latent import decode, encode
 
     target = output_file(out, _checkpoint_dir(model) / "reconstruct.png", overwrite)
-    loaded = _load(model, data, data_dir, device)
-    check_image_model(loaded.model, "reconstruct")
+    loaded = _load_image_model(model, "reconstruct", data, data_dir, device)
     test = loaded.dataset.test
     if not 1 <= n <= len(test):
         raise ConfigError(f"--n must be between 1 and {len(test)} (the test split's size), got {n}.")
@@ -133,13 +139,12 @@ def interpolate_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Decode (1−t)·z_a + t·z_b for t from 0 to 1: a strip of images between two test samples."""
-    from aecore.analysis.latent import check_image_model, check_index, decode, encode, interpolate
+    from aecore.analysis.latent import check_index, decode, encode, interpolate
 
     target = output_file(out, _checkpoint_dir(model) / "interpolate.png", overwrite)
     if steps < 2:
         raise ConfigError(f"--steps must be at least 2 (both end points), got {steps}.")
-    loaded = _load(model, data, data_dir, device)
-    check_image_model(loaded.model, "interpolate")
+    loaded = _load_image_model(model, "interpolate", data, data_dir, device)
     test = loaded.dataset.test
     check_index(a, test, "--a")
     check_index(b, test, "--b")
@@ -170,11 +175,10 @@ def arithmetic_command(
     """Decode z_a + z_b − z_c: the three test images, then the result, in one row."""
     import torch
 
-    from aecore.analysis.latent import arithmetic, check_image_model, check_index, decode, encode
+    from aecore.analysis.latent import arithmetic, check_index, decode, encode
 
     target = output_file(out, _checkpoint_dir(model) / "arithmetic.png", overwrite)
-    loaded = _load(model, data, data_dir, device)
-    check_image_model(loaded.model, "arithmetic")
+    loaded = _load_image_model(model, "arithmetic", data, data_dir, device)
     test = loaded.dataset.test
     for index, option in ((a, "--a"), (b, "--b"), (c, "--c")):
         check_index(index, test, option)
@@ -205,7 +209,6 @@ def sample_command(
 ) -> None:
     """Decode random codes: N(0, I) for variational models, else a Gaussian fitted to training codes."""
     from aecore.analysis.latent import (
-        check_image_model,
         decode,
         encode,
         fit_gaussian,
@@ -218,8 +221,7 @@ def sample_command(
         raise ConfigError(f"--n must be at least 1, got {n}.")
     if nrow < 1:
         raise ConfigError(f"--nrow must be at least 1, got {nrow}.")
-    loaded = _load(model, data, data_dir, device)
-    check_image_model(loaded.model, "sample")
+    loaded = _load_image_model(model, "sample", data, data_dir, device)
     dev = _device(loaded)
     fit = None
     if not is_variational(loaded.model):
@@ -283,7 +285,7 @@ def plot_command(
     if not series:
         raise ConfigError(f"{run_dir / 'metrics.json'} records no losses per epoch; nothing to plot.")
 
-    loaded = _load(run, data, data_dir, device)
+    loaded = load_model_and_data(run, data, data_dir, device)
     test = loaded.dataset.test
     count = min(n, len(test))
     subset = test.subset(_arange(count))
@@ -359,7 +361,7 @@ def features_command(
     rows_png = output_file(out, _checkpoint_dir(model) / "features.png", overwrite)
     maps_png = output_file(None, rows_png.with_name(f"{rows_png.stem}-maps.png"), overwrite)
     tensors = output_file(None, rows_png.with_name(f"{rows_png.stem}.safetensors"), overwrite)
-    loaded = _load(model, data, data_dir, device)
+    loaded = load_model_and_data(model, data, data_dir, device)
     test = loaded.dataset.test
     check_index(index, test, "--index")
     x = test.batch([index]).to(_device(loaded))
