@@ -13,3 +13,12 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "aecore"
+
+
+def unique_dir(root: Path, name: str) -> Path:
+    """``root/name``, or ``root/name-2``, ``-3``... : the first that does not exist yet."""
+    candidate, counter = root / name, 2
+    while candidate.exists():
+        candidate = root / f"{name}-{counter}"
+        counter += 1
+    return candidate

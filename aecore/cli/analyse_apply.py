@@ -94,11 +94,9 @@ def _fresh_dir(out_dir: Path | None, base: str) -> Path:
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(f"--out-dir {out_dir} is a file; choose a folder.")
         return out_dir
-    candidate, counter = Path("runs") / base, 2
-    while candidate.exists():
-        candidate = Path("runs") / f"{base}-{counter}"
-        counter += 1
-    return candidate
+    from aecore.paths import unique_dir
+
+    return unique_dir(Path("runs"), base)
 
 
 def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:

@@ -25,6 +25,7 @@ from aecore.evaluate import reconstruction_metrics
 from aecore.hooks import hookimpl, plugin_manager
 from aecore.losses import get_loss
 from aecore.model import Autoencoder, compose
+from aecore.paths import unique_dir
 from aecore.training import distributed
 from aecore.training.context import RunContext
 
@@ -407,13 +408,7 @@ def _prepare_run_dir(
                 f"run directory {run_dir} already holds files; choose another --out or pass --overwrite."
             )
     else:
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
-        root = Path(runs_root)
-        run_dir = root / base
-        counter = 2
-        while run_dir.exists():
-            run_dir = root / f"{base}-{counter}"
-            counter += 1
+        run_dir = unique_dir(Path(runs_root), re.sub(r"[^A-Za-z0-9_.-]+", "-", label))
     if create:
         run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
