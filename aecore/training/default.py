@@ -26,6 +26,7 @@ from aecore.errors import AecoreError, ConfigError
 from aecore.model import Autoencoder
 from aecore.training import distributed
 from aecore.training.context import RunContext
+from aecore.training.optim import make_adam
 from aecore.training.state import load_optimizer_state, optimizer_state
 
 __all__ = [
@@ -62,19 +63,6 @@ class _Position:
     metrics: dict[str, float] = field(default_factory=dict)
     epoch_rng: torch.Tensor | None = None  # shuffle generator state at the start of ``epoch``
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def _adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam with the fused kernel where this build has one: one pass over each tensor per step.
-
-    The plain implementation loops over parameters with a dozen small ops
-    each; on CPU that is a fifth or more of a small model's step time.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 class _StopSignal:
@@ -184,7 +172,9 @@ class DefaultTrainer:
             engine = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        optimizer = _adam(model, cfg.lr, cfg.weight_decay)
+        optimizer = make_adam(
+            (p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         scheduler = None
         if cfg.plateau_patience is not None and len(val):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

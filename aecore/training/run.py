@@ -178,7 +178,7 @@ def _execute(
     try:
         if job.active and state is not None:
             raise ConfigError("resuming a distributed run is not supported yet; resume it in one process.")
-        return _run_job(
+        result = _run_job(
             request,
             dataset,
             make_run_dir,
@@ -188,6 +188,9 @@ def _execute(
             job=job,
             device=torch_device,
         )
+        # Leave together: a rank that tears down gloo while rank 0 still writes can abort at exit.
+        distributed.barrier()
+        return result
     finally:
         distributed.shutdown()
 

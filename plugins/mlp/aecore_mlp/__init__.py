@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from aecore.components import Activation, ImageComponent, activation
 from aecore.config import param
+from aecore.layers import Linear, Sequential
 
 __all__ = ["HiddenBlock", "MLPDecoder", "MLPDecoderConfig", "MLPEncoder", "MLPEncoderConfig"]
 
@@ -76,15 +77,15 @@ class HiddenBlock(nn.Module):
         self, width_in: int, width_out: int, act: str, batch_norm: bool, dropout: float, residual: bool
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Linear(width_in, width_out), activation(act)]
+        layers: list[nn.Module] = [Linear(width_in, width_out), activation(act)]
         if batch_norm:
             layers.append(nn.BatchNorm1d(width_out))
         if dropout:
             layers.append(nn.Dropout(dropout))
-        self.body = nn.Sequential(*layers)
+        self.body = Sequential(*layers)
         self.skip: nn.Module | None = None
         if residual:
-            self.skip = nn.Identity() if width_in == width_out else nn.Linear(width_in, width_out, bias=False)
+            self.skip = nn.Identity() if width_in == width_out else Linear(width_in, width_out, bias=False)
 
     def forward(self, h: Tensor) -> Tensor:
         out = self.body(h)
@@ -106,10 +107,10 @@ class MLPEncoder(ImageComponent):
     def __init__(self, config: MLPEncoderConfig, *, input_shape: tuple[int, ...], latent_dim: int) -> None:
         super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
         widths = (math.prod(self.input_shape), *config.hidden)
-        self.net = nn.Sequential(
+        self.net = Sequential(
             nn.Flatten(),
             *_hidden_blocks(widths, config),
-            nn.Linear(widths[-1], latent_dim),
+            Linear(widths[-1], latent_dim),
             activation(config.code_activation),
         )
 
@@ -125,9 +126,9 @@ class MLPDecoder(ImageComponent):
     def __init__(self, config: MLPDecoderConfig, *, input_shape: tuple[int, ...], latent_dim: int) -> None:
         super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
         widths = (latent_dim, *reversed(config.hidden))
-        self.net = nn.Sequential(
+        self.net = Sequential(
             *_hidden_blocks(widths, config),
-            nn.Linear(widths[-1], math.prod(self.input_shape)),
+            Linear(widths[-1], math.prod(self.input_shape)),
             activation(config.output_activation),
             nn.Unflatten(1, self.input_shape),
         )

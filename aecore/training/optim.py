@@ -1,0 +1,123 @@
+"""Adam with the fused kernel, minus the per-step Python bookkeeping around it.
+
+``torch.optim.Adam(fused=True)`` already updates every tensor in one kernel,
+but each ``step()`` first rebuilds its parameter, gradient and state lists
+and regroups them by device and dtype. For a small model on CPU that
+bookkeeping costs about as much as the update itself. :class:`FusedAdam`
+builds those lists once and then makes the same two kernel calls torch
+makes (increment the step counters, run ``_fused_adam_``), so its results
+are bit-identical to ``Adam(fused=True)``. Anything outside the plain case
+(a closure, AMSGrad, maximize, a tensor learning rate, a parameter without
+a gradient this step, mixed devices or dtypes) goes through torch's own
+``step()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["FusedAdam", "make_adam"]
+
+#: One param group as the fused kernel takes it: (group, params, exp_avgs, exp_avg_sqs, steps).
+_GroupLists = tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]
+_PLAIN = {"amsgrad": False, "maximize": False, "capturable": False, "differentiable": False}
+
+
+class FusedAdam(torch.optim.Adam):
+    """``torch.optim.Adam(fused=True)`` whose steady-state ``step()`` is two kernel calls.
+
+    It is an ``Adam``: state dicts, schedulers and checkpoints treat it as one.
+    """
+
+    def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
+        kwargs["fused"] = True
+        super().__init__(params, **kwargs)
+        self._lists: (
+            list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] | None
+        )
+        self._lists = None
+
+    # The cached lists hold the state tensors themselves, so anything that replaces them resets the cache.
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._lists = None
+        super().load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._lists = None
+        super().add_param_group(param_group)
+
+    def _build_lists(self) -> bool:
+        """Cache each group's params and state; False if some group is outside the plain case."""
+        lists = []
+        for group in self.param_groups:
+            params = group["params"]
+            if any(group.get(k, v) != v for k, v in _PLAIN.items()) or group.get("decoupled_weight_decay"):
+                return False
+            if isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor) for b in group["betas"]):
+                return False
+            if len({(p.device, p.dtype) for p in params}) > 1 or any(p.is_complex() for p in params):
+                return False
+            if any(p not in self.state for p in params):
+                return False
+            states = [self.state[p] for p in params]
+            if any("step" not in s for s in states):
+                return False
+            lists.append(
+                (
+                    group,
+                    params,
+                    [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states],
+                    [s["step"] for s in states],
+                )
+            )
+        self._lists = lists
+        return True
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        if closure is not None or (self._lists is None and not self._build_lists()):
+            return super().step(closure)  # also the first step, which creates the state
+        assert self._lists is not None
+        batches = []
+        for group, params, exp_avgs, exp_avg_sqs, steps in self._lists:
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):
+                return super().step()
+            batches.append((group, params, grads, exp_avgs, exp_avg_sqs, steps))
+        for group, params, grads, exp_avgs, exp_avg_sqs, steps in batches:
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+            )
+        return None
+
+
+def make_adam(params: Iterable[Any], *, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """:class:`FusedAdam` where this torch has the fused kernel for these tensors, else plain Adam."""
+    params = list(params)
+    if not hasattr(torch, "_fused_adam_"):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    try:
+        return FusedAdam(params, lr=lr, weight_decay=weight_decay)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

@@ -1,0 +1,112 @@
+"""FusedAdam: bit-identical to torch's Adam(fused=True), including through state dicts and odd steps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from aecore.training.optim import FusedAdam, make_adam
+
+pytestmark = pytest.mark.skipif(not hasattr(torch, "_fused_adam_"), reason="no fused Adam kernel")
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, i: int, skip_last: bool = False) -> None:
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(i))
+    optimizer.zero_grad(set_to_none=True)
+    model(x).pow(2).mean().backward()
+    if skip_last:  # a parameter without a gradient this step
+        model[2].bias.grad = None
+    optimizer.step()
+
+
+def _assert_same(a: nn.Module, b: nn.Module, opt_a: Optimizer, opt_b: Optimizer) -> None:
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_a.state[p][key], opt_b.state[q][key]), key
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_matches_torch_fused_adam_bit_for_bit(weight_decay):
+    ours_model, ref_model = _model(), _model()
+    ours = FusedAdam(ours_model.parameters(), lr=1e-2, weight_decay=weight_decay)
+    ref = torch.optim.Adam(ref_model.parameters(), lr=1e-2, weight_decay=weight_decay, fused=True)
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5) for o in (ours, ref)]
+    for i in range(10):
+        _step(ours_model, ours, i, skip_last=i == 5)
+        _step(ref_model, ref, i, skip_last=i == 5)
+        for s in schedulers:
+            s.step()
+    _assert_same(ours_model, ref_model, ours, ref)
+    assert ours.param_groups[0]["lr"] == ref.param_groups[0]["lr"] < 1e-2
+
+
+def test_a_loaded_state_dict_replaces_the_cached_state():
+    model, ref_model = _model(), _model()
+    optimizer = FusedAdam(model.parameters(), lr=1e-2)
+    ref = torch.optim.Adam(ref_model.parameters(), lr=1e-2, fused=True)
+    for i in range(3):
+        _step(model, optimizer, i)
+        _step(ref_model, ref, i)
+    saved = copy.deepcopy(ref.state_dict())  # a snapshot, as a resume file holds
+    resumed_model = _model()
+    resumed_model.load_state_dict(ref_model.state_dict())
+    resumed = FusedAdam(resumed_model.parameters(), lr=1e-2)
+    _step(resumed_model, resumed, 99)  # builds its own state and cache first
+    resumed_model.load_state_dict(ref_model.state_dict())
+    resumed.load_state_dict(saved)
+    for i in range(3, 6):
+        _step(resumed_model, resumed, i)
+        _step(ref_model, ref, i)
+    _assert_same(resumed_model, ref_model, resumed, ref)
+
+
+def test_a_new_param_group_is_stepped():
+    model = _model()
+    extra = nn.Parameter(torch.ones(3))
+    optimizer = FusedAdam(model.parameters(), lr=1e-2)
+    _step(model, optimizer, 0)
+    _step(model, optimizer, 1)
+    optimizer.add_param_group({"params": [extra]})
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        (model(torch.randn(2, 6)).sum() + extra.sum()).backward()
+        optimizer.step()
+    assert not torch.equal(extra, torch.ones(3))
+    assert optimizer.state[extra]["step"].item() == 2
+
+
+def test_a_closure_goes_through_torch():
+    model = _model()
+    optimizer = FusedAdam(model.parameters(), lr=1e-2)
+    x = torch.randn(4, 6)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    first = optimizer.step(closure)
+    assert torch.is_tensor(first) and optimizer.step(closure) < first
+
+
+def test_make_adam_falls_back_where_there_is_no_fused_kernel(monkeypatch):
+    monkeypatch.delattr(torch, "_fused_adam_")
+    optimizer = make_adam(_model().parameters(), lr=1e-3)
+    assert type(optimizer) is torch.optim.Adam
+
+
+def test_make_adam_gives_fused_adam_for_cpu_float32():
+    optimizer = make_adam(_model().parameters(), lr=1e-3, weight_decay=0.1)
+    assert type(optimizer) is FusedAdam and optimizer.defaults["fused"]
+    assert optimizer.param_groups[0]["weight_decay"] == 0.1
