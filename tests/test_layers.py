@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import aecore.layers as layers
-from aecore.layers import Linear, Sequential, linear
+import aecore.layers.backend as backend
+from aecore.layers import Linear, Sequential, linear, set_linear_backend
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
@@ -29,15 +29,15 @@ def calls(monkeypatch):
         count["n"] += 1
         return real(*args)
 
-    monkeypatch.setattr(layers, "_onednn_op", lambda: counting)
-    monkeypatch.setattr(layers, "MIN_MULTIPLY_ADDS", 0)
-    monkeypatch.setattr(layers, "MIN_SIDE", 0)
-    monkeypatch.delenv(layers.ENV_VAR, raising=False)
-    layers.set_linear_backend("auto")
-    assert layers.linear_backend() == "onednn"  # runs the self-check now, before counting starts
+    monkeypatch.setattr(backend, "onednn_op", lambda: counting)
+    monkeypatch.setattr(backend, "MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(backend, "MIN_SIDE", 0)
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    set_linear_backend("auto")
+    assert backend.linear_backend() == "onednn"  # runs the self-check now, before counting starts
     count["n"] = 0
     yield count
-    layers.set_linear_backend("auto")
+    set_linear_backend("auto")
 
 
 def _inputs(shape, n_out=5, bias=True, seed=0):
@@ -125,9 +125,9 @@ def test_cases_outside_the_fast_path_use_torch(calls, monkeypatch, case):
     elif case == "empty":
         x = x[:0]
     elif case == "backend torch":
-        layers.set_linear_backend("torch")
+        set_linear_backend("torch")
     elif case == "small product":
-        monkeypatch.setattr(layers, "MIN_MULTIPLY_ADDS", 10**9)
+        monkeypatch.setattr(backend, "MIN_MULTIPLY_ADDS", 10**9)
     with context:
         y = linear(x, w, b, "relu")
         expected = _reference(x, w, b, "relu")
@@ -148,29 +148,29 @@ def test_unknown_activation_and_backend_are_refused():
     with pytest.raises(ValueError, match="gelu"):
         linear(x, w, b, "gelu")
     with pytest.raises(ValueError, match="choose one of auto, torch, onednn"):
-        layers.set_linear_backend("mkl")
+        set_linear_backend("mkl")
 
 
 def test_environment_variable_picks_the_backend(calls, monkeypatch):
-    monkeypatch.setenv(layers.ENV_VAR, "torch")
-    layers._requested = None  # as in a fresh process
-    layers._use_onednn = None
-    assert layers.linear_backend() == "torch"
-    monkeypatch.setenv(layers.ENV_VAR, "fastest")
-    layers._use_onednn = None
+    monkeypatch.setenv(backend.ENV_VAR, "torch")
+    backend._requested = None  # as in a fresh process
+    backend._use_onednn = None
+    assert backend.linear_backend() == "torch"
+    monkeypatch.setenv(backend.ENV_VAR, "fastest")
+    backend._use_onednn = None
     with pytest.warns(UserWarning, match="not one of auto, torch, onednn; using auto"):
-        assert layers.linear_backend() == "onednn"
+        assert backend.linear_backend() == "onednn"
 
 
 def test_a_failing_self_check_falls_back_with_a_warning(calls, monkeypatch):
     def broken(*args):
         raise RuntimeError("no kernel for this CPU")
 
-    monkeypatch.setattr(layers, "_onednn_op", lambda: broken)
-    layers.set_linear_backend("onednn")
+    monkeypatch.setattr(backend, "onednn_op", lambda: broken)
+    set_linear_backend("onednn")
     with pytest.warns(UserWarning, match="no kernel for this CPU; using torch's linear"):
-        assert layers.linear_backend() == "torch"
-    layers.set_linear_backend("auto")
+        assert backend.linear_backend() == "torch"
+    set_linear_backend("auto")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto falls back quietly
         x, w, b = _inputs((3, 7))
@@ -178,10 +178,10 @@ def test_a_failing_self_check_falls_back_with_a_warning(calls, monkeypatch):
 
 
 def test_the_size_rule_keeps_small_products_on_torch(monkeypatch):
-    big, small = torch.empty(128, 784), torch.empty(4, 784)
     weight = torch.empty(256, 784)
-    assert layers._worth_it(big, weight) and not layers._worth_it(small, weight)
-    assert not layers._worth_it(big, torch.empty(8, 784))  # a side under MIN_SIDE
+    assert backend.worth_it(128, weight) and not backend.worth_it(4, weight)
+    assert not backend.worth_it(128, torch.empty(8, 784))  # a side under MIN_SIDE
+    assert not backend.worth_it(0, weight)
 
 
 def test_linear_is_an_nn_linear_with_the_same_state_dict(calls):
@@ -237,3 +237,118 @@ def test_sequential_does_not_fuse_a_linear_subclass(calls):
     model = Sequential(Doubled(7, 5), nn.ReLU())
     x = torch.randn(4, 7)
     torch.testing.assert_close(model(x), torch.relu(2 * F.linear(x, model[0].weight, model[0].bias)))
+
+
+class Block(nn.Module):
+    """A block in the style of aecore-mlp's HiddenBlock: joins its parent's run when it is only layers."""
+
+    def __init__(self, n_in: int, n_out: int, act: nn.Module) -> None:
+        super().__init__()
+        self.body = Sequential(Linear(n_in, n_out), act)
+
+    def forward(self, h):
+        return self.body(h)
+
+    def fusable_layers(self):
+        return self.body.fusable_layers()
+
+
+def _stack() -> Sequential:
+    torch.manual_seed(0)
+    return Sequential(
+        nn.Flatten(), Block(12, 10, nn.ReLU()), Block(10, 8, nn.Tanh()), Linear(8, 6), nn.Sigmoid()
+    )
+
+
+def _by_hand(model: Sequential, x):
+    """The same network written out with F.linear: the reference for every run test."""
+    h = x.flatten(1)
+    for block, act in ((model[1], torch.relu), (model[2], torch.tanh)):
+        h = act(F.linear(h, block.body[0].weight, block.body[0].bias))
+    return torch.sigmoid(F.linear(h, model[3].weight, model[3].bias))
+
+
+def test_a_run_spans_nested_blocks_as_one_autograd_node(calls):
+    model = _stack()
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    y = model(x)
+    assert type(y.grad_fn).__name__ == "_RunBackward"  # three layers, one node
+    assert calls["n"] == 3
+    expected = _by_hand(model, x)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    params = [x, *model.parameters()]
+    grad = torch.randn_like(y)
+    for a, e in zip(
+        torch.autograd.grad(y, params, grad), torch.autograd.grad(expected, params, grad), strict=True
+    ):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    assert calls["n"] == 3 * 3  # per layer: forward, ∂W and ∂h (x asked for its gradient)
+
+
+def test_a_run_computes_only_the_gradients_asked_for(calls):
+    model = _stack()
+    first = model[1].body[0]
+    first.weight.requires_grad_(False)
+    first.bias.requires_grad_(False)
+    x = torch.randn(5, 12)
+    model(x).sum().backward()
+    assert calls["n"] == 3 + 2 + 1  # forwards; ∂W of the two trainable layers; one ∂h between them
+    assert first.weight.grad is None and first.bias.grad is None
+    (expected,) = torch.autograd.grad(_by_hand(model, x).sum(), [model[3].weight])
+    torch.testing.assert_close(model[3].weight.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_second_derivatives_through_a_run_match_torch(calls):
+    model = _stack()
+    x = torch.randn(5, 12, requires_grad=True)
+    weight = model[1].body[0].weight
+    result = []
+    for fn in (model, lambda v: _by_hand(model, v)):
+        (gx,) = torch.autograd.grad(fn(x).pow(2).sum(), [x], create_graph=True)
+        result.append(torch.autograd.grad(gx.pow(2).sum(), [weight])[0])
+    torch.testing.assert_close(result[0], result[1], rtol=1e-4, atol=1e-6)
+
+
+def test_contractive_style_batched_jacobian_through_a_run(calls):
+    model = _stack()
+    x = torch.randn(4, 12, requires_grad=True)
+    eye = torch.eye(6).unsqueeze(1).expand(6, 4, 6)
+    result = []
+    for fn in (model, lambda v: _by_hand(model, v)):
+        (jac,) = torch.autograd.grad(fn(x), x, eye, is_grads_batched=True, create_graph=True)
+        result.append((jac, torch.autograd.grad(jac.pow(2).sum(), model[3].weight)[0]))
+    for a, e in zip(*result, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+
+
+def test_a_run_without_grad_records_nothing(calls):
+    model = _stack()
+    x = torch.randn(5, 12)
+    with torch.inference_mode():
+        y = model(x)
+    assert y.grad_fn is None and calls["n"] == 3
+    torch.testing.assert_close(y, _by_hand(model, x))
+
+
+def test_a_hooked_block_runs_as_itself(calls):
+    model = _stack()
+    seen = []
+    model[2].register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.randn(5, 12, requires_grad=True)
+    y = model(x)
+    assert len(seen) == 1
+    torch.testing.assert_close(y, _by_hand(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_float64_model_takes_the_torch_path(calls):
+    model = _stack().double()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    torch.testing.assert_close(model(x), _by_hand(model, x))
+    assert calls["n"] == 0
+
+
+def test_a_block_with_more_than_layers_is_not_fusable():
+    torch.manual_seed(0)
+    assert Sequential(Linear(4, 3), nn.ReLU()).fusable_layers() is not None
+    assert Sequential(Linear(4, 3), nn.ReLU(), nn.Dropout(0.1)).fusable_layers() is None
+    assert Sequential(Linear(4, 3), nn.LeakyReLU()).fusable_layers() is None

@@ -100,3 +100,29 @@ def test_no_output_activation_is_unbounded():
     torch.manual_seed(0)
     out = decoder(torch.randn(16, 8) * 100)
     assert out.min() < -1 and out.max() > 1
+
+
+@pytest.mark.parametrize(
+    ("options", "fusable"),
+    [
+        ({}, True),
+        ({"batch_norm": True}, False),
+        ({"dropout": 0.1}, False),
+        ({"residual": True}, False),
+        ({"activation": "elu"}, False),
+    ],
+)
+def test_plain_blocks_join_one_fused_run(options, fusable):
+    """Blocks of only Linear + ReLU/Tanh/Sigmoid fold into one aecore.layers run; others run as modules."""
+    from aecore.layers.chain import _layers_of
+
+    config = MLPEncoderConfig(hidden=(16, 8), **options)
+    encoder = MLPEncoder(config, input_shape=(1, 6, 6), latent_dim=4)
+    blocks = [m for m in encoder.net if hasattr(m, "fusable_layers")]
+    assert all((b.fusable_layers() is not None) == fusable for b in blocks)
+    kinds = [kind for kind, _ in _layers_of(list(encoder.net))]
+    assert kinds == (["module", "run"] if fusable else ["module", "module", "module", "run"])
+    x = torch.rand(3, 1, 6, 6)
+    encoder.eval()
+    reference = nn.Sequential(*encoder.net)(x)  # the same modules, one by one
+    torch.testing.assert_close(encoder(x), reference)
