@@ -75,8 +75,13 @@ def _throughput(console: Console, r: dict[str, Any]) -> None:
         f"aecore/classic {_num(r['ratios']['aecore/classic'], '.2f')}; test MSE aecore vs plain "
         f"{_num(100 * _f(r['test_mse_rel_diff_aecore_vs_plain']), '+.2f')}%; same initial weights: "
         f"{r['same_initial_weights']}\n"
-        f"fp32 matmul {m['size']}×{m['size']}: {_num(m['gflops'], '.0f')} GFLOP/s (median of "
-        f"{len(m['gflops_samples'])}); model: {f['per_sample'] / 1e6:.2f} MFLOP/sample, "
+        f"fp32 matmul {m['size']}×{m['size']}: "
+        + ", ".join(
+            f"{name} {_num(b['gflops'], '.0f')} GFLOP/s" for name, b in m.get("by_backend", {}).items()
+        )
+        + f" (medians of {len(m['gflops_samples'])}; efficiency uses {m.get('backend', 'torch')}); "
+        f"aecore's Linear layers: {r['workload'].get('aecore_linear_backend', '?')}\n"
+        f"model: {f['per_sample'] / 1e6:.2f} MFLOP/sample, "
         f"{f['per_epoch'] / 1e9:.1f} GFLOP/epoch",
         highlight=False,
     )
