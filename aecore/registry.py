@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aecore.entry_points import read_entry_points
 from aecore.errors import (
     AmbiguousComponentError,
     PluginLoadError,
@@ -185,24 +186,17 @@ def entry_point_infos(group: str) -> tuple[ComponentInfo, ...]:
 def _scan() -> dict[str, tuple[ComponentInfo, ...]]:
     kind_of = {g: k for k, g in GROUPS.items()} | OTHER_GROUPS
     found: dict[str, dict[tuple[str, str], ComponentInfo]] = {g: {} for g in kind_of}
-    seen: set[str] = set()
     allowed = allowed_distributions()
-    import importlib.metadata as md  # here, not at import time: `ae --help` never needs it
-
-    for dist in md.distributions():
-        text = dist.read_text("entry_points.txt") or ""
-        if "[aecore." not in text:  # most distributions: skip parsing their metadata at all
-            continue
-        name = _normalise(dist.metadata["Name"] or "unknown")
-        if name in seen:  # the same distribution twice on sys.path: the first one wins, as for imports
-            continue
-        seen.add(name)
+    first: dict[str, str] = {}  # distribution -> where its first copy on sys.path lives
+    for ep in read_entry_points("aecore."):
+        name = _normalise(ep.dist)
+        if first.setdefault(name, ep.location) != ep.location:
+            continue  # the same distribution again further down sys.path: the first one wins, as for imports
         if allowed is not None and name not in allowed:
             continue
-        for ep in dist.entry_points:
-            if ep.group in found:
-                record = ComponentInfo(kind_of[ep.group], ep.name, ep.value, name, dist.version)
-                found[ep.group].setdefault((name, ep.name), record)
+        if ep.group in found:
+            record = ComponentInfo(kind_of[ep.group], ep.name, ep.value, name, ep.version)
+            found[ep.group].setdefault((name, ep.name), record)
     return {g: tuple(sorted(v.values(), key=lambda c: (c.name, c.dist))) for g, v in found.items()}
 
 

@@ -6,8 +6,10 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+from typing import Annotated
 
 import pytest
+import typer
 from helpers import one_line_error, table_rows
 from typer.testing import CliRunner
 
@@ -253,7 +255,8 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-heavy = sorted(m for m in ("torch", "torchvision", "numpy", "aecore_mlp", "aecore_conv", "aecore_sparse")
+heavy = sorted(m for m in ("torch", "torchvision", "numpy", "aecore_mlp", "aecore_conv", "aecore_sparse",
+                           "pydantic", "importlib.metadata")
                if m in sys.modules)
 sys.stderr.write("RESULT " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
 """
@@ -261,6 +264,7 @@ sys.stderr.write("RESULT " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
 
 @pytest.mark.parametrize("args", [["--help"], ["plugins", "list"], ["train", "--help"], ["eval", "--help"]])
 def test_light_commands_do_not_import_torch(args):
+    """Nor plugins, nor pydantic (Typer's validators) or importlib.metadata: start-up budget, see bench."""
     proc = subprocess.run(
         [sys.executable, "-c", STARTUP, json.dumps(args)], capture_output=True, text=True, timeout=60
     )
@@ -268,3 +272,30 @@ def test_light_commands_do_not_import_torch(args):
     assert result["code"] in (0, None), proc.stderr
     assert proc.stdout.strip()  # it printed something useful
     assert result["heavy"] == [], f"'ae {' '.join(args)}' imported {result['heavy']}"
+
+
+def test_deferred_coercion_still_converts_and_rejects_like_typer():
+    from typer.testing import CliRunner
+
+    from aecore.cli.lazy_coercion import defer_typer_coercion
+
+    assert defer_typer_coercion()  # this Typer has the layer; a second call is a no-op
+    assert defer_typer_coercion()
+    demo = typer.Typer()
+
+    @demo.command()
+    def run(
+        count: Annotated[int, typer.Option(min=1)] = 3,
+        name: str = "x",
+        ratio: float | None = None,
+    ) -> None:
+        typer.echo(f"{count!r} {name!r} {ratio!r}")
+
+    runner = CliRunner()
+    assert runner.invoke(demo, []).output.strip() == "3 'x' None"
+    assert (
+        runner.invoke(demo, ["--count", "7", "--name", "y", "--ratio", "0.5"]).output.strip() == "7 'y' 0.5"
+    )
+    for args in (["--count", "seven"], ["--count", "0"], ["--ratio", "half"]):
+        result = runner.invoke(demo, args)
+        assert result.exit_code == 2, (args, result.output)

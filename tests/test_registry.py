@@ -247,14 +247,16 @@ def test_loaded_objects_are_cached(fresh_registry):
 
 
 def test_scan_happens_once_per_process(fresh_registry, monkeypatch):
+    import aecore.entry_points
+
     calls = []
-    real = importlib.metadata.distributions
+    real = aecore.entry_points.read_entry_points
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(importlib.metadata, "distributions", counting)
+    monkeypatch.setattr(registry, "read_entry_points", counting)
     registry.refresh()
     registry.list_components()
     registry.list_components("encoder", "c*")
@@ -266,6 +268,42 @@ def test_scan_happens_once_per_process(fresh_registry, monkeypatch):
     registry.refresh()
     registry.list_components()
     assert len(calls) == 2
+
+
+def test_entry_points_are_read_as_importlib_metadata_reads_them():
+    """The direct reader sees exactly the aecore entry points importlib.metadata sees here."""
+    from aecore.entry_points import read_entry_points
+
+    def key(dist, version, group, name, value):
+        return (dist.lower().replace("_", "-"), version, group, name, value)
+
+    ours = {key(r.dist, r.version, r.group, r.name, r.value) for r in read_entry_points("aecore.")}
+    theirs = {
+        key(d.metadata["Name"], d.version, ep.group, ep.name, ep.value)
+        for d in importlib.metadata.distributions()
+        for ep in d.entry_points
+        if ep.group.startswith("aecore.")
+    }
+    assert ours == theirs and any(group == "aecore.encoders" for _, _, group, _, _ in ours)
+
+
+def test_entry_point_files_parse_like_ini(tmp_path):
+    from aecore.entry_points import read_entry_points
+
+    folder = tmp_path / "Demo_Plugin-2.1.dist-info"
+    folder.mkdir()
+    headers = "Metadata-Version: 2.1\nName: demo.plugin\nVersion: 2.1.0\n"
+    (folder / "METADATA").write_text(headers + "\nName: not a header, the body\n")
+    (folder / "entry_points.txt").write_text(
+        "# comment\n[console_scripts]\ndemo = demo:main\n\n[aecore.encoders]\n"
+        "  wide = demo.enc:Wide [extra]\n; another comment\nnarrow=demo.enc:Narrow\n"
+    )
+    (tmp_path / "other-1.0.dist-info").mkdir()  # no entry_points.txt at all
+    records = read_entry_points("aecore.", path=[str(tmp_path)])
+    assert [(r.dist, r.version, r.group, r.name, r.value) for r in records] == [
+        ("demo.plugin", "2.1.0", "aecore.encoders", "wide", "demo.enc:Wide [extra]"),
+        ("demo.plugin", "2.1.0", "aecore.encoders", "narrow", "demo.enc:Narrow"),
+    ]
 
 
 def test_default_trainer_is_listed_as_aecore(fresh_registry):

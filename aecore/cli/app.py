@@ -13,8 +13,11 @@ import typer
 from typer.core import TyperGroup
 
 from aecore.cli import analyse_apply, analyse_data, analyse_visual, bench, evaluate, plugins, presets, train
+from aecore.cli.lazy_coercion import defer_typer_coercion
 from aecore.cli.output import fail_line
 from aecore.errors import AecoreError
+
+defer_typer_coercion()
 
 
 class AeGroup(TyperGroup):
