@@ -13,7 +13,10 @@ import torch
 from aecore.data import TensorData
 from aecore.model import Autoencoder
 
-__all__ = ["bce_per_pixel", "reconstruction_metrics"]
+__all__ = ["EVAL_BATCH", "bce_per_pixel", "reconstruction_metrics"]
+
+#: Samples per evaluation batch: large enough to be fast, small enough to bound memory.
+EVAL_BATCH = 1000
 
 
 @torch.no_grad()
@@ -21,7 +24,7 @@ def reconstruction_metrics(
     model: Autoencoder,
     data: TensorData,
     *,
-    batch_size: int = 1000,
+    batch_size: int = EVAL_BATCH,
     device: torch.device | str = "cpu",
     part: tuple[int, int] | None = None,
 ) -> dict[str, float]:
@@ -57,7 +60,7 @@ def reconstruction_metrics(
 
 @torch.no_grad()
 def bce_per_pixel(
-    model: Autoencoder, data: TensorData, *, batch_size: int = 1000, device: torch.device | str = "cpu"
+    model: Autoencoder, data: TensorData, *, batch_size: int = EVAL_BATCH, device: torch.device | str = "cpu"
 ) -> float | None:
     """Mean binary cross-entropy per element, for data in [0, 1] (``scale``) and outputs in [0, 1].
 
