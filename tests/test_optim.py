@@ -110,3 +110,13 @@ def test_make_adam_gives_fused_adam_for_cpu_float32():
     optimizer = make_adam(_model().parameters(), lr=1e-3, weight_decay=0.1)
     assert type(optimizer) is FusedAdam and optimizer.defaults["fused"]
     assert optimizer.param_groups[0]["weight_decay"] == 0.1
+
+
+def test_zero_grad_drops_or_zeroes_like_torch():
+    model = _model()
+    optimizer = FusedAdam(model.parameters(), lr=1e-2)
+    _step(model, optimizer, 0)
+    optimizer.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters())

@@ -9,7 +9,9 @@ best checkpoint by validation loss, and mixed precision on CUDA.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import operator
 import signal
 import threading
 import time
@@ -215,8 +217,8 @@ class DefaultTrainer:
                 for step, xb in enumerate(order, start=pos.step):
                     with autocast:
                         terms = engine(xb, loss_fn=run.loss_fn)
-                        loss = sum(terms.values())
-                    if not torch.isfinite(loss):
+                        loss = functools.reduce(operator.add, terms.values())  # sum() would add a 0 first
+                    if not math.isfinite(loss.item()):
                         raise TrainingDiverged(
                             f"the loss became {float(loss.detach())} in epoch {epoch}, step {step + 1}; "
                             f"the last good checkpoint is kept in {run.out_dir}. Try a lower --lr or "
@@ -230,9 +232,11 @@ class DefaultTrainer:
                     if cosine is not None:
                         cosine.step()
                     n = xb.shape[0]
-                    for name, value in terms.items():
-                        contribution = value.detach().float() * n
-                        pos.sums[name] = pos.sums[name] + contribution if name in pos.sums else contribution
+                    for name, value in terms.items():  # running sums of each term, one in-place op each
+                        if name in pos.sums:
+                            pos.sums[name].add_(value.detach(), alpha=n)
+                        else:
+                            pos.sums[name] = value.detach().float() * n
                     pos.epoch, pos.step = epoch, step + 1
                     run.hooks.ae_step_end(
                         run=run, epoch=epoch, step=step, batch_size=n * job.world_size, loss=loss.detach()

@@ -41,6 +41,15 @@ class FusedAdam(torch.optim.Adam):
         )
         self._lists = None
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's, without its profiler scope and grouping when gradients are simply dropped."""
+        if not set_to_none:
+            return super().zero_grad(set_to_none=False)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        return None
+
     # The cached lists hold the state tensors themselves, so anything that replaces them resets the cache.
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._lists = None
