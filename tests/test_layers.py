@@ -31,6 +31,7 @@ def calls(monkeypatch):
 
     monkeypatch.setattr(backend, "onednn_op", lambda: counting)
     monkeypatch.setattr(backend, "MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(backend, "MIN_MULTIPLY_ADDS_IN_RUN", 0)
     monkeypatch.setattr(backend, "MIN_SIDE", 0)
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
     set_linear_backend("auto")
@@ -182,6 +183,7 @@ def test_the_size_rule_keeps_small_products_on_torch(monkeypatch):
     assert backend.worth_it(128, weight) and not backend.worth_it(4, weight)
     assert not backend.worth_it(128, torch.empty(8, 784))  # a side under MIN_SIDE
     assert not backend.worth_it(0, weight)
+    assert backend.worth_it(16, weight, in_run=True) and not backend.worth_it(16, weight)  # 3.2M
 
 
 def test_linear_is_an_nn_linear_with_the_same_state_dict(calls):

@@ -28,6 +28,9 @@ ENV_VAR = "AECORE_LINEAR_BACKEND"
 #: per layer, forward and backward, on the reference AMD EPYC at 2 threads).
 MIN_MULTIPLY_ADDS = 5_000_000
 MIN_SIDE = 32
+#: Inside a fused run of layers there is no per-layer autograd node to pay for, so the
+#: break-even is lower: 2 million, measured on the ``simple`` model's training step.
+MIN_MULTIPLY_ADDS_IN_RUN = 2_000_000
 
 #: Activations fused into a product: each one's function, and its derivative
 #: written in terms of its output y (so only the output needs keeping).
@@ -118,9 +121,10 @@ def plain_context() -> bool:
     )
 
 
-def worth_it(rows: int, weight: Tensor) -> bool:
+def worth_it(rows: int, weight: Tensor, in_run: bool = False) -> bool:
     """Whether a product of ``rows`` rows with this weight gains from oneDNN."""
-    return rows > 0 and rows * weight.numel() >= MIN_MULTIPLY_ADDS and min(weight.shape) >= MIN_SIDE
+    least = MIN_MULTIPLY_ADDS_IN_RUN if in_run else MIN_MULTIPLY_ADDS
+    return rows > 0 and rows * weight.numel() >= least and min(weight.shape) >= MIN_SIDE
 
 
 def hooked(module: nn.Module) -> bool:

@@ -159,7 +159,7 @@ def run_layers(x: Tensor, layers: Sequence[Layer]) -> Tensor:
         tensors.append(module.weight)
         if module.bias is not None:
             tensors.append(module.bias)
-        plan.append((act, module.bias is not None, backend.worth_it(rows, module.weight)))
+        plan.append((act, module.bias is not None, backend.worth_it(rows, module.weight, in_run=True)))
     eligible = (
         x.dim() >= 1
         and rows > 0
