@@ -190,3 +190,24 @@ def test_inference_ratio_comes_from_the_measured_figures(bench_run):
     assert close(r["ratio"], rate["aecore"] / rate["bare"])
     (target,) = r["targets"]
     assert target["passed"] == (target["value"] <= target["limit"])
+
+
+def test_a_gpu_table_is_printed_beside_the_cpu_one(bench_run):
+    """Where a GPU exists the record gains ``throughput_gpu``; the report prints it like the CPU table."""
+    import io
+
+    from rich.console import Console
+
+    from aecore.bench.report import print_report
+
+    record = dict(bench_run[0])
+    cpu = record["throughput"]
+    assert cpu["workload"]["device"] == "cpu"
+    assert ("throughput_gpu" in record) == torch.cuda.is_available()
+    record["throughput_gpu"] = {**cpu, "workload": {**cpu["workload"], "device": "cuda"}}
+    buffer = io.StringIO()
+    print_report(Console(file=buffer, width=200), record)
+    text = buffer.getvalue()
+    assert text.count("Training throughput:") == 2
+    assert "thread(s)" in text  # the CPU table keeps its thread count in the title
+    assert "on cuda" in text

@@ -47,7 +47,7 @@ def _throughput(console: Console, r: dict[str, Any]) -> None:
         title=(
             f"Training throughput: '{w['preset']}' on {w['train_samples']:,} images, "
             f"batch {w['batch_size']}, {w['epochs']} epoch(s), median of {w['repeats']}, "
-            f"{w['threads']} thread(s)"
+            + (f"{w['threads']} thread(s)" if w.get("device", "cpu") == "cpu" else f"on {w['device']}")
         ),
         title_justify="left",
     )
@@ -169,6 +169,7 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
     )
     sections = (
         ("throughput", _throughput),
+        ("throughput_gpu", _throughput),
         ("inference", _inference),
         ("startup", _startup),
         ("memory", _memory),

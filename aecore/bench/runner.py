@@ -132,6 +132,16 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
             repeats=settings.repeats or 3,
             matmul_size=settings.matmul_size,
         )
+        if torch.cuda.is_available():  # the same table on the GPU, where there is one
+            console.print("[bold]throughput on GPU[/] ...")
+            record["throughput_gpu"] = run_throughput(
+                settings.data_dir,
+                epochs=settings.epochs,
+                limit=settings.limit,
+                repeats=settings.repeats or 3,
+                matmul_size=settings.matmul_size,
+                device="cuda",
+            )
     if "inference" in settings.only:
         from aecore.bench.inference import run_inference
 

@@ -93,17 +93,17 @@ def flops_per_sample() -> dict[str, int]:
 
 
 def matmul_gflops(
-    size: int = MATMUL_SIZE, repeats: int = MATMUL_REPEATS, backend: str = "torch"
+    size: int = MATMUL_SIZE, repeats: int = MATMUL_REPEATS, backend: str = "torch", device: str = "cpu"
 ) -> list[float]:
     """GFLOP/s of one size×size float32 product, one figure per repeat.
 
     ``backend`` ``torch`` times ``torch.mm`` (MKL on x86 builds); ``onednn``
     times the oneDNN kernel :mod:`aecore.layers` uses, when this build has it
     (else nothing is measured). Runs with the current thread count, the one
-    the training loops use.
+    the training loops use; on a GPU it times ``torch.mm`` there.
     """
-    a = torch.rand(size, size)
-    b = torch.rand(size, size)
+    a = torch.rand(size, size, device=device)
+    b = torch.rand(size, size, device=device)
     if backend == "onednn":
         if not torch.backends.mkldnn.is_available():
             return []
@@ -114,10 +114,11 @@ def matmul_gflops(
         def product() -> None:
             op(a, b, None, "none", [], "")
     else:
-        out = torch.empty(size, size)
+        out = torch.empty(size, size, device=device)
 
         def product() -> None:
             torch.mm(a, b, out=out)
+            _sync(device)
 
     product()  # warm-up: thread pool, caches, kernel selection
     rates = []
@@ -162,6 +163,7 @@ class EpochTimer:
 
     @hookimpl
     def ae_epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
+        _sync(run.device)
         self.ends.append(time.perf_counter())
 
     def epoch_seconds(self) -> list[float]:
@@ -169,8 +171,16 @@ class EpochTimer:
         return [b - a for a, b in itertools.pairwise(marks)]
 
 
-def _result(epoch_seconds: list[float], samples: int, epochs: int, model: nn.Module, test: TensorData):
-    mse = reconstruction_metrics(model, test)["mse_per_pixel"]
+def _sync(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so a clock read after it counts that work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _result(
+    epoch_seconds: list[float], samples: int, epochs: int, model: nn.Module, test: TensorData, device: str
+) -> dict[str, Any]:
+    mse = reconstruction_metrics(model, test, device=device)["mse_per_pixel"]
     return {
         "epoch_seconds": epoch_seconds,
         "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
@@ -179,7 +189,9 @@ def _result(epoch_seconds: list[float], samples: int, epochs: int, model: nn.Mod
     }
 
 
-def run_aecore(dataset: Dataset, epochs: int, seed: int, out: Path, amp: bool = False) -> dict[str, Any]:
+def run_aecore(
+    dataset: Dataset, epochs: int, seed: int, out: Path, amp: bool = False, device: str = "cpu"
+) -> dict[str, Any]:
     """(a) The real training path, as ``ae train --preset simple`` runs it (progress on stderr).
 
     (a') is the same with ``--set trainer.amp=true``: bfloat16 autocast, an opt-in
@@ -198,19 +210,21 @@ def run_aecore(dataset: Dataset, epochs: int, seed: int, out: Path, amp: bool = 
         out=out,
         progress=True,
         hooks=[timer],
+        device=device,
     )
     wall = time.perf_counter() - wall
-    record = _result(timer.epoch_seconds(), timer.samples, epochs, result.model, dataset.test)
+    record = _result(timer.epoch_seconds(), timer.samples, epochs, result.model, dataset.test, device)
     record["train_call_seconds"] = wall  # the whole train() call, for context only
     record["reported_test_mse"] = result.metrics.get("test_mse_per_pixel")
     return record
 
 
-def _fit(model: nn.Module, batches: Any, epochs: int) -> tuple[list[float], int]:
+def _fit(model: nn.Module, batches: Any, epochs: int, device: str) -> tuple[list[float], int]:
     """The hand-written loop shared by (b) and (c): ``batches()`` yields flat float batches."""
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     seconds, samples = [], 0
     for _ in range(epochs):
+        _sync(device)
         start = time.perf_counter()
         for xb in batches():
             loss = F.mse_loss(model(xb), xb)
@@ -218,32 +232,37 @@ def _fit(model: nn.Module, batches: Any, epochs: int) -> tuple[list[float], int]
             loss.backward()
             optimizer.step()
             samples += xb.shape[0]
+        _sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds, samples
 
 
-def run_plain(x: Tensor, test: TensorData, epochs: int, seed: int) -> dict[str, Any]:
-    """(b) One (N, 784) float32 tensor in [0, 1]; each batch is a slice of a ``randperm``."""
+def run_plain(x: Tensor, test: TensorData, epochs: int, seed: int, device: str = "cpu") -> dict[str, Any]:
+    """(b) One (N, 784) float32 tensor in [0, 1] (on ``device``); each batch is a slice of a ``randperm``."""
     torch.manual_seed(seed)
-    model = plain_model()
+    model = plain_model().to(device)
     generator = torch.Generator().manual_seed(seed)
+    x = x.to(device)
     n = x.shape[0]
 
     def batches() -> Any:
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, BATCH_SIZE):
             yield x[order[start : start + BATCH_SIZE]]
 
-    seconds, samples = _fit(model, batches, epochs)
-    return _result(seconds, samples, epochs, _FlatModel(model), test)
+    seconds, samples = _fit(model, batches, epochs, device)
+    return _result(seconds, samples, epochs, _FlatModel(model), test, device)
 
 
-def run_classic(images: Any, test: TensorData, epochs: int, seed: int) -> dict[str, Any]:
-    """(c) torchvision MNIST with ``ToTensor`` through a shuffling ``DataLoader`` (no workers)."""
+def run_classic(images: Any, test: TensorData, epochs: int, seed: int, device: str = "cpu") -> dict[str, Any]:
+    """(c) torchvision MNIST with ``ToTensor`` through a shuffling ``DataLoader`` (no workers).
+
+    On a GPU each batch is copied to it, as such a loop does.
+    """
     from torch.utils.data import DataLoader
 
     torch.manual_seed(seed)
-    model = plain_model()
+    model = plain_model().to(device)
     loader = DataLoader(
         images,
         batch_size=BATCH_SIZE,
@@ -254,10 +273,10 @@ def run_classic(images: Any, test: TensorData, epochs: int, seed: int) -> dict[s
 
     def batches() -> Any:
         for xb, _ in loader:
-            yield xb.view(xb.shape[0], -1)
+            yield xb.view(xb.shape[0], -1).to(device)
 
-    seconds, samples = _fit(model, batches, epochs)
-    return _result(seconds, samples, epochs, _FlatModel(model), test)
+    seconds, samples = _fit(model, batches, epochs, device)
+    return _result(seconds, samples, epochs, _FlatModel(model), test, device)
 
 
 def same_initial_weights(seed: int) -> bool:
@@ -291,8 +310,13 @@ def run_throughput(
     repeats: int = 3,
     seed: int = 0,
     matmul_size: int = MATMUL_SIZE,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run (a), (b) and (c) ``repeats`` times, alternating, plus a matmul burst per round."""
+    """Run (a), (b) and (c) ``repeats`` times, alternating, plus a matmul burst per round.
+
+    ``device`` is where all three train (``cuda`` for the GPU table); the data
+    starts in host memory as each loop would have it.
+    """
     from torchvision import datasets, transforms
 
     from aecore.data import load_dataset
@@ -304,23 +328,24 @@ def run_throughput(
     if n < len(images):
         images = torch.utils.data.Subset(images, range(n))
 
-    matmul_gflops(matmul_size, repeats=1)  # untimed warm-up: starts the thread pool
+    backends = MATMUL_BACKENDS if device == "cpu" else ("torch",)
+    matmul_gflops(matmul_size, repeats=1, device=device)  # untimed warm-up: starts the thread pool
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in COMPETITORS}
-    gflops: dict[str, list[float]] = {backend: [] for backend in MATMUL_BACKENDS}
+    gflops: dict[str, list[float]] = {backend: [] for backend in backends}
     with tempfile.TemporaryDirectory(prefix="aecore-bench-") as tmp:
         for rep in range(repeats):
             for name in COMPETITORS:
                 gc.collect()
                 if name.startswith("aecore"):
                     out = Path(tmp) / f"{name}-{rep}"
-                    record = run_aecore(dataset, epochs, seed, out, amp=name == "aecore-amp")
+                    record = run_aecore(dataset, epochs, seed, out, amp=name == "aecore-amp", device=device)
                 elif name == "plain":
-                    record = run_plain(flat, dataset.test, epochs, seed)
+                    record = run_plain(flat, dataset.test, epochs, seed, device)
                 else:
-                    record = run_classic(images, dataset.test, epochs, seed)
+                    record = run_classic(images, dataset.test, epochs, seed, device)
                 runs[name].append({"repetition": rep, **record})
-            for backend in MATMUL_BACKENDS:
-                gflops[backend] += matmul_gflops(matmul_size, backend=backend)
+            for backend in backends:
+                gflops[backend] += matmul_gflops(matmul_size, backend=backend, device=device)
 
     seconds = {name: median([r["seconds_per_epoch"] for r in runs[name]]) for name in COMPETITORS}
     mse = {name: median([r["test_mse"] for r in runs[name]]) for name in COMPETITORS}
@@ -352,8 +377,9 @@ def run_throughput(
             "epochs": epochs,
             "repeats": repeats,
             "seed": seed,
+            "device": device,
             "threads": torch.get_num_threads(),
-            "aecore_linear_backend": linear_backend(),
+            "aecore_linear_backend": linear_backend() if device == "cpu" else "torch",
             "order": "a a' b c, repeated; matmul bursts (torch.mm, oneDNN) after each round",
         },
         "competitors": {
