@@ -104,7 +104,7 @@ def is_plain_float32(t: Tensor) -> bool:
     return (
         type(t) in _PLAIN_TYPES
         and t.dtype == torch.float32
-        and t.device.type == "cpu"
+        and t.is_cpu
         and t.layout == torch.strided
         and not _functorch.is_functorch_wrapped_tensor(t)
         and not _functorch.is_legacy_batchedtensor(t)  # autograd.grad(..., is_grads_batched=True)

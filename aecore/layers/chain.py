@@ -12,6 +12,7 @@ step from 2.9 to 2.5 ms (docs/performance.md).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -39,6 +40,12 @@ class FusableBlock(Protocol):
         """Its layers in order, or None when it holds anything else (or has hooks)."""
 
 
+@functools.cache
+def _is_fusable_block(cls: type) -> bool:
+    """Whether a module class implements FusableBlock (duck-typed, cached per class)."""
+    return callable(getattr(cls, "fusable_layers", None))
+
+
 def _layers_of(modules: Sequence[nn.Module]) -> list[tuple[str, object]]:
     """Split modules into steps: ("run", [layers]) for fusable runs, ("module", m) for the rest."""
     steps: list[tuple[str, object]] = []
@@ -53,8 +60,8 @@ def _layers_of(modules: Sequence[nn.Module]) -> list[tuple[str, object]]:
             free = nxt is not None and not backend.hooked(nxt)
             act = _FUSABLE_MODULES.get(type(nxt)) if free else None
             parts, width = [(module, act)], 2 if act or (free and type(nxt) is nn.Identity) else 1
-        elif callable(getattr(module, "fusable_layers", None)) and not backend.hooked(module):
-            parts = module.fusable_layers()  # a FusableBlock (duck-typed: isinstance on a Protocol is slow)
+        elif _is_fusable_block(type(module)) and not backend.hooked(module):
+            parts = module.fusable_layers()  # type: ignore[operator]
         if parts is None:
             if run:
                 steps.append(("run", run))
@@ -87,6 +94,16 @@ def _unpack(plan: tuple[tuple[str | None, bool, bool], ...], tensors: Sequence[T
         k += 2 if has_bias else 1
         layers.append((weight, bias, act, onednn))
     return layers
+
+
+@functools.lru_cache(maxsize=256)
+def _positions(plan: tuple[tuple[str | None, bool, bool], ...]) -> tuple[tuple[int, int | None], ...]:
+    """Where each layer's weight and bias sit in the flat tensor list."""
+    positions, k = [], 0
+    for _, has_bias, _ in plan:
+        positions.append((k, k + 1 if has_bias else None))
+        k += 2 if has_bias else 1
+    return tuple(positions)
 
 
 class _Run(torch.autograd.Function):
@@ -122,13 +139,10 @@ class _Run(torch.autograd.Function):
             fast = True
         # Which tensor-list positions each layer's weight and bias hold, and whether anything
         # before a layer needs a gradient (else its input gradient is not computed).
-        positions, k = [], 0
-        for _, bias, _, _ in layers:
-            positions.append((k, k + 1 if bias is not None else None))
-            k += 2 if bias is not None else 1
+        positions = _positions(ctx.plan)
         tensor_needs = needs[2:]
         upstream = [needs[0]]
-        for (w_at, b_at), _ in zip(positions, layers, strict=True):
+        for w_at, b_at in positions:
             upstream.append(upstream[-1] or tensor_needs[w_at] or (b_at is not None and tensor_needs[b_at]))
         grads: list[Tensor | None] = [None] * len(tensors)
         g = grad.reshape(-1, grad.shape[-1])
@@ -150,23 +164,29 @@ class _Run(torch.autograd.Function):
         return (grad_x, None, *grads)
 
 
+def _is_plain_parameter(t: Tensor) -> bool:
+    """A dense CPU float32 weight or bias of at most 2 dimensions (parameters are never vmap-wrapped
+    outside a ``torch.func`` transform, and :func:`backend.plain_context` rules those out)."""
+    return type(t) in _PLAIN_TYPES and t.dtype == torch.float32 and t.is_cpu and t.layout == torch.strided
+
+
+_PLAIN_TYPES = (Tensor, nn.Parameter)
+
+
 def run_layers(x: Tensor, layers: Sequence[Layer]) -> Tensor:
     """``x`` through each ``(Linear, activation)`` in turn: one autograd node where possible."""
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 0
     tensors: list[Tensor] = []
     plan = []
+    eligible = rows > 0 and backend.is_plain_float32(x) and backend.plain_context()
     for module, act in layers:
-        tensors.append(module.weight)
-        if module.bias is not None:
-            tensors.append(module.bias)
-        plan.append((act, module.bias is not None, backend.worth_it(rows, module.weight, in_run=True)))
-    eligible = (
-        x.dim() >= 1
-        and rows > 0
-        and backend.is_plain_float32(x)
-        and all(backend.is_plain_float32(t) and t.dim() <= 2 for t in tensors)
-        and backend.plain_context()
-    )
+        weight, bias = module.weight, module.bias
+        eligible = eligible and _is_plain_parameter(weight) and weight.dim() == 2
+        tensors.append(weight)
+        if bias is not None:
+            eligible = eligible and _is_plain_parameter(bias)
+            tensors.append(bias)
+        plan.append((act, bias is not None, backend.worth_it(rows, weight, in_run=True)))
     if not eligible:  # layer by layer, each with linear()'s own fallbacks
         for module, act in layers:
             x = linear(x, module.weight, module.bias, act)
