@@ -191,22 +191,39 @@ def _run_probe(args: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _workload(kind: str, data_dir: Path | None, limit: int | None, threads: int) -> dict[str, Any]:
+def _workload(
+    kind: str, data_dir: Path | None, limit: int | None, threads: int, repeats: int = 1
+) -> dict[str, Any]:
+    """Each probe ``repeats`` times in fresh processes, alternating; the peaks are medians.
+
+    The allocator's high-water mark moves by tens of MiB from one process to
+    the next, so a single baseline and a single training run can put the
+    data's share anywhere within that.
+    """
     args = {"kind": kind, "data_dir": None if data_dir is None else str(data_dir), "limit": limit}
     args["threads"] = threads
-    probes = {mode: _run_probe({**args, "mode": mode}) for mode in ("bare", "baseline", "train")}
+    modes = ("bare", "baseline", "train")
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for _ in range(repeats):
+        for mode in modes:
+            runs[mode].append(_run_probe({**args, "mode": mode}))
+    probes = {mode: runs[mode][-1] for mode in modes}
     record: dict[str, Any] = {"probes": probes}
-    if any("error" in p for p in probes.values()):
-        record["error"] = "; ".join(f"{m}: {p['error']}" for m, p in probes.items() if "error" in p)
+    failed = {m: p["error"] for m in modes for p in runs[m] if "error" in p}
+    if failed:
+        record["error"] = "; ".join(f"{m}: {e}" for m, e in failed.items())
         return record
-    share = probes["train"]["peak_rss"] - probes["baseline"]["peak_rss"]
+    peaks = {mode: [p["peak_rss"] for p in runs[mode]] for mode in modes}
+    peak = {mode: median(values) for mode, values in peaks.items()}
+    share = peak["train"] - peak["baseline"]
     record.update(
         {
+            "peak_rss_samples": peaks,
             "data_bytes": probes["train"]["data_bytes"],
             "data_samples": probes["train"]["data_samples"],
-            "bare_rss": probes["bare"]["peak_rss"],
-            "baseline_rss": probes["baseline"]["peak_rss"],
-            "peak_rss": probes["train"]["peak_rss"],
+            "bare_rss": peak["bare"],
+            "baseline_rss": peak["baseline"],
+            "peak_rss": peak["train"],
             "data_share": share,
             "share_over_uint8": ratio(share, probes["train"]["data_bytes"]),
         }
@@ -288,17 +305,18 @@ def run_memory(
 ) -> dict[str, Any]:
     """Both workloads (MNIST + ``simple``, synthetic + conv) and the dataset-cache timings."""
     workloads = {
-        "mnist": _workload("mnist", data_dir, None, threads)
+        "mnist": _workload("mnist", data_dir, None, threads, repeats)
         if data_dir is not None
         else {"error": "no --data-dir"},
-        "synthetic": _workload("synthetic", None, limit, threads),
+        "synthetic": _workload("synthetic", None, limit, threads, repeats),
     }
     targets = [
         target(f"{name}: data share / uint8 size", w.get("share_over_uint8", float("nan")), TARGET_SHARE)
         for name, w in workloads.items()
     ]
     return {
-        "method": "peak RSS (VmHWM, else ru_maxrss) of a fresh process per figure; share = train − baseline",
+        "method": "peak RSS (VmHWM, else ru_maxrss) of fresh processes, median of `repeats` each; "
+        "share = train − baseline",
         "synthetic": {
             "train": limit or SYNTHETIC_TRAIN,
             "test": SYNTHETIC_TEST,

@@ -29,7 +29,7 @@ def bench_command(
     ] = None,
     repeats: Annotated[
         int | None,
-        typer.Option(help="Alternating repetitions (default: 3 for throughput, 5 for start-up)."),
+        typer.Option(help="Alternating repetitions (default: 5; 3 for the memory probes and cache timings)."),
     ] = None,
     only: Annotated[
         list[str] | None,
