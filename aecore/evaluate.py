@@ -41,7 +41,7 @@ def reconstruction_metrics(
     model.eval()
     sse = torch.zeros((), dtype=torch.float64, device=device)
     try:
-        for xb in data.batches(batch_size, part=part):
+        for xb in data.batches(batch_size, part=part, reuse=True):
             xb = xb.to(device)
             recon = model(xb)
             sse += (recon.double() - xb.double()).pow(2).sum()
@@ -74,7 +74,7 @@ def bce_per_pixel(
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     try:
-        for xb in data.batches(batch_size):
+        for xb in data.batches(batch_size, reuse=True):
             xb = xb.to(device)
             recon = model(xb).double()
             if recon.min() < 0 or recon.max() > 1:

@@ -283,3 +283,23 @@ def test_train_and_eval_on_real_mnist_through_the_cli(real_mnist_dir, tmp_path, 
     assert evaluated.exit_code == 0, evaluated.stderr
     assert "on mnist test (10000 images)" in evaluated.stdout
     assert [line for line in evaluated.stdout.splitlines() if line.startswith("test: ")] == trained
+
+
+def test_reused_batches_match_fresh_ones_and_share_one_buffer():
+    from aecore.data import TensorData
+    from aecore.data.tensors import UINT8_IMAGES
+
+    x = torch.randint(0, 256, (10, 1, 3, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = TensorData(x, None, UINT8_IMAGES)
+    fresh = list(data.batches(4))
+    pointers, reused = set(), []
+    for xb in data.batches(4, reuse=True):
+        pointers.add(xb.data_ptr())
+        reused.append(xb.clone())
+    assert len(pointers) == 1  # one buffer for every batch, the last (2 rows) a view of its start
+    assert [b.shape[0] for b in reused] == [4, 4, 2]
+    for a, b in zip(fresh, reused, strict=True):
+        assert torch.equal(a, b)  # the same bits as the one-call conversion
+    view = data.subset(torch.tensor([7, 1, 3]))
+    out = torch.empty(5, 1, 3, 3)
+    assert torch.equal(view.batch([2, 0], out=out), view.batch([2, 0]))

@@ -74,7 +74,7 @@ def encode(
     """
     was_training = model.training
     model.eval()
-    batches = data.batches(batch_size) if isinstance(data, TensorData) else data.split(batch_size)
+    batches = data.batches(batch_size, reuse=True) if isinstance(data, TensorData) else data.split(batch_size)
     codes = torch.empty(len(data), model.latent_dim)  # filled in place: no list of pieces to join
     start = 0
     try:

@@ -74,10 +74,14 @@ class TensorData:
         """The shape of one sample."""
         return tuple(self._x.shape[1:])
 
-    def normalise(self, raw: Tensor) -> Tensor:
-        """Raw stored values to the float inputs the model sees."""
-        if self._divisor != 1.0 and not raw.is_floating_point():
-            out = torch.div(raw, self._divisor)  # uint8 in, float32 out, in one pass (same bits as two)
+    def normalise(self, raw: Tensor, out: Tensor | None = None) -> Tensor:
+        """Raw stored values to the float inputs the model sees (written into ``out`` if given)."""
+        if out is not None:  # convert into the caller's buffer, then scale it there: no temporaries
+            out.copy_(raw)
+            if self._divisor != 1.0:
+                out.div_(self._divisor)
+        elif self._divisor != 1.0 and not raw.is_floating_point():
+            out = torch.div(raw, self._divisor)  # uint8 in, float32 out, in one call (same bits as two)
         else:
             out = raw.to(torch.float32, copy=True)  # never normalise the stored data in place
             if self._divisor != 1.0:
@@ -94,8 +98,8 @@ class TensorData:
             return index
         return self._rows[index] if isinstance(index, slice) else self._rows.index_select(0, index)
 
-    def batch(self, index: Tensor | slice | Sequence[int]) -> Tensor:
-        """Float inputs for the samples at ``index``.
+    def batch(self, index: Tensor | slice | Sequence[int], out: Tensor | None = None) -> Tensor:
+        """Float inputs for the samples at ``index`` (written into ``out`` if given).
 
         ``index_select`` gathers rows several times faster than advanced
         indexing, which matters once per training step.
@@ -109,7 +113,7 @@ class TensorData:
             index = index.to(torch.long)
         stored = self._stored(index)
         raw = self._x[stored] if isinstance(stored, slice) else self._x.index_select(0, stored)
-        return self.normalise(raw)
+        return self.normalise(raw, None if out is None else out[: raw.shape[0]])
 
     def subset(self, index: Tensor) -> TensorData:
         """The samples at ``index``, as a view sharing this data's storage and normalisation."""
@@ -135,6 +139,7 @@ class TensorData:
         shuffle: bool = False,
         skip: int = 0,
         part: tuple[int, int] | None = None,
+        reuse: bool = False,
     ) -> Iterator[Tensor]:
         """Float batches in order, or in a random order drawn from ``generator``.
 
@@ -142,13 +147,20 @@ class TensorData:
         draws the same permutation and continues where it stopped). ``part`` =
         (rank, world size) yields only this rank's share of each batch, so the
         ranks of a distributed job together see exactly the single-process batches.
+        ``reuse`` writes every batch into one float buffer, which saves a fresh
+        multi-megabyte allocation (and its page faults) per batch in evaluation
+        loops; a batch is then only valid until the next one is drawn.
         """
         n = len(self)
         order = torch.randperm(n, generator=generator).to(self._x.device) if shuffle else None
+        buffer = None
+        if reuse and n:
+            rows = min(batch_size, n)
+            buffer = torch.empty((rows, *self.shape), dtype=torch.float32, device=self._x.device)
         for start in range(skip * batch_size, n, batch_size):
             stop = min(start + batch_size, n)
             if part is not None:
                 rank, world = part
                 size = stop - start
                 start, stop = start + rank * size // world, start + (rank + 1) * size // world
-            yield self.batch(slice(start, stop) if order is None else order[start:stop])
+            yield self.batch(slice(start, stop) if order is None else order[start:stop], out=buffer)

@@ -363,7 +363,7 @@ class DefaultTrainer:
     ) -> float:
         model.eval()
         total = torch.zeros((), dtype=torch.float64, device=run.device)
-        for xb in val.batches(1000, part=part):
+        for xb in val.batches(1000, part=part, reuse=True):
             if len(xb):
                 total += run.loss_fn(model(xb), xb).double() * xb.shape[0]
         model.train()
