@@ -24,7 +24,7 @@ from aecore.layers import backend
 from aecore.layers.backend import ACTIVATIONS
 from aecore.layers.linear import Linear, linear
 
-__all__ = ["FusableBlock", "Sequential"]
+__all__ = ["FusableBlock", "Layer", "Sequential", "run_layers"]
 
 #: Activation modules that fold into the Linear layer before them (an nn.Identity there is skipped).
 _FUSABLE_MODULES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
