@@ -109,10 +109,12 @@ def read_entry_points(group_prefix: str, path: list[str] | None = None) -> list[
 def _from_importlib(group_prefix: str, entry: str) -> list[EntryPointRecord]:
     import importlib.metadata as md
 
-    return [
-        EntryPointRecord(dist.metadata["Name"] or "unknown", dist.version, ep.group, ep.name, ep.value, where)
-        for index, dist in enumerate(md.distributions(path=[entry]))
-        for where in [f"{entry}#{index}"]
-        for ep in dist.entry_points
-        if ep.group.startswith(group_prefix)
-    ]
+    records = []
+    for index, dist in enumerate(md.distributions(path=[entry])):
+        name, where = dist.metadata["Name"] or "unknown", f"{entry}#{index}"  # tells copies in one zip apart
+        records += [
+            EntryPointRecord(name, dist.version, ep.group, ep.name, ep.value, where)
+            for ep in dist.entry_points
+            if ep.group.startswith(group_prefix)
+        ]
+    return records

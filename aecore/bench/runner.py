@@ -125,23 +125,18 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
     if "throughput" in settings.only:
         from aecore.bench.throughput import run_throughput
 
-        console.print("[bold]throughput[/] (training progress goes to stderr) ...")
-        record["throughput"] = run_throughput(
-            settings.data_dir,
-            epochs=settings.epochs,
-            limit=settings.limit,
-            repeats=settings.repeats or 5,
-            matmul_size=settings.matmul_size,
-        )
+        tables = {"cpu": ("throughput", "throughput")}
         if torch.cuda.is_available():  # the same table on the GPU, where there is one
-            console.print("[bold]throughput on GPU[/] ...")
-            record["throughput_gpu"] = run_throughput(
+            tables["cuda"] = ("throughput_gpu", "throughput on GPU")
+        for device, (key, label) in tables.items():
+            console.print(f"[bold]{label}[/] (training progress goes to stderr) ...")
+            record[key] = run_throughput(
                 settings.data_dir,
                 epochs=settings.epochs,
                 limit=settings.limit,
                 repeats=settings.repeats or 5,
                 matmul_size=settings.matmul_size,
-                device="cuda",
+                device=device,
             )
     if "inference" in settings.only:
         from aecore.bench.inference import run_inference
