@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torch.optim import Optimizer
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from aecore.training.optim import FusedAdam, make_adam
 
@@ -120,3 +121,38 @@ def test_zero_grad_drops_or_zeroes_like_torch():
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
     optimizer.zero_grad()
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_step_hooks_run_as_they_do_around_torchs_step():
+    """FusedAdam skips torch's step wrapper only while it has nothing to do."""
+    model = _model()
+    optimizer = FusedAdam(model.parameters(), lr=1e-2)
+    _step(model, optimizer, 0)  # the first step builds the state, through torch
+    _step(model, optimizer, 1)  # the fast path is now cached
+    calls: list[str] = []
+    handles = [
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append("pre")),
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append("post")),
+        register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append("global")),
+    ]
+    before = [p.detach().clone() for p in model.parameters()]
+    _step(model, optimizer, 2)
+    assert calls == ["global", "pre", "post"]
+    assert not any(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    for handle in handles:
+        handle.remove()
+    _step(model, optimizer, 3)
+    assert calls == ["global", "pre", "post"]
+
+
+def test_step_shows_in_the_profiler_and_satisfies_schedulers(recwarn):
+    model = _model()
+    optimizer = FusedAdam(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    for i in range(2):
+        _step(model, optimizer, i)
+        scheduler.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _step(model, optimizer, 2)
+    assert "Optimizer.step#FusedAdam.step" in {event.key for event in prof.key_averages()}
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]

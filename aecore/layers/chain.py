@@ -96,7 +96,14 @@ def run_layers(x: Tensor, layers: Sequence[Layer]) -> Tensor:
         if bias is not None:
             eligible = eligible and _is_plain_parameter(bias)
             tensors.append(bias)
-        plan.append((act, bias is not None, backend.worth_it(rows, weight, in_run=True)))
+        plan.append(
+            (
+                act,
+                bias is not None,
+                backend.worth_it(rows, weight, in_run=True),
+                backend.worth_it(rows, weight),
+            )
+        )
     if not eligible:  # layer by layer, each with linear()'s own fallbacks
         for module, act in layers:
             x = linear(x, module.weight, module.bias, act)

@@ -34,7 +34,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
         out = F.linear(x, weight, bias)
         return out if activation is None else ACTIVATIONS[activation][0](out)
     tensors = [weight] if bias is None else [weight, bias]
-    return apply_run(x, ((activation, bias is not None, True),), tensors)  # a run of one layer
+    return apply_run(x, ((activation, bias is not None, True, True),), tensors)  # a run of one layer
 
 
 class Linear(nn.Linear):

@@ -20,8 +20,36 @@ from aecore.layers.backend import ACTIVATIONS
 
 __all__ = ["Plan", "apply_run"]
 
-#: Per layer: (activation or None, has a bias, products through oneDNN).
-Plan = tuple[tuple[str | None, bool, bool], ...]
+#: Per layer: (activation or None, has a bias, its forward and input-gradient products through
+#: oneDNN, its weight-gradient product through oneDNN).
+Plan = tuple[tuple[str | None, bool, bool, bool], ...]
+
+#: Per layer, as the kernel reads it: (weight position, bias position or None in the flat tensor
+#: list, activation, oneDNN for the forward and input gradient, oneDNN for the weight gradient).
+_Program = tuple[tuple[int, int | None, str | None, bool, bool], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _program(plan: Plan) -> _Program:
+    steps, k = [], 0
+    for act, has_bias, onednn, onednn_weight_grad in plan:
+        steps.append((k, k + 1 if has_bias else None, act, onednn, onednn_weight_grad))
+        k += 2 if has_bias else 1
+    return tuple(steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _wanted_upstream(plan: Plan, needs: tuple[bool, ...]) -> tuple[bool, ...]:
+    """Per layer: whether anything before it (the input, earlier weights) needs a gradient.
+
+    Where nothing does, the backward pass stops after that layer's own weight gradient.
+    ``needs`` is ``ctx.needs_input_grad``: the input, the plan, then the flat tensor list.
+    """
+    upstream, wanted = [], needs[0]
+    for w_at, b_at, *_ in _program(plan):
+        upstream.append(wanted)
+        wanted = wanted or needs[2 + w_at] or (b_at is not None and needs[2 + b_at])
+    return tuple(upstream)
 
 
 def _forward_layer(h: Tensor, weight: Tensor, bias: Tensor | None, act: str | None, onednn: bool) -> Tensor:
@@ -35,76 +63,66 @@ def _forward_layer(h: Tensor, weight: Tensor, bias: Tensor | None, act: str | No
     return out
 
 
-def _unpack(plan: Plan, tensors: Sequence[Tensor]):
-    """(weight, bias or None, activation, use oneDNN) per layer from the flat tensor list."""
-    layers, k = [], 0
-    for act, has_bias, onednn in plan:
-        weight, bias = tensors[k], tensors[k + 1] if has_bias else None
-        k += 2 if has_bias else 1
-        layers.append((weight, bias, act, onednn))
-    return layers
-
-
-@functools.lru_cache(maxsize=256)
-def _positions(plan: Plan) -> tuple[tuple[int, int | None], ...]:
-    """Where each layer's weight and bias sit in the flat tensor list."""
-    positions, k = [], 0
-    for _, has_bias, _ in plan:
-        positions.append((k, k + 1 if has_bias else None))
-        k += 2 if has_bias else 1
-    return tuple(positions)
+def _forward(x: Tensor, program: _Program, tensors: Sequence[Tensor], outputs: list[Tensor] | None) -> Tensor:
+    """The layers on ``x`` (any leading shape), keeping each layer's 2-D output in ``outputs`` if given."""
+    h = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    for w_at, b_at, act, onednn, _ in program:
+        h = _forward_layer(h, tensors[w_at], None if b_at is None else tensors[b_at], act, onednn)
+        if outputs is not None:
+            outputs.append(h)
+    return h if x.dim() == 2 else h.view(*x.shape[:-1], h.shape[-1])
 
 
 class _Run(torch.autograd.Function):
     """act_n(…act_1(x·W₁ᵀ + b₁)…·W_nᵀ + b_n), keeping each layer's output for the backward pass."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, plan: tuple, *tensors: Tensor) -> Tensor:  # type: ignore[override]
-        h = x.reshape(-1, x.shape[-1])
-        outputs = []
-        for weight, bias, act, onednn in _unpack(plan, tensors):
-            h = _forward_layer(h, weight, bias, act, onednn)
-            outputs.append(h)
+    def forward(ctx, x: Tensor, plan: Plan, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+        program = _program(plan)
+        outputs: list[Tensor] = []
+        out = _forward(x, program, tensors, outputs)
         ctx.plan, ctx.n_tensors = plan, len(tensors)
-        ctx.save_for_backward(x, *tensors, *outputs)
-        return h.view(*x.shape[:-1], h.shape[-1])
+        # Inputs and the returned output go through save_for_backward, which checks that nothing
+        # changed them in place before the backward pass; biases are not needed there at all.
+        # The hidden layers' outputs are private to this node, so a plain attribute holds them
+        # (each saved tensor costs its own bookkeeping, and a run saves many).
+        ctx.save_for_backward(x, out, *(tensors[w_at] for w_at, *_ in program))
+        ctx.hidden = outputs[:-1]
+        ctx.tensors = tensors  # for the biases, which only the slow path below reads
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, *rest = ctx.saved_tensors
-        tensors, outputs = rest[: ctx.n_tensors], rest[ctx.n_tensors :]
+        x, out, *weights = ctx.saved_tensors
+        n_tensors = ctx.n_tensors
+        outputs = [*ctx.hidden, out.reshape(-1, out.shape[-1])]
+        program = _program(ctx.plan)
         needs = ctx.needs_input_grad
-        layers = _unpack(ctx.plan, tensors)
-        if torch.is_grad_enabled() or not backend.is_plain_float32(grad):
+        fast = not torch.is_grad_enabled() and backend.is_plain_float32(grad)
+        if not fast:
             # create_graph=True or batched gradients: recompute the outputs from the inputs with
             # torch ops so that every quantity below is connected to the graph and differentiable.
+            biases = ctx.tensors
             h, outputs = x.reshape(-1, x.shape[-1]), []
-            for weight, bias, act, _ in layers:
-                h = F.linear(h, weight, bias)
+            for (_, b_at, act, _, _), weight in zip(program, weights, strict=True):
+                h = F.linear(h, weight, None if b_at is None else biases[b_at])
                 h = h if act is None else ACTIVATIONS[act][0](h)
                 outputs.append(h)
-            fast = False
-        else:
-            fast = True
-        # Which tensor-list positions each layer's weight and bias hold, and whether anything
-        # before a layer needs a gradient (else its input gradient is not computed).
-        positions = _positions(ctx.plan)
-        tensor_needs = needs[2:]
-        upstream = [needs[0]]
-        for w_at, b_at in positions:
-            upstream.append(upstream[-1] or tensor_needs[w_at] or (b_at is not None and tensor_needs[b_at]))
-        grads: list[Tensor | None] = [None] * len(tensors)
+        upstream = _wanted_upstream(ctx.plan, needs)
+        grads: list[Tensor | None] = [None] * n_tensors
         g = grad.reshape(-1, grad.shape[-1])
         op = backend.onednn_op()
-        for i in reversed(range(len(layers))):
-            weight, bias, act, onednn = layers[i]
+        for i in range(len(program) - 1, -1, -1):
+            w_at, b_at, act, onednn, onednn_weight_grad = program[i]
+            weight = weights[i]
             inp = outputs[i - 1] if i else x.reshape(-1, x.shape[-1])
             if act is not None:
                 g = ACTIVATIONS[act][1](g, outputs[i])
-            w_at, b_at = positions[i]
-            if tensor_needs[w_at]:
-                grads[w_at] = op(g.t(), inp.t(), None, "none", [], "") if fast and onednn else g.t().mm(inp)
-            if b_at is not None and tensor_needs[b_at]:
+            if needs[2 + w_at]:
+                grads[w_at] = (
+                    op(g.t(), inp.t(), None, "none", [], "") if fast and onednn_weight_grad else g.t().mm(inp)
+                )
+            if b_at is not None and needs[2 + b_at]:
                 grads[b_at] = g.sum(0)
             if not upstream[i]:
                 break
@@ -120,7 +138,4 @@ def apply_run(x: Tensor, plan: Plan, tensors: Sequence[Tensor]) -> Tensor:
     """
     if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
         return _Run.apply(x, plan, *tensors)
-    h = x.reshape(-1, x.shape[-1])
-    for weight, bias, act, onednn in _unpack(plan, tensors):
-        h = _forward_layer(h, weight, bias, act, onednn)
-    return h.view(*x.shape[:-1], h.shape[-1])
+    return _forward(x, _program(plan), tensors, None)
