@@ -84,7 +84,7 @@ def models(tmp_path_factory, small):
 @pytest.fixture
 def runner(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # default output folders (runs/cv, runs/sweep) land here
-    monkeypatch.setattr(cli_output.console, "_width", 200)
+    monkeypatch.setattr(cli_output.rich_console(), "_width", 200)
     return CliRunner()
 
 

@@ -82,7 +82,7 @@ def runs(tmp_path_factory, tiny_data, tabular_data):
 @pytest.fixture
 def runner(monkeypatch, tmp_path, tiny_data, tabular_data):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_output.console, "_width", 200)
+    monkeypatch.setattr(cli_output.rich_console(), "_width", 200)
     monkeypatch.setitem(DATASETS, "tiny", lambda data_dir: tiny_data)
     monkeypatch.setitem(DATASETS, "tabular", lambda data_dir: tabular_data)
     return CliRunner()

@@ -55,7 +55,7 @@ def bench_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     """One tiny run of every section through the CLI: 2,000 images, 1 epoch, 1 repetition."""
     out = tmp_path_factory.mktemp("bench") / "record.json"
     mp = pytest.MonkeyPatch()
-    mp.setattr(cli_output.console, "_width", 200)
+    mp.setattr(cli_output.rich_console(), "_width", 200)
     try:
         args = ["bench", "--data-dir", str(mnist_dir), "--epochs", "1", "--limit", str(LIMIT)]
         result = CliRunner().invoke(app, [*args, "--repeats", "1", "--json-out", str(out)])

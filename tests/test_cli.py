@@ -20,7 +20,7 @@ from aecore.cli import output as cli_output
 @pytest.fixture
 def runner(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # nothing a command writes lands in the repository
-    monkeypatch.setattr(cli_output.console, "_width", 200)  # tables on one line per row
+    monkeypatch.setattr(cli_output.rich_console(), "_width", 200)  # tables on one line per row
     return CliRunner()
 
 
@@ -231,6 +231,39 @@ def test_unknown_command(runner):
     one_line_error(runner.invoke(app, ["trian"]), "No such command")
 
 
+@pytest.mark.parametrize("args", [[], ["plugins"]])
+def test_a_group_alone_prints_its_help(runner, args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: {' '.join(['ae', *args])} [OPTIONS] COMMAND")
+
+
+def test_the_console_script_converts_only_the_command_it_runs():
+    """``ae plugins list`` need not read every other command's signature (start-up time)."""
+    from aecore.cli.app import app_for
+
+    every = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert {"train", "plugins", "encode"} <= every
+    for args, expected in [
+        (["plugins", "list", "--kind", "encoder"], {"plugins"}),
+        (["--version", "train", "--help"], {"train"}),
+        (["encode", "run.safetensors"], {"encode"}),
+    ]:
+        single = app_for(args)
+        assert {c.name for c in single.registered_commands} | {
+            g.name for g in single.registered_groups
+        } == expected
+    assert app_for(["trian"]) is app  # a typo gets the whole application, for its suggestion
+    for args in ([], ["--help"], ["-h"]):  # the command list: every command, none of their options
+        listing = app_for(args)
+        assert {c.name for c in listing.registered_commands} | {
+            g.name for g in listing.registered_groups
+        } == every
+        assert CliRunner().invoke(listing, args).stdout == CliRunner().invoke(app, args).stdout
+    result = CliRunner().invoke(app_for(["plugins", "show", "mlp"]), ["plugins", "show", "mlp"])
+    assert result.exit_code == 0 and "hidden" in result.stdout
+
+
 def test_exit_code_through_the_console_script():
     proc = subprocess.run(
         [sys.executable, "-c", "from aecore.cli import main; main()", "plugins", "show", "nope"],
@@ -248,6 +281,7 @@ def test_exit_code_through_the_console_script():
 STARTUP = """
 import json, sys
 from aecore.cli import main
+also_refused = json.loads(sys.argv[2])
 sys.argv = ["ae", *json.loads(sys.argv[1])]
 try:
     main()
@@ -255,18 +289,29 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-heavy = sorted(m for m in ("torch", "torchvision", "numpy", "aecore_mlp", "aecore_conv", "aecore_sparse",
-                           "pydantic", "importlib.metadata")
-               if m in sys.modules)
+refused = ["torch", "torchvision", "numpy", "aecore_mlp", "aecore_conv", "aecore_sparse",
+           "pydantic", "importlib.metadata", *also_refused]
+heavy = sorted(m for m in refused if m in sys.modules)
 sys.stderr.write("RESULT " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins", "list"], ["train", "--help"], ["eval", "--help"]])
-def test_light_commands_do_not_import_torch(args):
+@pytest.mark.parametrize(
+    ("args", "also_refused"),
+    [
+        (["--help"], ["rich"]),  # help text is plain Click output: Rich only draws tables
+        (["plugins", "list"], []),
+        (["train", "--help"], ["rich"]),
+        (["eval", "--help"], ["rich"]),
+    ],
+)
+def test_light_commands_do_not_import_torch(args, also_refused):
     """Nor plugins, nor pydantic (Typer's validators) or importlib.metadata: start-up budget, see bench."""
     proc = subprocess.run(
-        [sys.executable, "-c", STARTUP, json.dumps(args)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", STARTUP, json.dumps(args), json.dumps(also_refused)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     result = json.loads(proc.stderr.strip().splitlines()[-1].removeprefix("RESULT "))
     assert result["code"] in (0, None), proc.stderr

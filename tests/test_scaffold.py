@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def runner(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_output.console, "_width", 200)
+    monkeypatch.setattr(cli_output.rich_console(), "_width", 200)
     return CliRunner()
 
 

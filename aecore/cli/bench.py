@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from aecore.bench.runner import SECTIONS  # stdlib and Rich only: no torch at start-up
 from aecore.errors import ConfigError
 
 
@@ -50,6 +49,8 @@ def bench_command(
     Every comparison is made within this one run, alternating the
     competitors. Targets print PASS or FAIL but never change the exit status.
     """
+    from aecore.bench.runner import SECTIONS  # stdlib and Rich only: still no torch here
+
     chosen = tuple(only or SECTIONS)
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:

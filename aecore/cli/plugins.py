@@ -7,8 +7,6 @@ import fnmatch
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from aecore import registry
 from aecore.cli import scaffold
@@ -44,6 +42,9 @@ def list_command(
 
     A plugin whose last load failed is shown as broken; 'ae plugins doctor' loads and checks them all.
     """
+    from rich.markup import escape
+    from rich.table import Table
+
     entries = _entries(kind, pattern)
     broken = registry.known_broken()
     duplicated = {key for key in registry.duplicates()}
@@ -88,6 +89,9 @@ def doctor_command() -> None:
     if not problems:
         console.print(f"[green]all {checked} plugin entry points load and conform[/]")
         return
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"{len(problems)} problem(s) in {checked} plugin entry points")
     for column in ("plugin", "distribution", "problem and fix"):
         table.add_column(column)
@@ -128,6 +132,8 @@ def show_command(
     name: Annotated[str, typer.Argument(help="Component name, optionally 'dist:name'.")],
 ) -> None:
     """Show a component's parameters: type, default and help."""
+    from rich.table import Table
+
     from aecore.config import params_of
 
     matches = registry.find(name)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
 from aecore.cli.output import console
 
 
 def presets_command() -> None:
     """List presets with their components, code size, parameters and compression ratio."""
+    from rich.table import Table
+
     from aecore.errors import AecoreError
     from aecore.presets import get_preset, list_presets
 
