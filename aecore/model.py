@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from aecore import registry
 from aecore.config import config_from_dict, config_to_dict, params_of
 from aecore.errors import ConfigError, ShapeError
+from aecore.layers.chain import chain_of, run_modules
 
 __all__ = ["Autoencoder", "ComponentSpec", "ModelSpec", "code_shape", "compose"]
 
@@ -110,6 +111,16 @@ class Autoencoder(nn.Module):
         """
         if loss_fn is not None:
             return self.loss_terms(x, loss_fn)
+        return self._reconstruct(x)
+
+    def _reconstruct(self, x: Tensor) -> Tensor:
+        """``decode(encode(x))``; as one chain of modules where both components are chains
+        (:class:`aecore.layers.ModuleChain`) and no regularizer acts on the code, which lets
+        their Linear layers fuse across it. The result is the same to the bit."""
+        if not self.regularizers:
+            encoder, decoder = chain_of(self.encoder), chain_of(self.decoder)
+            if encoder is not None and decoder is not None:
+                return run_modules([*encoder, *decoder], x)
         return self.decode(self.encode(x))
 
     def loss_terms(self, x: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> dict[str, Tensor]:
@@ -122,6 +133,8 @@ class Autoencoder(nn.Module):
         if self.training:
             for reg in self.regularizers.values():
                 x_in = reg.transform_input(x_in)
+        if not self.regularizers:
+            return {"recon": loss_fn(self._reconstruct(x_in), x)}
         z = self.encode(x_in)
         recon = self.decode(z)
         terms = {"recon": loss_fn(recon, x)}

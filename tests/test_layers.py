@@ -354,3 +354,84 @@ def test_a_block_with_more_than_layers_is_not_fusable():
     assert Sequential(Linear(4, 3), nn.ReLU()).fusable_layers() is not None
     assert Sequential(Linear(4, 3), nn.ReLU(), nn.Dropout(0.1)).fusable_layers() is None
     assert Sequential(Linear(4, 3), nn.LeakyReLU()).fusable_layers() is None
+
+
+def _run_nodes(t: torch.Tensor) -> int:
+    """How many fused-run autograd nodes the graph behind ``t`` holds."""
+    seen, stack, runs = set(), [t.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        runs += type(node).__name__ == "_RunBackward"
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return runs
+
+
+def _mlp_model(*regularizers: str):
+    from aecore.model import compose
+
+    torch.manual_seed(0)
+    params = {"encoder": {"hidden": (8, 6), "code_activation": "relu"}}
+    return compose("mlp", "mlp", regularizers, input_shape=(1, 4, 4), latent_dim=3, params=params)
+
+
+def test_a_model_runs_encoder_and_decoder_as_one_chain(calls):
+    """Their Linear layers share one node across the code, with the same numbers to the bit."""
+    model = _mlp_model()
+    x = torch.rand(6, 1, 4, 4)
+    fused = model(x)
+    assert _run_nodes(fused) == 1
+    separate = model.decode(model.encode(x))
+    assert _run_nodes(separate) == 2
+    assert torch.equal(fused, separate)
+    params = list(model.parameters())
+    for a, b in zip(
+        torch.autograd.grad(fused.square().sum(), params),
+        torch.autograd.grad(separate.square().sum(), params),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    assert _run_nodes(model.loss_terms(x, F.mse_loss)["recon"]) == 1  # training takes the same path
+
+
+def test_a_hook_or_a_regularizer_keeps_encoder_and_decoder_apart(calls):
+    model = _mlp_model()
+    x = torch.rand(6, 1, 4, 4)
+    codes = []
+    handle = model.encoder.register_forward_hook(lambda module, args, out: codes.append(out))
+    assert _run_nodes(model(x)) == 2
+    assert len(codes) == 1 and codes[0].shape == (6, 3)  # the hook saw the code
+    handle.remove()
+    assert _run_nodes(model(x)) == 1
+    regularized = _mlp_model("sparse")
+    terms = regularized.loss_terms(x, F.mse_loss)
+    assert set(terms) == {"recon", "sparse"} and _run_nodes(terms["recon"]) == 2
+
+
+def test_a_subclass_that_overrides_forward_is_not_described_by_its_parents_layers(calls):
+    """fusable_layers/chain_modules speak for the forward beside them, not for an override."""
+
+    class Doubled(Block):
+        def forward(self, h):
+            return 2 * super().forward(h)
+
+    torch.manual_seed(0)
+    model = Sequential(Doubled(4, 3, nn.ReLU()), Linear(3, 2))
+    x = torch.randn(5, 4)
+    inner = model[0].body[0]
+    expected = F.linear(2 * torch.relu(F.linear(x, inner.weight, inner.bias)), model[1].weight, model[1].bias)
+    torch.testing.assert_close(model(x), expected)
+
+    shifted = _mlp_model()
+    encoder = shifted.encoder
+
+    class Shifted(type(encoder)):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    encoder.__class__ = Shifted
+    x = torch.rand(6, 1, 4, 4)
+    assert _run_nodes(shifted(x)) == 2
+    assert torch.equal(shifted(x), shifted.decoder(shifted.encoder.net(x) + 1.0))

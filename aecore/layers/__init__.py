@@ -13,6 +13,8 @@ applies the activation while the product is still in cache.
 - :class:`Sequential` is an ``nn.Sequential`` that runs each stretch of Linear
   layers and activations as one autograd node (blocks join a stretch by
   implementing :class:`FusableBlock`).
+- An encoder and a decoder that implement :class:`ModuleChain` are run as one
+  chain by the model, so their Linear layers fuse across the code.
 
 Every case the fast path does not cover falls back to torch: other devices
 and dtypes, autocast, ``torch.compile`` tracing, ``torch.func`` transforms,
@@ -30,7 +32,7 @@ from aecore.layers.backend import (
     linear_backend,
     set_linear_backend,
 )
-from aecore.layers.chain import FusableBlock, Sequential, run_layers
+from aecore.layers.chain import FusableBlock, ModuleChain, Sequential, chain_of, run_layers, run_modules
 from aecore.layers.linear import Linear, linear
 
 __all__ = [
@@ -38,9 +40,12 @@ __all__ = [
     "FUSED_ACTIVATIONS",
     "FusableBlock",
     "Linear",
+    "ModuleChain",
     "Sequential",
+    "chain_of",
     "linear",
     "linear_backend",
     "run_layers",
+    "run_modules",
     "set_linear_backend",
 ]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from aecore.components import Activation, ImageComponent, activation
 from aecore.config import param
-from aecore.layers import Linear, Sequential
+from aecore.layers import Linear, Sequential, chain_of
 
 __all__ = ["HiddenBlock", "MLPDecoder", "MLPDecoderConfig", "MLPEncoder", "MLPEncoderConfig"]
 
@@ -123,6 +123,10 @@ class MLPEncoder(ImageComponent):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def chain_modules(self) -> list[nn.Module] | None:
+        """Its layers in order (aecore.layers.ModuleChain): the model fuses them with the decoder's."""
+        return chain_of(self.net)
+
 
 class MLPDecoder(ImageComponent):
     """The encoder's mirror: hidden Linear blocks in reverse, then the output layer."""
@@ -141,3 +145,7 @@ class MLPDecoder(ImageComponent):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
+
+    def chain_modules(self) -> list[nn.Module] | None:
+        """Its layers in order (aecore.layers.ModuleChain): the model fuses them with the encoder's."""
+        return chain_of(self.net)
