@@ -435,3 +435,15 @@ def test_a_subclass_that_overrides_forward_is_not_described_by_its_parents_layer
     x = torch.rand(6, 1, 4, 4)
     assert _run_nodes(shifted(x)) == 2
     assert torch.equal(shifted(x), shifted.decoder(shifted.encoder.net(x) + 1.0))
+
+
+def test_a_run_frees_what_it_saved_once_its_backward_has_run(calls):
+    """Hidden layers' outputs go through save_for_backward, so they do not outlive the backward pass."""
+    torch.manual_seed(0)
+    model = Sequential(Linear(12, 10), nn.ReLU(), Linear(10, 8), nn.Tanh(), Linear(8, 4))
+    y = model(torch.randn(5, 12))
+    assert type(y.grad_fn).__name__ == "_RunBackward"
+    assert len(y.grad_fn.saved_tensors) == 1 + 1 + 3 + 2  # input, output, weights, hidden outputs
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="freed"):
+        y.grad_fn.saved_tensors  # noqa: B018 - the access itself is the check

@@ -82,20 +82,20 @@ class _Run(torch.autograd.Function):
         outputs: list[Tensor] = []
         out = _forward(x, program, tensors, outputs)
         ctx.plan, ctx.n_tensors = plan, len(tensors)
-        # Inputs and the returned output go through save_for_backward, which checks that nothing
-        # changed them in place before the backward pass; biases are not needed there at all.
-        # The hidden layers' outputs are private to this node, so a plain attribute holds them
-        # (each saved tensor costs its own bookkeeping, and a run saves many).
-        ctx.save_for_backward(x, out, *(tensors[w_at] for w_at, *_ in program))
-        ctx.hidden = outputs[:-1]
-        ctx.tensors = tensors  # for the biases, which only the slow path below reads
+        # save_for_backward checks that nothing changed these in place before the backward pass,
+        # and frees them once it has run. Biases are not needed there, so they are not saved
+        # (each saved tensor costs its own bookkeeping); only the slow path below reads them.
+        n_layers = len(program)
+        ctx.save_for_backward(x, out, *(tensors[w_at] for w_at, *_ in program), *outputs[:-1])
+        ctx.n_layers, ctx.tensors = n_layers, tensors
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, out, *weights = ctx.saved_tensors
-        n_tensors = ctx.n_tensors
-        outputs = [*ctx.hidden, out.reshape(-1, out.shape[-1])]
+        x, out, *rest = ctx.saved_tensors
+        n_tensors, n_layers = ctx.n_tensors, ctx.n_layers
+        weights = rest[:n_layers]
+        outputs = [*rest[n_layers:], out.reshape(-1, out.shape[-1])]
         program = _program(ctx.plan)
         needs = ctx.needs_input_grad
         fast = not torch.is_grad_enabled() and backend.is_plain_float32(grad)
