@@ -101,13 +101,19 @@ def onednn_enabled() -> bool:
 _PLAIN_TYPES = (Tensor, nn.Parameter)
 
 
+def is_plain_parameter(t: Tensor) -> bool:
+    """A dense CPU float32 tensor or parameter, not a subclass.
+
+    Enough for weights and biases: parameters are never vmap-wrapped outside a
+    ``torch.func`` transform, and :func:`plain_context` rules those out.
+    """
+    return type(t) in _PLAIN_TYPES and t.dtype == torch.float32 and t.is_cpu and t.layout == torch.strided
+
+
 def is_plain_float32(t: Tensor) -> bool:
-    """A dense CPU float32 tensor, not a subclass, not wrapped by vmap or grad transforms."""
+    """A plain parameter-like tensor that is also not wrapped by vmap or grad transforms."""
     return (
-        type(t) in _PLAIN_TYPES
-        and t.dtype == torch.float32
-        and t.is_cpu
-        and t.layout == torch.strided
+        is_plain_parameter(t)
         and not _functorch.is_functorch_wrapped_tensor(t)
         and not _functorch.is_legacy_batchedtensor(t)  # autograd.grad(..., is_grads_batched=True)
     )

@@ -16,7 +16,6 @@ import functools
 from collections.abc import Sequence
 from typing import Protocol
 
-import torch
 from torch import Tensor, nn
 
 from aecore.layers import backend
@@ -85,15 +84,6 @@ def _layers_of(modules: Sequence[nn.Module]) -> list[tuple[str, object]]:
     return steps
 
 
-def _is_plain_parameter(t: Tensor) -> bool:
-    """A dense CPU float32 weight or bias of at most 2 dimensions (parameters are never vmap-wrapped
-    outside a ``torch.func`` transform, and :func:`backend.plain_context` rules those out)."""
-    return type(t) in _PLAIN_TYPES and t.dtype == torch.float32 and t.is_cpu and t.layout == torch.strided
-
-
-_PLAIN_TYPES = (Tensor, nn.Parameter)
-
-
 def run_layers(x: Tensor, layers: Sequence[Layer]) -> Tensor:
     """``x`` through each ``(Linear, activation)`` in turn: one autograd node where possible."""
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 0
@@ -102,10 +92,10 @@ def run_layers(x: Tensor, layers: Sequence[Layer]) -> Tensor:
     eligible = rows > 0 and backend.is_plain_float32(x) and backend.plain_context()
     for module, act in layers:
         weight, bias = module.weight, module.bias
-        eligible = eligible and _is_plain_parameter(weight) and weight.dim() == 2
+        eligible = eligible and backend.is_plain_parameter(weight) and weight.dim() == 2
         tensors.append(weight)
         if bias is not None:
-            eligible = eligible and _is_plain_parameter(bias)
+            eligible = eligible and backend.is_plain_parameter(bias)
             tensors.append(bias)
         plan.append(
             (
@@ -141,8 +131,8 @@ class Sequential(nn.Sequential):
         return None
 
     def chain_modules(self) -> list[nn.Module] | None:
-        """Its modules in order (aecore.layers.ModuleChain), unless it has hooks of its own."""
-        return None if backend.hooked(self) else list(self._modules.values())
+        """Its modules in order (aecore.layers.ModuleChain; :func:`chain_of` checks its hooks)."""
+        return list(self._modules.values())
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Sequential's own argument name
         return run_modules(list(self._modules.values()), input)

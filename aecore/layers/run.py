@@ -85,9 +85,8 @@ class _Run(torch.autograd.Function):
         # save_for_backward checks that nothing changed these in place before the backward pass,
         # and frees them once it has run. Biases are not needed there, so they are not saved
         # (each saved tensor costs its own bookkeeping); only the slow path below reads them.
-        n_layers = len(program)
         ctx.save_for_backward(x, out, *(tensors[w_at] for w_at, *_ in program), *outputs[:-1])
-        ctx.n_layers, ctx.tensors = n_layers, tensors
+        ctx.n_layers, ctx.tensors = len(program), tensors
         return out
 
     @staticmethod
