@@ -113,14 +113,25 @@ class Autoencoder(nn.Module):
             return self.loss_terms(x, loss_fn)
         return self._reconstruct(x)
 
+    def module_chain(self) -> list[nn.Module] | None:
+        """The modules ``decode(encode(x))`` applies, in order, or None if it is more than a chain.
+
+        It is a chain when both components are (:class:`aecore.layers.ModuleChain`)
+        and no regularizer acts on the code.
+        """
+        if self.regularizers:
+            return None
+        encoder, decoder = chain_of(self.encoder), chain_of(self.decoder)
+        if encoder is None or decoder is None:
+            return None
+        return [*encoder, *decoder]
+
     def _reconstruct(self, x: Tensor) -> Tensor:
-        """``decode(encode(x))``; as one chain of modules where both components are chains
-        (:class:`aecore.layers.ModuleChain`) and no regularizer acts on the code, which lets
-        their Linear layers fuse across it. The result is the same to the bit."""
-        if not self.regularizers:
-            encoder, decoder = chain_of(self.encoder), chain_of(self.decoder)
-            if encoder is not None and decoder is not None:
-                return run_modules([*encoder, *decoder], x)
+        """``decode(encode(x))``; as one chain where :meth:`module_chain` allows, which lets the
+        two components' Linear layers fuse across the code. The result is the same to the bit."""
+        chain = self.module_chain()
+        if chain is not None:
+            return run_modules(chain, x)
         return self.decode(self.encode(x))
 
     def loss_terms(self, x: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> dict[str, Tensor]:

@@ -20,12 +20,24 @@ from torch import Tensor, nn
 
 from aecore.layers import backend
 from aecore.layers.linear import Linear, linear
-from aecore.layers.run import apply_run
+from aecore.layers.run import Plan, apply_run
 
-__all__ = ["FusableBlock", "Layer", "ModuleChain", "Sequential", "chain_of", "run_layers", "run_modules"]
+__all__ = [
+    "FusableBlock",
+    "Layer",
+    "ModuleChain",
+    "Sequential",
+    "chain_of",
+    "plan_layers",
+    "run_layers",
+    "run_modules",
+    "single_run",
+]
 
 #: Activation modules that fold into the Linear layer before them (an nn.Identity there is skipped).
 _FUSABLE_MODULES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
+#: Modules that only reshape their input (see :func:`single_run`).
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
 
 #: One layer of a run: the Linear module and the activation after it (None: none).
 Layer = tuple[Linear, str | None]
@@ -84,18 +96,21 @@ def _layers_of(modules: Sequence[nn.Module]) -> list[tuple[str, object]]:
     return steps
 
 
-def run_layers(x: Tensor, layers: Sequence[Layer]) -> Tensor:
-    """``x`` through each ``(Linear, activation)`` in turn: one autograd node where possible."""
+def plan_layers(x: Tensor, layers: Sequence[Layer]) -> tuple[Plan, list[Tensor]] | None:
+    """The run's plan and flat tensor list for input ``x``, or None if it must go layer by layer."""
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 0
+    if not (rows > 0 and backend.is_plain_float32(x) and backend.plain_context()):
+        return None
     tensors: list[Tensor] = []
     plan = []
-    eligible = rows > 0 and backend.is_plain_float32(x) and backend.plain_context()
     for module, act in layers:
         weight, bias = module.weight, module.bias
-        eligible = eligible and backend.is_plain_parameter(weight) and weight.dim() == 2
+        if not (backend.is_plain_parameter(weight) and weight.dim() == 2):
+            return None
         tensors.append(weight)
         if bias is not None:
-            eligible = eligible and backend.is_plain_parameter(bias)
+            if not backend.is_plain_parameter(bias):
+                return None
             tensors.append(bias)
         plan.append(
             (
@@ -105,11 +120,37 @@ def run_layers(x: Tensor, layers: Sequence[Layer]) -> Tensor:
                 backend.worth_it(rows, weight),
             )
         )
-    if not eligible:  # layer by layer, each with linear()'s own fallbacks
+    return tuple(plan), tensors
+
+
+def run_layers(x: Tensor, layers: Sequence[Layer]) -> Tensor:
+    """``x`` through each ``(Linear, activation)`` in turn: one autograd node where possible."""
+    planned = plan_layers(x, layers)
+    if planned is None:  # layer by layer, each with linear()'s own fallbacks
         for module, act in layers:
             x = linear(x, module.weight, module.bias, act)
         return x
-    return apply_run(x, tuple(plan), tensors)
+    return apply_run(x, *planned)
+
+
+def single_run(modules: Sequence[nn.Module]) -> tuple[list[nn.Module], list[Layer], list[nn.Module]] | None:
+    """``modules`` as (reshapes, one run of layers, reshapes), or None if they are anything else.
+
+    The reshapes are ``nn.Flatten``, ``nn.Unflatten`` and ``nn.Identity`` without
+    hooks: they move no data, so a gradient passes them by a reshape.
+    """
+    steps = _layers_of(modules)
+    runs = [i for i, (kind, _) in enumerate(steps) if kind == "run"]
+    if len(runs) != 1 or any(
+        type(m) not in _RESHAPES or backend.hooked(m) for kind, m in steps if kind == "module"
+    ):
+        return None
+    at = runs[0]
+    return (
+        [m for _, m in steps[:at]],  # type: ignore[misc]
+        steps[at][1],  # type: ignore[list-item]
+        [m for _, m in steps[at + 1 :]],  # type: ignore[misc]
+    )
 
 
 class Sequential(nn.Sequential):

@@ -9,7 +9,7 @@ either way the layers are grouped.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import Tensor
 from aecore.layers import backend
 from aecore.layers.backend import ACTIVATIONS
 
-__all__ = ["Plan", "apply_run"]
+__all__ = ["Plan", "apply_run", "gradients_by_hand"]
 
 #: Per layer: (activation or None, has a bias, its forward and input-gradient products through
 #: oneDNN, its weight-gradient product through oneDNN).
@@ -92,11 +92,10 @@ class _Run(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, out, *rest = ctx.saved_tensors
-        n_tensors, n_layers = ctx.n_tensors, ctx.n_layers
+        n_layers = ctx.n_layers
         weights = rest[:n_layers]
         outputs = [*rest[n_layers:], out.reshape(-1, out.shape[-1])]
         program = _program(ctx.plan)
-        needs = ctx.needs_input_grad
         fast = not torch.is_grad_enabled() and backend.is_plain_float32(grad)
         if not fast:
             # create_graph=True or batched gradients: recompute the outputs from the inputs with
@@ -107,27 +106,71 @@ class _Run(torch.autograd.Function):
                 h = F.linear(h, weight, None if b_at is None else biases[b_at])
                 h = h if act is None else ACTIVATIONS[act][0](h)
                 outputs.append(h)
-        upstream = _wanted_upstream(ctx.plan, needs)
-        grads: list[Tensor | None] = [None] * n_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        op = backend.onednn_op()
-        for i in range(len(program) - 1, -1, -1):
-            w_at, b_at, act, onednn, onednn_weight_grad = program[i]
-            weight = weights[i]
-            inp = outputs[i - 1] if i else x.reshape(-1, x.shape[-1])
-            if act is not None:
-                g = ACTIVATIONS[act][1](g, outputs[i])
-            if needs[2 + w_at]:
-                grads[w_at] = (
-                    op(g.t(), inp.t(), None, "none", [], "") if fast and onednn_weight_grad else g.t().mm(inp)
-                )
-            if b_at is not None and needs[2 + b_at]:
-                grads[b_at] = g.sum(0)
-            if not upstream[i]:
-                break
-            g = op(g, weight.t(), None, "none", [], "") if fast and onednn else g.mm(weight)
-        grad_x = g.reshape(x.shape) if needs[0] else None
+        grad_x, grads = _backward(
+            grad, x, ctx.plan, weights, outputs, ctx.needs_input_grad, ctx.n_tensors, fast
+        )
         return (grad_x, None, *grads)
+
+
+def _backward(
+    grad: Tensor,
+    x: Tensor,
+    plan: Plan,
+    weights: Sequence[Tensor],
+    outputs: Sequence[Tensor],
+    needs: tuple[bool, ...],
+    n_tensors: int,
+    onednn_allowed: bool,
+) -> tuple[Tensor | None, list[Tensor | None]]:
+    """The gradients of the input and of the flat tensor list, given the output's gradient.
+
+    ``outputs`` are each layer's 2-D output; ``needs`` is laid out as
+    ``ctx.needs_input_grad`` (the input, the plan, then the tensors).
+    """
+    program = _program(plan)
+    upstream = _wanted_upstream(plan, needs)
+    grads: list[Tensor | None] = [None] * n_tensors
+    g = grad.reshape(-1, grad.shape[-1])
+    op = backend.onednn_op()
+    for i in range(len(program) - 1, -1, -1):
+        w_at, b_at, act, onednn, onednn_weight_grad = program[i]
+        weight = weights[i]
+        inp = outputs[i - 1] if i else x.reshape(-1, x.shape[-1])
+        if act is not None:
+            g = ACTIVATIONS[act][1](g, outputs[i])
+        if needs[2 + w_at]:
+            grads[w_at] = (
+                op(g.t(), inp.t(), None, "none", [], "")
+                if onednn_allowed and onednn_weight_grad
+                else g.t().mm(inp)
+            )
+        if b_at is not None and needs[2 + b_at]:
+            grads[b_at] = g.sum(0)
+        if not upstream[i]:
+            break
+        g = op(g, weight.t(), None, "none", [], "") if onednn_allowed and onednn else g.mm(weight)
+    grad_x = g.reshape(x.shape) if needs[0] else None
+    return grad_x, grads
+
+
+def gradients_by_hand(
+    x: Tensor, plan: Plan, tensors: Sequence[Tensor], output_grad: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, list[Tensor | None]]:
+    """The run's output on ``x`` and the gradient of each tensor, without the autograd engine.
+
+    ``output_grad`` maps the output to the gradient of the loss with respect to it.
+    The kernels and their order are those of a forward and backward pass through
+    :func:`apply_run`, so the gradients are the same to the bit; the saving is the
+    engine's bookkeeping. ``x`` needs no gradient here; a tensor that does not
+    require one gets None. Call it under ``torch.no_grad()``.
+    """
+    program = _program(plan)
+    outputs: list[Tensor] = []
+    out = _forward(x, program, tensors, outputs)
+    needs = (False, False, *(t.requires_grad for t in tensors))
+    weights = [tensors[w_at] for w_at, *_ in program]
+    _, grads = _backward(output_grad(out), x, plan, weights, outputs, needs, len(tensors), True)
+    return out, grads
 
 
 def apply_run(x: Tensor, plan: Plan, tensors: Sequence[Tensor]) -> Tensor:

@@ -27,6 +27,7 @@ from aecore.data import TensorData
 from aecore.errors import AecoreError, ConfigError
 from aecore.model import Autoencoder
 from aecore.training import distributed
+from aecore.training.by_hand import ByHandGradients
 from aecore.training.context import RunContext
 from aecore.training.optim import make_adam
 from aecore.training.state import load_optimizer_state, optimizer_state
@@ -187,6 +188,9 @@ class DefaultTrainer:
         if cfg.cosine:
             cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
         autocast = self._autocast(device)
+        # Gradients without the autograd engine where the model is one run of Linear layers
+        # (aecore.training.by_hand); DDP needs autograd's hooks, autocast its casts.
+        by_hand = None if job.active or cfg.amp else ByHandGradients(model, run.loss_fn)
         generator = torch.Generator().manual_seed(run.seed)
         pos = _Position()
         if run.resume is not None:
@@ -215,17 +219,21 @@ class DefaultTrainer:
                     cfg.batch_size, generator=generator, shuffle=True, skip=pos.step, part=part
                 )
                 for step, xb in enumerate(order, start=pos.step):
-                    with autocast:
-                        terms = engine(xb, loss_fn=run.loss_fn)
-                        loss = functools.reduce(operator.add, terms.values())  # sum() would add a 0 first
+                    optimizer.zero_grad(set_to_none=True)
+                    terms = by_hand(xb) if by_hand is not None else None
+                    backward = terms is None
+                    if terms is None:
+                        with autocast:
+                            terms = engine(xb, loss_fn=run.loss_fn)
+                    loss = functools.reduce(operator.add, terms.values())  # sum() would add a 0 first
                     if not math.isfinite(loss.item()):
                         raise TrainingDiverged(
                             f"the loss became {float(loss.detach())} in epoch {epoch}, step {step + 1}; "
                             f"the last good checkpoint is kept in {run.out_dir}. Try a lower --lr or "
                             "--set trainer.grad_clip=1.0."
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if backward:
+                        loss.backward()
                     if cfg.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
