@@ -342,6 +342,17 @@ def test_a_hooked_block_runs_as_itself(calls):
     torch.testing.assert_close(y, _by_hand(model, x), rtol=1e-5, atol=1e-5)
 
 
+def test_a_hook_inside_a_block_keeps_that_block_out_of_the_run(calls):
+    """A block that hands over its inner Sequential's layers does not hand over a hooked Sequential."""
+    model = _stack()
+    seen = []
+    model[2].body.register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.randn(5, 12, requires_grad=True)
+    y = model(x)
+    assert len(seen) == 1
+    torch.testing.assert_close(y, _by_hand(model, x), rtol=1e-5, atol=1e-5)
+
+
 def test_a_float64_model_takes_the_torch_path(calls):
     model = _stack().double()
     x = torch.randn(5, 12, dtype=torch.float64)

@@ -165,7 +165,9 @@ class Sequential(nn.Sequential):
     """
 
     def fusable_layers(self) -> list[Layer] | None:
-        """All of this Sequential's layers, if it holds nothing but fusable ones."""
+        """All of this Sequential's layers, if it holds nothing but fusable ones and has no hooks."""
+        if backend.hooked(self):  # a parent fusing these layers would skip this module's own call
+            return None
         steps = _layers_of(list(self._modules.values()))
         if len(steps) == 1 and steps[0][0] == "run":
             return steps[0][1]  # type: ignore[return-value]

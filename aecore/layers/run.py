@@ -9,7 +9,7 @@ either way the layers are grouped.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import Tensor
 from aecore.layers import backend
 from aecore.layers.backend import ACTIVATIONS
 
-__all__ = ["Plan", "apply_run", "gradients_by_hand"]
+__all__ = ["Plan", "apply_run", "forward_keeping", "gradients_by_hand"]
 
 #: Per layer: (activation or None, has a bias, its forward and input-gradient products through
 #: oneDNN, its weight-gradient product through oneDNN).
@@ -153,24 +153,27 @@ def _backward(
     return grad_x, grads
 
 
-def gradients_by_hand(
-    x: Tensor, plan: Plan, tensors: Sequence[Tensor], output_grad: Callable[[Tensor], Tensor]
-) -> tuple[Tensor, list[Tensor | None]]:
-    """The run's output on ``x`` and the gradient of each tensor, without the autograd engine.
-
-    ``output_grad`` maps the output to the gradient of the loss with respect to it.
-    The kernels and their order are those of a forward and backward pass through
-    :func:`apply_run`, so the gradients are the same to the bit; the saving is the
-    engine's bookkeeping. ``x`` needs no gradient here; a tensor that does not
-    require one gets None. Call it under ``torch.no_grad()``.
-    """
-    program = _program(plan)
+def forward_keeping(x: Tensor, plan: Plan, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Each layer's 2-D output on ``x``, the last one the run's: what :func:`gradients_by_hand` needs."""
     outputs: list[Tensor] = []
-    out = _forward(x, program, tensors, outputs)
+    _forward(x, _program(plan), tensors, outputs)
+    return outputs
+
+
+def gradients_by_hand(
+    grad: Tensor, x: Tensor, plan: Plan, tensors: Sequence[Tensor], outputs: Sequence[Tensor]
+) -> list[Tensor | None]:
+    """Each tensor's gradient, given the gradient of the run's output, without the autograd engine.
+
+    ``outputs`` come from :func:`forward_keeping` on the same ``x``. The kernels and
+    their order are those of a backward pass through :func:`apply_run`, so the
+    gradients are the same to the bit; the saving is the engine's bookkeeping.
+    ``x`` needs no gradient here; a tensor that does not require one gets None.
+    Call it under ``torch.no_grad()``.
+    """
     needs = (False, False, *(t.requires_grad for t in tensors))
-    weights = [tensors[w_at] for w_at, *_ in program]
-    _, grads = _backward(output_grad(out), x, plan, weights, outputs, needs, len(tensors), True)
-    return out, grads
+    weights = [tensors[w_at] for w_at, *_ in _program(plan)]
+    return _backward(grad, x, plan, weights, outputs, needs, len(tensors), True)[1]
 
 
 def apply_run(x: Tensor, plan: Plan, tensors: Sequence[Tensor]) -> Tensor:

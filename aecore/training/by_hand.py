@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from aecore.layers import backend
 from aecore.layers.chain import plan_layers, single_run
-from aecore.layers.run import gradients_by_hand
+from aecore.layers.run import forward_keeping, gradients_by_hand
 from aecore.model import Autoencoder
 
 __all__ = ["ByHandGradients"]
@@ -62,48 +62,43 @@ class ByHandGradients:
             return None
         before, layers, after = split
         with torch.no_grad():
-            h = x
-            for module in before:
-                h = module(h)
+            h = _through(before, x)
             planned = plan_layers(h, layers)
             if planned is None:
                 return None
             plan, tensors = planned
             if not any(t.requires_grad for t in tensors) or any(_has_grad_hooks(t) for t in tensors):
                 return None
-            loss: list[Tensor] = []
-
-            def output_grad(out: Tensor) -> Tensor:
-                value, grad = self._loss_and_grad(out, after, x)
-                loss.append(value)
-                return grad
-
-            _, grads = gradients_by_hand(h, plan, tensors, output_grad)
-            for t, grad in zip(tensors, grads, strict=True):
-                if grad is None:
+            outputs = forward_keeping(h, plan, tensors)
+            loss, grad = self._loss_and_grad(outputs[-1], after, x)
+            grads = gradients_by_hand(grad, h, plan, tensors, outputs)
+            for t, g in zip(tensors, grads, strict=True):
+                if g is None:
                     continue
                 if t.grad is None:
-                    t.grad = grad
+                    t.grad = g
                 else:
-                    t.grad += grad
-        return {"recon": loss[0]}
+                    t.grad += g
+        return {"recon": loss}
 
     def _loss_and_grad(self, out: Tensor, after: list[nn.Module], x: Tensor) -> tuple[Tensor, Tensor]:
         """The loss of the run's output ``out`` (passed through the reshapes ``after``) and its
         gradient with respect to ``out``, by the loss's own backward formula."""
-        shaped = out
-        for module in after:
-            shaped = module(shaped)
-        if self.loss_fn is F.mse_loss and shaped.shape == x.shape:
-            return _mse_and_grad(shaped, x, out.shape)
+        if self.loss_fn is F.mse_loss:
+            shaped = _through(after, out)
+            if shaped.shape == x.shape:  # else mse_loss broadcasts (and warns): its own autograd
+                return _mse_and_grad(shaped, x, out.shape)
         with torch.enable_grad():
             leaf = out.detach().requires_grad_()
-            shaped = leaf
-            for module in after:
-                shaped = module(shaped)
-            value = self.loss_fn(shaped, x)
+            value = self.loss_fn(_through(after, leaf), x)
             (grad,) = torch.autograd.grad(value, leaf)
         return value.detach(), grad
+
+
+def _through(modules: list[nn.Module], t: Tensor) -> Tensor:
+    for module in modules:
+        t = module(t)
+    return t
 
 
 def _mse_and_grad(recon: Tensor, target: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ import torch
 from aecore.config import param
 from aecore.data import TensorData
 from aecore.errors import AecoreError, ConfigError
+from aecore.evaluate import EVAL_BATCH
 from aecore.model import Autoencoder
 from aecore.training import distributed
 from aecore.training.by_hand import ByHandGradients
@@ -221,8 +222,8 @@ class DefaultTrainer:
                 for step, xb in enumerate(order, start=pos.step):
                     optimizer.zero_grad(set_to_none=True)
                     terms = by_hand(xb) if by_hand is not None else None
-                    backward = terms is None
-                    if terms is None:
+                    backward = terms is None  # by_hand has already filled the gradients
+                    if backward:
                         with autocast:
                             terms = engine(xb, loss_fn=run.loss_fn)
                     loss = functools.reduce(operator.add, terms.values())  # sum() would add a 0 first
@@ -371,7 +372,7 @@ class DefaultTrainer:
     ) -> float:
         model.eval()
         total = torch.zeros((), dtype=torch.float64, device=run.device)
-        for xb in val.batches(1000, part=part, reuse=True):
+        for xb in val.batches(EVAL_BATCH, part=part, reuse=True):
             if len(xb):
                 total += run.loss_fn(model(xb), xb).double() * xb.shape[0]
         model.train()

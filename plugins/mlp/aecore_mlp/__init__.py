@@ -93,9 +93,7 @@ class HiddenBlock(nn.Module):
 
     def fusable_layers(self) -> list[tuple[Linear, str | None]] | None:
         """Lets the enclosing Sequential fuse this block's layer into its run (aecore.layers.FusableBlock)."""
-        if self.skip is not None or self.body._forward_hooks or self.body._forward_pre_hooks:
-            return None
-        return self.body.fusable_layers()
+        return None if self.skip is not None else self.body.fusable_layers()
 
 
 def _hidden_blocks(widths: Sequence[int], config: MLPEncoderConfig | MLPDecoderConfig) -> list[nn.Module]:
