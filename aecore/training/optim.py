@@ -40,10 +40,7 @@ class FusedAdam(torch.optim.Adam):
     def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
         kwargs["fused"] = True
         super().__init__(params, **kwargs)
-        self._lists: (
-            list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] | None
-        )
-        self._lists = None
+        self._lists: list[_GroupLists] | None = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch's, without its profiler scope and grouping when gradients are simply dropped."""
@@ -65,7 +62,7 @@ class FusedAdam(torch.optim.Adam):
 
     def _build_lists(self) -> bool:
         """Cache each group's params and state; False if some group is outside the plain case."""
-        lists = []
+        lists: list[_GroupLists] = []
         for group in self.param_groups:
             params = group["params"]
             if any(group.get(k, v) != v for k, v in _PLAIN.items()) or group.get("decoupled_weight_decay"):
