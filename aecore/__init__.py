@@ -17,17 +17,24 @@ from aecore.errors import AecoreError
 
 if TYPE_CHECKING:
     from aecore.checkpoint import load, read_metadata, save
-    from aecore.model import Autoencoder, compose
-    from aecore.training import train
+    from aecore.compose import compose
+    from aecore.model import Autoencoder
+    from aecore.sources import load_dataset
+    from aecore.request import RunRequest
+    from aecore.training import TrainResult, resume, train
 
 __all__ = [
     "AecoreError",
     "Autoencoder",
+    "RunRequest",
+    "TrainResult",
     "__version__",
     "compose",
     "load",
+    "load_dataset",
     "read_metadata",
     "registry",
+    "resume",
     "save",
     "train",
 ]
@@ -37,19 +44,20 @@ _LAZY = {
     "save": "aecore.checkpoint",
     "read_metadata": "aecore.checkpoint",
     "Autoencoder": "aecore.model",
-    "compose": "aecore.model",
+    "compose": "aecore.compose",
+    "load_dataset": "aecore.sources",
+    "RunRequest": "aecore.request",
+    "TrainResult": "aecore.training",
+    "resume": "aecore.training",
     "train": "aecore.training",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # read from the installed metadata on first use only
-        from importlib.metadata import PackageNotFoundError, version
+        from aecore.entry_points import installed_version
 
-        try:
-            return version("aecore")
-        except PackageNotFoundError:  # a source tree that is not installed
-            return "0.0.0+unknown"
+        return installed_version("aecore")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'aecore' has no attribute {name!r}")

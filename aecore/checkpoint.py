@@ -18,9 +18,6 @@ under the real name.
 from __future__ import annotations
 
 import json
-import os
-import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,16 +28,18 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from aecore import registry
+from aecore.compose import compose
+from aecore.entry_points import installed_version
 from aecore.errors import AecoreError, CheckpointError
-from aecore.model import Autoencoder, ModelSpec, compose
+from aecore.io import atomic_write_bytes, read_header
+from aecore.model import Autoencoder, ComponentSpec, ModelSpec
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "load", "read_metadata", "resolve", "save"]
+__all__ = ["DEFAULT_NAME", "FORMAT", "FORMAT_VERSION", "load", "read_metadata", "resolve", "save"]
 
 FORMAT = "aecore.checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "aecore"
 DEFAULT_NAME = "model.safetensors"
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 def save(
@@ -68,29 +67,6 @@ def save(
     return path
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary sibling, flush it to disk, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def resolve(path: str | Path) -> Path:
     """A checkpoint file from a file path or a run directory holding ``model.safetensors``."""
     path = Path(path)
@@ -114,36 +90,60 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has metadata that is not valid JSON ({exc}).") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} metadata is not an aecore checkpoint description.")
-    if not isinstance(meta.get("format_version", 0), int):
-        raise CheckpointError(f"{path} metadata has an invalid format_version {meta['format_version']!r}.")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} metadata has an invalid format_version {version!r}.")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} uses checkpoint format {meta['format_version']}, newer than this aecore "
-            f"reads ({FORMAT_VERSION}); upgrade aecore."
+            f"{path} uses checkpoint format {version}, newer than this aecore reads ({FORMAT_VERSION}); "
+            "upgrade aecore."
         )
+    for key in ("model", "data", "training", "versions", "metrics"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise CheckpointError(f"{path} metadata has a malformed '{key}' entry (expected a table).")
     if not isinstance(meta.get("model"), dict):
         raise CheckpointError(f"{path} metadata lacks the model description.")
     return meta
 
 
-def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Autoencoder:
-    """Rebuild the model described by a checkpoint and load its weights (eval mode)."""
-    path = resolve(path)
-    meta = read_metadata(path)
+def model_spec(meta: Mapping[str, Any], path: Path) -> ModelSpec:
+    """The checked model description of a checkpoint's metadata."""
+    model = meta["model"]
     try:
-        spec = ModelSpec.from_dict(meta["model"])
-        for comp in (spec.encoder, spec.decoder, *spec.regularizers):
-            fields = ((comp.name, str), (comp.dist, str), (comp.params, dict))
-            if not all(isinstance(value, kind) for value, kind in fields):
-                raise TypeError(f"component entry {comp.name!r} needs a name, a dist and a params table")
+        spec = ModelSpec.from_dict(model)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} has a malformed model description ({exc}).") from None
+    shape_ok = isinstance(spec.input_shape, tuple) and all(_positive_int(s) for s in spec.input_shape)
+    if not spec.input_shape or not shape_ok:
+        raise CheckpointError(f"{path} has a malformed input_shape {model.get('input_shape')!r}.")
+    if not _positive_int(spec.latent_dim):
+        raise CheckpointError(f"{path} has a malformed latent_dim {model.get('latent_dim')!r}.")
+    for comp in (spec.encoder, spec.decoder, *spec.regularizers):
+        fields = ((comp.name, str), (comp.dist, str), (comp.version, str), (comp.params, dict))
+        if not all(isinstance(value, kind) for value, kind in fields):
+            raise CheckpointError(
+                f"{path} has a malformed component entry {comp.name!r}: it needs a name, a dist, "
+                "a version and a params table."
+            )
+    return spec
+
+
+def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Autoencoder:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode).
+
+    Components are looked up by the distribution that wrote them
+    (``aecore-mlp:mlp``), so another installed plugin of the same name does
+    not get in the way.
+    """
+    path = resolve(path)
+    meta = read_metadata(path)
+    spec = model_spec(meta, path)
     _require_installed(spec, path)
     try:
         model = compose(
-            spec.encoder.name,
-            spec.decoder.name,
-            [r.name for r in spec.regularizers],
+            spec.encoder.qualified_name,
+            spec.decoder.qualified_name,
+            [r.qualified_name for r in spec.regularizers],
             input_shape=spec.input_shape,
             latent_dim=spec.latent_dim,
             params={
@@ -167,42 +167,17 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Autoe
     return model.to(map_location).eval()
 
 
-def read_header(path: Path) -> dict[str, Any]:
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is not a safetensors file (only {size} bytes).")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(_MAX_HEADER, size - 8):
-            raise CheckpointError(
-                f"{path} is not a safetensors file, or is truncated (header claims {n} bytes)."
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{path} is not a safetensors file (unreadable header).") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a safetensors file (header is not a table).")
-    meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise CheckpointError(f"{path} is not a safetensors file (its metadata is not a table of strings).")
-    try:
-        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
-    except (KeyError, TypeError, IndexError, ValueError):
-        raise CheckpointError(f"{path} is not a safetensors file (malformed tensor entries).") from None
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path} is truncated: {size} bytes, header needs {8 + n + end}.")
-    return header
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _require_installed(spec: ModelSpec, path: Path) -> None:
-    parts = [("encoder", spec.encoder), ("decoder", spec.decoder)]
+    parts: list[tuple[str, ComponentSpec]] = [("encoder", spec.encoder), ("decoder", spec.decoder)]
     parts += [("regularizer", r) for r in spec.regularizers]
     for kind, comp in parts:
-        if not any(c.dist == comp.dist for c in registry.find(comp.name) if c.kind == kind):
-            installed = [c for c in registry.find(comp.name) if c.kind == kind]
-            hint = f" ({installed[0].dist} provides one, which may differ)" if installed else ""
+        same_name = [c for c in registry.every(kind) if c.name == comp.name]
+        if not any(c.dist == comp.dist for c in same_name):
+            hint = f" ({same_name[0].dist} provides one, which may differ)" if same_name else ""
             raise CheckpointError(
                 f"{path} needs {kind} '{comp.name}' from '{comp.dist}' (version {comp.version}), "
                 f"which is not installed{hint}; run: pip install {comp.dist}"
@@ -210,9 +185,7 @@ def _require_installed(spec: ModelSpec, path: Path) -> None:
 
 
 def _versions(spec: ModelSpec) -> dict[str, str]:
-    from aecore import __version__
-
-    versions = {"aecore": __version__, "torch": torch.__version__}
+    versions = {"aecore": installed_version("aecore"), "torch": torch.__version__}
     for comp in [spec.encoder, spec.decoder, *spec.regularizers]:
         versions[comp.dist] = comp.version
     return versions

@@ -1,19 +1,22 @@
-"""Typed component parameters, declared once.
+"""Typed parameters, declared once.
 
-A component declares its parameters as a dataclass whose fields use
-:func:`param`. Everything else is derived from that one declaration: the
-CLI's ``--set`` parsing, ``ae plugins show``, validation, and the JSON that
-goes into checkpoint metadata. This module imports nothing heavy, so the CLI
-can describe parameters without importing torch.
+A component, a data source or a run request declares its parameters as a
+frozen dataclass whose fields use :func:`param`. Everything else derives
+from that one declaration: ``--set`` parsing and generated CLI options,
+``ae plugins show``, validation, and the JSON stored in checkpoints. This
+module imports nothing heavy, so the CLI can describe parameters without
+importing torch.
 
 Supported field types: ``int``, ``float``, ``bool``, ``str``,
-``typing.Literal[...]``, ``tuple[int, ...]``, ``tuple[float, ...]``,
-``tuple[str, ...]`` and ``X | None`` of any of those.
+``typing.Literal[...]``, ``tuple[int | float | str, ...]``,
+``dict[str, ...]`` (JSON tables) and ``X | None`` of any of those.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -22,32 +25,42 @@ from typing import Any, Literal, get_args, get_origin
 
 from aecore.errors import ConfigError, suggest
 
-__all__ = [
-    "ParamSpec",
-    "config_from_dict",
-    "config_to_dict",
-    "param",
-    "params_of",
-    "parse_value",
-]
+__all__ = ["ParamSpec", "config_from_dict", "config_to_dict", "param", "params_of", "parse_value"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def param(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the natural name
-    """A config field with a default and a one-line help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def param(
+    default: Any,
+    help: str,  # noqa: A002 - "help" is the natural name
+    *,
+    flags: tuple[str, ...] = (),
+    repeat: bool = False,
+) -> Any:
+    """A config field with a default and a one-line help text.
+
+    ``flags`` and ``repeat`` only matter where a command line is generated
+    from the dataclass (``ae train`` from the run request): the option names
+    (default ``--field-name``), and whether the option may be given several
+    times (a tuple field), instead of once with comma-separated items.
+    """
+    metadata = {"help": help, "flags": flags, "repeat": repeat}
+    if isinstance(default, dict | list | set):  # a fresh copy for every instance
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One parameter of a component: what ``ae plugins show`` prints."""
+    """One declared parameter: what ``ae plugins show`` prints and the CLI generates."""
 
     name: str
     type: Any
     default: Any
     help: str
+    flags: tuple[str, ...] = ()
+    repeat: bool = False
 
     @property
     def type_name(self) -> str:
@@ -57,6 +70,10 @@ class ParamSpec:
     def choices(self) -> tuple[Any, ...] | None:
         base, _ = _unwrap_optional(self.type)
         return get_args(base) if get_origin(base) is Literal else None
+
+    @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
 
 
 def params_of(config_cls: type) -> list[ParamSpec]:
@@ -68,13 +85,19 @@ def params_of(config_cls: type) -> list[ParamSpec]:
     for f in dataclasses.fields(config_cls):
         if not f.init:
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
+        default: Any = f.default
+        if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
-        specs.append(ParamSpec(f.name, hints[f.name], default, f.metadata.get("help", "")))
+        specs.append(
+            ParamSpec(
+                f.name,
+                hints[f.name],
+                default,
+                f.metadata.get("help", ""),
+                tuple(f.metadata.get("flags", ())),
+                bool(f.metadata.get("repeat", False)),
+            )
+        )
     return specs
 
 
@@ -84,11 +107,11 @@ def parse_value(spec: ParamSpec, text: str) -> Any:
 
 
 def config_from_dict(config_cls: type, values: Mapping[str, Any], *, owner: str = "") -> Any:
-    """Build and validate a config from JSON-like values or CLI strings.
+    """Build and validate a config from JSON-like values or command-line strings.
 
     Unknown keys and ill-typed values raise :class:`ConfigError` naming the
     parameter, the expected type and the fix. A ``ValueError`` raised by the
-    config's own ``__post_init__`` is turned into a ``ConfigError`` too.
+    config's own ``__post_init__`` becomes a ``ConfigError`` too.
     """
     specs = {s.name: s for s in params_of(config_cls)}
     where = f"{owner}." if owner else ""
@@ -97,14 +120,14 @@ def config_from_dict(config_cls: type, values: Mapping[str, Any], *, owner: str 
         if key not in specs:
             known = ", ".join(specs) or "none"
             raise ConfigError(
-                f"unknown parameter '{where}{key}'.{suggest(key, specs)} Known parameters: {known}."
+                f"unknown parameter '{where}{key}'.{suggest(str(key), specs)} Known parameters: {known}."
             )
         spec = specs[key]
         if isinstance(value, str) and spec.type is not str:
             kwargs[key] = _parse(spec.type, value.strip(), where + key)
         else:
             kwargs[key] = _coerce(spec.type, value, where + key)
-    missing = [n for n, s in specs.items() if s.default is dataclasses.MISSING and n not in kwargs]
+    missing = [n for n, s in specs.items() if s.required and n not in kwargs]
     if missing:
         raise ConfigError(f"missing required parameter(s): {', '.join(where + m for m in missing)}.")
     try:
@@ -122,6 +145,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
     return value
@@ -142,6 +167,8 @@ def _type_name(tp: Any) -> str:
         name = "|".join(str(a) for a in get_args(base))
     elif origin is tuple:
         name = f"{_type_name(get_args(base)[0])} list"
+    elif origin is dict:
+        name = "table"
     else:
         name = getattr(base, "__name__", str(base))
     return f"{name} or none" if optional else name
@@ -150,6 +177,12 @@ def _type_name(tp: Any) -> str:
 def _bad(name: str, tp: Any, value: Any, detail: str = "") -> ConfigError:
     extra = f" ({detail})" if detail else ""
     return ConfigError(f"bad value {value!r} for '{name}': expected {_type_name(tp)}{extra}.")
+
+
+def _number(base: type, value: Any, name: str) -> Any:
+    if base is float and not math.isfinite(value):
+        raise _bad(name, base, value, "a finite number")
+    return value
 
 
 def _parse(tp: Any, text: str, name: str) -> Any:
@@ -177,12 +210,12 @@ def _parse(tp: Any, text: str, name: str) -> Any:
         raise _bad(name, base, text, "use true or false")
     if base in (int, float):
         try:
-            return base(text)
-        except ValueError:
+            return _number(base, base(text), name)
+        except (ValueError, OverflowError):
             raise _bad(name, base, text) from None
     if base is str:
         return text
-    raise ConfigError(f"parameter '{name}' has an unsupported type {tp!r}.")
+    raise ConfigError(f"parameter '{name}' cannot be given as text; set it from Python or a config file.")
 
 
 def _coerce(tp: Any, value: Any, name: str) -> Any:
@@ -193,16 +226,23 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         raise _bad(name, tp, value)
     origin = get_origin(base)
     if origin is tuple:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list | tuple):
             raise _bad(name, tp, value)
         item_type = get_args(base)[0]
         return tuple(_coerce(item_type, v, name) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise _bad(name, tp, value, "a table with text keys")
+        item_type = get_args(base)[1]
+        return {k: v if item_type is Any else _coerce(item_type, v, f"{name}.{k}") for k, v in value.items()}
     if origin is Literal:
         if value in get_args(base):
             return value
         raise _bad(name, base, value, f"choose one of {', '.join(map(str, get_args(base)))}")
+    if base is Any:
+        return value
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -215,7 +255,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         raise _bad(name, base, value)
     if base is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return _number(float, float(value), name)
         raise _bad(name, base, value)
     if base is str:
         if isinstance(value, str):

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["EntryPointRecord", "read_entry_points"]
+__all__ = ["EntryPointRecord", "installed_version", "read_entry_points"]
 
 _SUFFIXES = (".dist-info", ".egg-info")
 
@@ -53,7 +53,7 @@ def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
-    except OSError:
+    except (OSError, ValueError):  # unreadable, or not UTF-8: that distribution only is skipped
         return None
 
 
@@ -118,3 +118,13 @@ def _from_importlib(group_prefix: str, entry: str) -> list[EntryPointRecord]:
             if ep.group.startswith(group_prefix)
         ]
     return records
+
+
+def installed_version(dist: str) -> str:
+    """The installed version of distribution ``dist``, or ``0.0.0+unknown`` when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "0.0.0+unknown"

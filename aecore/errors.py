@@ -17,8 +17,12 @@ class AecoreError(Exception):
     exit_code = 2
 
 
+class Notice(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it on one line)."""
+
+
 class UnknownComponentError(AecoreError, LookupError):
-    """A component name that no installed plugin provides."""
+    """A name (of any kind of plugin) that no installed plugin provides."""
 
 
 class AmbiguousComponentError(AecoreError, LookupError):

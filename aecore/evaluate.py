@@ -11,9 +11,10 @@ import math
 import torch
 
 from aecore.data import TensorData
+from aecore.distributed import all_reduce_sum
 from aecore.model import Autoencoder
 
-__all__ = ["EVAL_BATCH", "bce_per_pixel", "reconstruction_metrics"]
+__all__ = ["EVAL_BATCH", "bce_per_pixel", "psnr", "reconstruction_metrics"]
 
 #: Samples per evaluation batch: large enough to be fast, small enough to bound memory.
 EVAL_BATCH = 1000
@@ -35,8 +36,6 @@ def reconstruction_metrics(
     distributed job, ``part`` = (rank, world size) splits the work and the
     sums are added up across ranks.
     """
-    from aecore.training.distributed import all_reduce_sum
-
     was_training = model.training
     model.eval()
     sse = torch.zeros((), dtype=torch.float64, device=device)
@@ -54,8 +53,13 @@ def reconstruction_metrics(
     mse = per_image / math.prod(data.shape)
     metrics = {"mse_per_pixel": mse, "sse_per_image": per_image}
     if data.normalisation.get("kind") == "scale":
-        metrics["psnr"] = 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
+        metrics["psnr"] = psnr(mse)
     return metrics
+
+
+def psnr(mse: float) -> float:
+    """Peak signal-to-noise ratio in dB of a mean squared error, for data in [0, 1]."""
+    return 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
 
 
 @torch.no_grad()

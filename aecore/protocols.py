@@ -1,32 +1,47 @@
-"""The four component contracts: Encoder, Decoder, Regularizer, Trainer.
+"""The contracts every kind of plugin meets, and the run object trainers and hooks receive.
 
 These are structural (:class:`typing.Protocol`): a plugin conforms by shape,
-not by inheriting from aecore. Every component class also carries a
-``Config`` dataclass (see :mod:`aecore.config`) and is constructed as::
+not by inheriting from aecore. Every class-based plugin carries a ``Config``
+dataclass (see :mod:`aecore.config`) and is constructed as::
 
     Encoder(config, *, input_shape=(1, 28, 28), latent_dim=32)
     Decoder(config, *, input_shape=(1, 28, 28), latent_dim=32)
     Regularizer(config, *, latent_dim=32)
     Trainer(config)
+    DataSource(config)
+    Backend(config)
 
 Encoders, decoders and regularizers are ``torch.nn.Module`` subclasses so
-their weights travel in the checkpoint. This module does not import torch.
+their weights travel in the checkpoint. A loss is a function
+``loss(recon, target) -> 0-d tensor`` (or a class with a ``Config`` whose
+instances are such functions). A command is a function or a ``typer.Typer``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor, nn
 
-    from aecore.data import TensorData
-    from aecore.model import Autoencoder
-    from aecore.training.context import RunContext
+    from aecore.data import Dataset, TensorData
+    from aecore.model import Autoencoder, LossFn
 
-__all__ = ["Decoder", "Encoder", "Regularizer", "Trainer", "check_component_class"]
+__all__ = [
+    "Backend",
+    "DataSource",
+    "Decoder",
+    "Encoder",
+    "Regularizer",
+    "ResumeState",
+    "RunContext",
+    "StepFn",
+    "Trainer",
+]
 
 
 @runtime_checkable
@@ -55,12 +70,13 @@ class Decoder(Protocol):
 class Regularizer(Protocol):
     """Adds a named penalty term to the loss, and may reshape the input or code.
 
-    ``penalty`` receives the (possibly corrupted) encoder input, the codes,
-    the reconstruction and the whole model; it returns a scalar already
-    multiplied by the regularizer's weight. ``transform_input`` runs before
-    encoding in training only (denoising lives here; the clean batch stays
-    the target). ``transform_code`` runs between encoder and decoder, in
-    training and evaluation (TopK and variational codes live here).
+    ``penalty`` receives the (possibly corrupted) encoder input, the code
+    after every ``transform_code``, the reconstruction and the whole model;
+    it returns a scalar already multiplied by the regularizer's weight.
+    ``transform_input`` runs before encoding in training only (denoising
+    lives here; the clean batch stays the target). ``transform_code`` runs
+    between encoder and decoder, in training and evaluation (TopK and
+    variational codes live here).
     """
 
     config: Any
@@ -77,8 +93,9 @@ class Trainer(Protocol):
     """Fits a composed model on training data, watching validation data.
 
     A trainer may also define ``check(model) -> None``, raising
-    :class:`aecore.errors.ConfigError` for a model it cannot train; it is
-    called before the run directory is created.
+    :class:`aecore.errors.ConfigError` for a model it cannot train (it is
+    called before the run directory is created), and set
+    ``supports_resume = True`` when it continues from ``run.resume``.
     """
 
     config: Any
@@ -88,40 +105,88 @@ class Trainer(Protocol):
     ) -> Mapping[str, float]: ...
 
 
-_PROTOCOLS: dict[str, type] = {
-    "encoder": Encoder,
-    "decoder": Decoder,
-    "regularizer": Regularizer,
-    "trainer": Trainer,
-}
-_METHODS: dict[str, tuple[str, ...]] = {
-    "encoder": ("forward",),
-    "decoder": ("forward",),
-    "regularizer": ("penalty", "transform_input", "transform_code"),
-    "trainer": ("fit",),
-}
+@runtime_checkable
+class DataSource(Protocol):
+    """Loads a dataset for ``--data NAME`` or ``--data NAME:LOCATION?option=value&...``.
 
-
-def check_component_class(kind: str, cls: Any) -> list[str]:
-    """Problems that stop ``cls`` from being used as a ``kind`` component (empty if none).
-
-    This is the static check done when a plugin is loaded; the conformance
-    tests in ``tests/`` exercise the behaviour (shapes, gradients).
+    Options after ``?`` are the source's ``Config`` fields, parsed by their
+    declared types. ``normalisation`` is a trained model's record when the
+    data is reloaded for it (a table then reuses its training statistics).
+    Optional methods: ``locate(location, data_dir) -> str`` gives the
+    location in the form to record (an absolute path, say), and
+    ``files(location, data_dir=...) -> list[Path]`` lists the files whose
+    state decides whether a cached copy is still good.
     """
-    problems = []
-    if not isinstance(cls, type):
-        return [f"entry point must name a class, got {type(cls).__name__}"]
-    config = getattr(cls, "Config", None)
-    if config is None or not dataclasses.is_dataclass(config):
-        problems.append("it has no 'Config' dataclass declaring its parameters")
-    for method in _METHODS[kind]:
-        if not callable(getattr(cls, method, None)):
-            problems.append(f"it has no '{method}' method")
-    if kind != "trainer" and not any(c.__name__ == "Module" for c in cls.__mro__):
-        problems.append("it is not a torch.nn.Module")
-    return problems
+
+    config: Any
+
+    def load(
+        self, location: str | None, *, data_dir: Path | None, normalisation: Mapping[str, Any] | None
+    ) -> Dataset: ...
 
 
-def protocol_for(kind: str) -> type:
-    """The Protocol class for a component kind."""
-    return _PROTOCOLS[kind]
+#: A training step a backend supplies: loss terms (detached) for batch ``x``, with every
+#: parameter's ``.grad`` set as ``backward()`` would; or None to let autograd take this batch.
+StepFn = Callable[["Tensor"], "Mapping[str, Tensor] | None"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Prepares a model for a device, and may supply the optimizer and the training step.
+
+    ``probe(device)`` says why the backend cannot serve ``device`` (None: it
+    can); it runs once per run, before anything else. ``optimizer`` and
+    ``step`` may return None to leave that part to the trainer's default.
+    Speed tricks live here, never in components.
+    """
+
+    config: Any
+
+    def probe(self, device: torch.device) -> str | None: ...
+
+    def prepare(self, model: Autoencoder, device: torch.device) -> Autoencoder: ...
+
+    def optimizer(
+        self, params: Sequence[Tensor], *, lr: float, weight_decay: float
+    ) -> torch.optim.Optimizer | None: ...
+
+    def step(self, model: Autoencoder, loss_fn: LossFn) -> StepFn | None: ...
+
+
+@dataclass
+class ResumeState:
+    """A decoded resume file: what a trainer continues from (see :mod:`aecore.state`)."""
+
+    request: dict[str, Any]
+    trainer: dict[str, Any]
+    trainer_tensors: dict[str, Tensor]
+    model_state: dict[str, Tensor]
+    rng: dict[str, Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    """The surroundings of one training run, handed to the trainer and to every hook.
+
+    ``out_dir`` is the run directory; ``info`` describes the run (encoder,
+    decoder, regularizers, trainer, data, train_size, val_size, parameters,
+    resumed, backend). ``hooks`` is the pluggy hook relay
+    (``run.hooks.ae_epoch_end(...)``). ``save_checkpoint(model, filename,
+    metrics)`` writes atomically into ``out_dir`` with full metadata and
+    fires ``ae_checkpoint_saved``. A trainer that supports resuming saves its
+    state with ``save_resume(model, trainer_meta, trainer_tensors)`` and
+    continues from ``resume`` when it is set. ``backend`` is the chosen
+    backend, or None for plain autograd.
+    """
+
+    out_dir: Path
+    device: torch.device
+    loss_fn: LossFn
+    seed: int
+    hooks: Any
+    save_checkpoint: Callable[[Autoencoder, str, Mapping[str, float]], Path]
+    info: dict[str, Any] = field(default_factory=dict)
+    resume: ResumeState | None = None
+    save_resume: Callable[[Autoencoder, Mapping[str, Any], Mapping[str, Tensor]], Path] | None = None
+    backend: Backend | None = None

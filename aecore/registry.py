@@ -1,17 +1,19 @@
-"""Find, list, look up and build components by name.
+"""Find, list, look up and build plugins of every kind by name.
 
-Components are published through entry points in four groups::
-
-    aecore.encoders   aecore.decoders   aecore.regularizers   aecore.trainers
+Each kind has an entry-point group (see :data:`GROUPS`): components
+(``aecore.encoders``, ``aecore.decoders``, ``aecore.regularizers``,
+``aecore.trainers``) and what surrounds them (``aecore.hooks``,
+``aecore.presets``, ``aecore.commands``, ``aecore.datasets``,
+``aecore.losses``, ``aecore.backends``).
 
 Listing reads entry-point metadata only: no plugin module is imported until a
-component is first used, so ``ae plugins list`` stays fast and a plugin that
+plugin is first used, so ``ae plugins list`` stays fast and a plugin that
 fails to import breaks only itself. The scan happens once per process;
-:func:`refresh` repeats it (tests and long-lived processes that install
-plugins at run time need that).
+:func:`refresh` repeats it.
 
 Names may be qualified by their distribution, ``aecore-conv:conv``, to pick
-one when two distributions publish the same name.
+one when two distributions publish the same name; checkpoints record the
+qualified form, so installing a second ``mlp`` never breaks a saved model.
 
 Two environment variables narrow discovery, in the manner of pytest:
 ``AECORE_DISABLE_PLUGIN_AUTOLOAD=1`` keeps only aecore's own built-ins, and
@@ -36,18 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aecore import kinds
 from aecore.entry_points import read_entry_points
-from aecore.errors import (
-    AmbiguousComponentError,
-    PluginLoadError,
-    UnknownComponentError,
-    suggest,
-)
+from aecore.errors import AmbiguousComponentError, Notice, PluginLoadError, UnknownComponentError, suggest
 
 __all__ = [
+    "COMPONENT_KINDS",
     "GROUPS",
     "KINDS",
     "ComponentInfo",
+    "PluginInfo",
+    "PluginWarning",
     "build",
     "find",
     "get",
@@ -56,29 +57,25 @@ __all__ = [
     "refresh",
 ]
 
-#: Component kind -> entry-point group.
-GROUPS: dict[str, str] = {
-    "encoder": "aecore.encoders",
-    "decoder": "aecore.decoders",
-    "regularizer": "aecore.regularizers",
-    "trainer": "aecore.trainers",
-}
+#: Kind -> entry-point group, for every kind.
+GROUPS: dict[str, str] = {k.name: k.group for k in kinds.KINDS.values()}
 KINDS: tuple[str, ...] = tuple(GROUPS)
+COMPONENT_KINDS = kinds.COMPONENT_KINDS
 CORE_DIST = "aecore"
 DISABLE_ENV = "AECORE_DISABLE_PLUGIN_AUTOLOAD"
 ALLOW_ENV = "AECORE_PLUGINS"
-HOOKS_GROUP = "aecore.hooks"
-#: Other entry-point groups aecore reads (not components): group -> kind label.
-OTHER_GROUPS: dict[str, str] = {HOOKS_GROUP: "hook", "aecore.presets": "preset"}
+
+#: Where to look for what is installed, per kind (the hint in "unknown name" errors).
+_SEE = {"preset": "ae presets", "command": "ae --help"}
 
 
-class PluginWarning(UserWarning):
+class PluginWarning(Notice):
     """A plugin could not be loaded; everything else keeps working."""
 
 
 @dataclass(frozen=True)
-class ComponentInfo:
-    """What the entry-point metadata says about one component, read without importing it."""
+class PluginInfo:
+    """What the entry-point metadata says about one plugin, read without importing it."""
 
     kind: str
     name: str
@@ -91,36 +88,41 @@ class ComponentInfo:
         return f"{self.dist}:{self.name}"
 
     def load(self) -> Any:
-        """Import the component's object. Failures raise :class:`PluginLoadError`."""
+        """Import the plugin's object. Failures raise :class:`PluginLoadError`."""
         return _load(self)
 
 
-def list_components(kind: str | None = None, pattern: str = "*") -> list[ComponentInfo]:
-    """Components of one kind (or all kinds) whose name matches a shell-style ``pattern``.
+#: The older name of :class:`PluginInfo`.
+ComponentInfo = PluginInfo
+
+
+def list_components(kind: str | None = None, pattern: str = "*") -> list[PluginInfo]:
+    """Plugins of one kind (or of every kind) whose name matches a shell-style ``pattern``.
 
     >>> [c.name for c in list_components("encoder", "c*")]  # doctest: +SKIP
     ['conv']
     """
-    kinds = KINDS if kind is None else (_check_kind(kind),)
+    chosen = KINDS if kind is None else (_check_kind(kind),)
     return [
         c
-        for k in kinds
+        for k in chosen
         for c in _scan().get(GROUPS[k], ())
         if fnmatch.fnmatchcase(c.name, pattern) or fnmatch.fnmatchcase(c.qualified_name, pattern)
     ]
 
 
-def info(kind: str, name: str) -> ComponentInfo:
-    """The metadata of one component; raises for unknown or ambiguous names."""
+def info(kind: str, name: str) -> PluginInfo:
+    """The metadata of one plugin; raises for unknown or ambiguous names."""
     _check_kind(kind)
     dist, _, short = name.rpartition(":")
     entries = _scan().get(GROUPS[kind], ())
-    matches = [c for c in entries if c.name == short and (not dist or c.dist == dist)]
+    matches = [c for c in entries if c.name == short and (not dist or c.dist == _normalise(dist))]
     if not matches:
         installed = ", ".join(sorted({c.name for c in entries})) or "none"
+        where = "" if not dist or short not in {c.name for c in entries} else f" from {dist}"
         raise UnknownComponentError(
-            f"unknown {kind} '{name}'.{suggest(short, (c.name for c in entries))} "
-            f"Installed {kind}s: {installed} (see 'ae plugins list')."
+            f"unknown {kind} '{name}'{where}.{suggest(short, (c.name for c in entries))} "
+            f"Installed {kind}s: {installed} (see '{_SEE.get(kind, 'ae plugins list')}')."
         )
     if len(matches) > 1:
         choices = " or ".join(f"'{c.qualified_name}'" for c in matches)
@@ -131,21 +133,21 @@ def info(kind: str, name: str) -> ComponentInfo:
 
 
 def get(kind: str, name: str) -> Any:
-    """The component class registered as ``name`` for ``kind`` (imports it on first use)."""
+    """The object registered as ``name`` for ``kind`` (imported on first use)."""
     return info(kind, name).load()
 
 
-def find(name: str) -> list[ComponentInfo]:
-    """Every component, of any kind, registered under ``name`` (qualified or not)."""
+def find(name: str) -> list[PluginInfo]:
+    """Every plugin, of any kind, registered under ``name`` (qualified or not)."""
     dist, _, short = name.rpartition(":")
-    return [c for c in list_components() if c.name == short and (not dist or c.dist == dist)]
+    return [c for c in list_components() if c.name == short and (not dist or c.dist == _normalise(dist))]
 
 
 def build(kind: str, name: str, params: dict[str, Any] | None = None, **context: Any) -> Any:
-    """Build a component from its name and parameters.
+    """Build a plugin with a ``Config`` from its name and parameters.
 
-    ``params`` are validated against the component's ``Config`` (strings are
-    parsed as on the command line); ``context`` carries what the component
+    ``params`` are validated against the plugin's ``Config`` (strings are
+    parsed as on the command line); ``context`` carries what the plugin
     needs from its surroundings, such as ``input_shape`` and ``latent_dim``.
     """
     from aecore.config import config_from_dict
@@ -155,53 +157,17 @@ def build(kind: str, name: str, params: dict[str, Any] | None = None, **context:
     return cls(config, **context)
 
 
+def names(kind: str) -> list[str]:
+    """Registered names of one kind (unqualified, sorted, each once)."""
+    return sorted({c.name for c in list_components(kind)})
+
+
 def refresh() -> None:
     """Forget the entry-point scan and loaded objects (after installing plugins at run time)."""
     _scan.cache_clear()
     _loaded.clear()
     _warned.clear()
     importlib.invalidate_caches()
-
-
-# -- internals ---------------------------------------------------------------
-
-_loaded: dict[ComponentInfo, Any] = {}
-_warned: set[ComponentInfo] = set()
-
-
-def _check_kind(kind: str) -> str:
-    if kind not in GROUPS:
-        raise UnknownComponentError(
-            f"unknown component kind '{kind}'.{suggest(kind, KINDS)} Kinds: {', '.join(KINDS)}."
-        )
-    return kind
-
-
-def entry_point_infos(group: str) -> tuple[ComponentInfo, ...]:
-    """All entry points in ``group`` as metadata records (used for hooks and presets)."""
-    return _scan().get(group, ())
-
-
-@functools.cache
-def _scan() -> dict[str, tuple[ComponentInfo, ...]]:
-    kind_of = {g: k for k, g in GROUPS.items()} | OTHER_GROUPS
-    found: dict[str, dict[tuple[str, str], ComponentInfo]] = {g: {} for g in kind_of}
-    allowed = allowed_distributions()
-    first: dict[str, str] = {}  # distribution -> where its first copy on sys.path lives
-    for ep in read_entry_points("aecore."):
-        name = _normalise(ep.dist)
-        if first.setdefault(name, ep.location) != ep.location:
-            continue  # the same distribution again further down sys.path: the first one wins, as for imports
-        if allowed is not None and name not in allowed:
-            continue
-        if ep.group in found:
-            record = ComponentInfo(kind_of[ep.group], ep.name, ep.value, name, ep.version)
-            found[ep.group].setdefault((name, ep.name), record)
-    return {g: tuple(sorted(v.values(), key=lambda c: (c.name, c.dist))) for g, v in found.items()}
-
-
-def _normalise(dist: str) -> str:
-    return dist.replace("_", "-").replace(".", "-").lower()
 
 
 def allowed_distributions() -> set[str] | None:
@@ -214,9 +180,9 @@ def allowed_distributions() -> set[str] | None:
     return {CORE_DIST} | {_normalise(d.strip()) for d in listed.split(",") if d.strip()}
 
 
-def duplicates() -> dict[tuple[str, str], list[ComponentInfo]]:
+def duplicates() -> dict[tuple[str, str], list[PluginInfo]]:
     """(kind, name) pairs published by more than one distribution."""
-    by_name: dict[tuple[str, str], list[ComponentInfo]] = {}
+    by_name: dict[tuple[str, str], list[PluginInfo]] = {}
     for group in _scan().values():
         for c in group:
             by_name.setdefault((c.kind, c.name), []).append(c)
@@ -224,14 +190,58 @@ def duplicates() -> dict[tuple[str, str], list[ComponentInfo]]:
 
 
 def known_broken() -> dict[str, str]:
-    """Plugins whose last load failed, by ``dist:name`` of the installed version -> reason."""
+    """Plugins whose last load failed, by ``kind:dist:name`` of the installed version -> reason."""
     record = _read_status()
     current = {f"{c.kind}:{c.qualified_name}": c.version for g in _scan().values() for c in g}
-    return {
-        key.partition(":")[2]: entry["reason"]
-        for key, entry in record.items()
-        if current.get(key) == entry.get("version")
-    }
+    return {key: entry["reason"] for key, entry in record.items() if current.get(key) == entry.get("version")}
+
+
+def report_broken(entry: PluginInfo, reason: str) -> None:
+    """Record and warn (once per process) that ``entry`` cannot be used, for ``reason``.
+
+    Called by whoever carries on without the plugin (the hook manager, backend
+    choice, listings): a failure that is raised instead is said by the error.
+    """
+    if entry not in _warned:
+        _warned.add(entry)
+        warnings.warn(reason, PluginWarning, stacklevel=3)
+        _write_status(entry, reason)
+
+
+# -- internals ---------------------------------------------------------------
+
+_loaded: dict[PluginInfo, Any] = {}
+_warned: set[PluginInfo] = set()
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in GROUPS:
+        raise UnknownComponentError(
+            f"unknown plugin kind '{kind}'.{suggest(kind, KINDS)} Kinds: {', '.join(KINDS)}."
+        )
+    return kind
+
+
+@functools.cache
+def _scan() -> dict[str, tuple[PluginInfo, ...]]:
+    kind_of = {g: k for k, g in GROUPS.items()}
+    found: dict[str, dict[tuple[str, str], PluginInfo]] = {g: {} for g in kind_of}
+    allowed = allowed_distributions()
+    first: dict[str, str] = {}  # distribution -> where its first copy on sys.path lives
+    for ep in read_entry_points("aecore."):
+        name = _normalise(ep.dist)
+        if first.setdefault(name, ep.location) != ep.location:
+            continue  # the same distribution again further down sys.path: the first one wins, as imports do
+        if allowed is not None and name not in allowed:
+            continue
+        if ep.group in found:
+            record = PluginInfo(kind_of[ep.group], ep.name, ep.value, name, ep.version)
+            found[ep.group].setdefault((name, ep.name), record)
+    return {g: tuple(sorted(v.values(), key=lambda c: (c.name, c.dist))) for g, v in found.items()}
+
+
+def _normalise(dist: str) -> str:
+    return dist.replace("_", "-").replace(".", "-").lower()
 
 
 def _status_file() -> Path:
@@ -245,10 +255,12 @@ def _read_status() -> dict[str, dict[str, str]]:
         data = json.loads(_status_file().read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("reason"), str)}
 
 
-def _write_status(entry: ComponentInfo, reason: str | None) -> None:
+def _write_status(entry: PluginInfo, reason: str | None) -> None:
     """Remember (or forget) a failed load; best effort, never fails the caller."""
     key = f"{entry.kind}:{entry.qualified_name}"
     record = _read_status()
@@ -268,7 +280,7 @@ def _write_status(entry: ComponentInfo, reason: str | None) -> None:
         pass
 
 
-def _load(entry: ComponentInfo) -> Any:
+def _load(entry: PluginInfo) -> Any:
     if entry in _loaded:
         return _loaded[entry]
     module_name, _, attr = entry.target.partition(":")
@@ -279,25 +291,21 @@ def _load(entry: ComponentInfo) -> Any:
             obj = getattr(obj, part)
     except Exception as exc:  # a plugin can fail in any way; it must only break itself
         raise _broken(entry, f"{where} could not be loaded ({type(exc).__name__}: {exc})") from exc
-    if entry.kind in GROUPS:
-        from aecore.protocols import check_component_class
-
-        problems = check_component_class(entry.kind, obj)
-        if problems:
-            raise _broken(entry, f"{where} is not a valid {entry.kind}: {'; '.join(problems)}")
+    problems = kinds.check(entry.kind, obj)
+    if problems:
+        raise _broken(entry, f"{where} is not a valid {entry.kind}: {'; '.join(problems)}")
     _loaded[entry] = obj
     _write_status(entry, None)
     return obj
 
 
-def _broken(entry: ComponentInfo, message: str) -> PluginLoadError:
-    if entry not in _warned:
-        _warned.add(entry)
-        warnings.warn(message, PluginWarning, stacklevel=3)
-        _write_status(entry, message)
+def _broken(entry: PluginInfo, message: str) -> PluginLoadError:
+    """The error to raise; the failure is recorded for 'ae plugins list'. Callers that carry on
+    without the plugin report it with :func:`report_broken`, so it is said once, not twice."""
+    _write_status(entry, message)
     return PluginLoadError(f"{message}. Reinstall or update {entry.dist}, or uninstall it.")
 
 
-def names(kind: str) -> Iterable[str]:
-    """Registered names of one kind (unqualified)."""
-    return (c.name for c in list_components(kind))
+def every(kind: str) -> Iterable[PluginInfo]:
+    """Every plugin of ``kind`` (no pattern): what the hook manager and the command table read."""
+    return _scan().get(GROUPS[_check_kind(kind)], ())

@@ -1,44 +1,98 @@
-"""The Typer application and its error boundary.
+"""The ``ae`` command: a group whose command table is the ``aecore.commands`` entry points.
 
-Every failure the user can fix (an unknown name, a bad value, a missing
-file, a wrong option) leaves as one line on stderr with exit code 2.
+Listing the commands (``ae --help``, shell completion) reads entry-point
+metadata and each command's one-line help from its source file, statically:
+no plugin is imported, and neither is torch. A command is imported when it
+is run. aecore's own commands (train, eval, inspect, presets, plugins) are
+entry points of the same group, so a third party's ``ae mycommand`` is
+listed and run exactly like them.
+
+Every failure the user can fix leaves as one line on stderr with exit code
+2; a broken command plugin breaks only itself.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
-from typer.main import get_command_name
-from typer.models import CommandInfo
+from typer.core import TyperCommand, TyperGroup
 
-from aecore.cli import analyse_apply, analyse_data, analyse_visual, bench, evaluate, plugins, presets, train
-from aecore.cli.lazy_coercion import defer_typer_coercion
-from aecore.cli.output import fail_line
-from aecore.errors import AecoreError
+from aecore import registry
+from aecore.cli.help import command_help
+from aecore.cli.output import fail_line, warning_line
+from aecore.errors import AecoreError, AmbiguousComponentError, Notice, UnknownComponentError, suggest
 
-defer_typer_coercion()
+__all__ = ["AeGroup", "app", "main", "to_click"]
+
+HELP = "aecore: train, compose and inspect autoencoders built from plugins."
 
 
 class AeGroup(TyperGroup):
-    """A command group whose errors are one line, never a traceback or a panel."""
+    """The root group: commands come from entry points, are listed from metadata and load on use."""
 
-    def main(
-        self,
-        args: Any = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return registry.names("command")
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if self._listing:
+            return self._stub(cmd_name)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            entry = registry.info("command", cmd_name)
+        except AmbiguousComponentError:
+            raise
+        except UnknownComponentError:
+            if ctx.resilient_parsing:
+                return None
+            names = registry.names("command")
+            raise UnknownComponentError(
+                f"no command '{cmd_name}'.{suggest(cmd_name, names)} Commands: {', '.join(names)} "
+                "(see 'ae --help')."
+            ) from None
+        return to_click(entry.load(), entry.name)
+
+    def _stub(self, name: str) -> Any:
+        """A command carrying only the name and one-line help that the metadata gives."""
+        entries = [e for e in registry.every("command") if e.name == name]
+        if not entries:
+            return None
+        if len(entries) > 1:
+            text = f"(provided by {' and '.join(e.dist for e in entries)}; run 'ae DIST:{name}')"
+        else:
+            text = command_help(entries[0])
+        return TyperCommand(name=name, help=text, callback=None)
+
+    @contextlib.contextmanager
+    def listing(self) -> Iterator[None]:
+        """Within this block, commands are metadata stand-ins: nothing is imported."""
+        self._listing = True
+        try:
+            yield
+        finally:
+            self._listing = False
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        with self.listing():
+            super().format_commands(ctx, formatter)
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> Any:
+        with self.listing():
+            return super().shell_complete(ctx, incomplete)
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        if not extra.get("standalone_mode", True):
+            return super().main(args, prog_name, **extra)
+        extra["standalone_mode"] = False
+        previous = warnings.showwarning
+        warnings.showwarning = _show_warning
+        try:
+            rv = super().main(args, prog_name, **extra)
         except AecoreError as exc:
             fail_line(str(exc))
             sys.exit(exc.exit_code)
@@ -48,7 +102,7 @@ class AeGroup(TyperGroup):
         except typer.Abort:
             fail_line("aborted.")
             sys.exit(1)
-        except typer.TyperException as exc:  # Click's usage errors, re-exported by Typer
+        except typer.TyperException as exc:  # usage errors
             if type(exc).__name__ == "NoArgsIsHelpError":  # `ae` or `ae plugins` alone: the help
                 typer.echo(exc.ctx.get_help())  # type: ignore[attr-defined]
                 sys.exit(0)
@@ -56,31 +110,44 @@ class AeGroup(TyperGroup):
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             fail_line(f"{exc.format_message()}{hint}")  # type: ignore[attr-defined]
             sys.exit(getattr(exc, "exit_code", 2))
+        finally:
+            warnings.showwarning = previous
         if rv == 130:  # Typer turns Ctrl-C into exit code 130 before we see it
             fail_line("interrupted.")
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _new_app() -> typer.Typer:
-    """The root ``ae`` application with its own options and no commands yet."""
-    root = typer.Typer(
-        cls=AeGroup,
-        rich_markup_mode=None,
-        name="ae",
-        help="aecore: train, compose and inspect autoencoders built from plugins.",
-        no_args_is_help=True,
-        add_completion=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    root.callback()(_root)
-    return root
+def _show_warning(message: Any, category: type, filename: str, lineno: int, *rest: Any, **kw: Any) -> None:
+    """aecore's notices as one line each; everything else as Python shows it."""
+    if issubclass(category, Notice):
+        warning_line(str(message))
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno))
+
+
+def to_click(obj: Any, name: str) -> Any:
+    """A Click command from what an ``aecore.commands`` entry point names.
+
+    That is a function (made a command by Typer, its docstring the help), a
+    ``typer.Typer`` application, or a command object of Typer's Click.
+    """
+    if isinstance(obj, typer.Typer):
+        command = typer.main.get_command(obj)
+    elif callable(getattr(obj, "make_context", None)) and callable(getattr(obj, "invoke", None)):
+        command = obj
+    else:
+        single = typer.Typer(rich_markup_mode=None, add_completion=False)
+        single.command(name=name, epilog=getattr(obj, "epilog", None))(obj)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
 
 
 def _version(value: bool) -> None:
     if value:
-        from aecore import __version__
+        from aecore.entry_points import installed_version
 
-        typer.echo(f"aecore {__version__}")
+        typer.echo(f"aecore {installed_version('aecore')}")
         raise typer.Exit()
 
 
@@ -92,63 +159,19 @@ def _root(
     """aecore: train, compose and inspect autoencoders built from plugins."""
 
 
-#: The whole application (the CLI reference, the tests and ``python -m aecore`` use it).
-app = _new_app()
-app.command("train", epilog=train.EPILOG)(train.train_command)
-app.command("eval")(evaluate.eval_command)
-app.command("presets")(presets.presets_command)
-app.command("bench")(bench.bench_command)
-app.add_typer(plugins.app, name="plugins")
-for _module in (analyse_data, analyse_visual, analyse_apply):
-    _module.register(app)
-
-
-def app_for(args: list[str]) -> typer.Typer:
-    """The application to run for these arguments: only what they can reach.
-
-    Typer turns every registered command into a Click command (reading each
-    signature and its type hints) on every call, about 20-30 ms for all of
-    ``ae``'s, while one call runs one command. The root's own options take no
-    value, so the first argument that is not an option names the command, and
-    only that one is registered. With no name, ``ae`` or ``ae --help`` lists the
-    commands, which needs their names and help but not their options. A name
-    that is no command gets the whole application, for the error and its
-    close-match suggestion.
-    """
-    name = next((arg for arg in args if not arg.startswith("-")), None)
-    if name is None:
-        return _listing_app()
-    single = _new_app()
-    single.registered_commands = [c for c in app.registered_commands if _name(c) == name]
-    single.registered_groups = [g for g in app.registered_groups if g.name == name]
-    return single if single.registered_commands or single.registered_groups else app
-
-
-def _name(command: CommandInfo) -> str:
-    return command.name or get_command_name(command.callback.__name__)  # type: ignore[union-attr]
-
-
-def _listed_only() -> None:
-    """Stands in for a command's function where only its name and help are shown."""
-
-
-def _listing_app() -> typer.Typer:
-    """The application with each command's help but none of its options (for the command list)."""
-    listing = _new_app()
-    for command in app.registered_commands:
-        stub = copy.copy(command)
-        stub.name, stub.callback = _name(command), _listed_only
-        stub.help = command.help if command.help is not None else inspect.getdoc(command.callback)
-        listing.registered_commands.append(stub)
-    for group in app.registered_groups:
-        stub_group = copy.copy(group)
-        stub_group.typer_instance = copy.copy(group.typer_instance)
-        stub_group.typer_instance.registered_commands = []  # type: ignore[union-attr]
-        stub_group.typer_instance.registered_groups = []  # type: ignore[union-attr]
-        listing.registered_groups.append(stub_group)
-    return listing
+#: The root application (``python -m aecore`` and the tests use it).
+app = typer.Typer(
+    cls=AeGroup,
+    rich_markup_mode=None,
+    name="ae",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.callback()(_root)
 
 
 def main() -> None:
     """Console-script entry point for ``ae``."""
-    app_for(sys.argv[1:])()
+    app()

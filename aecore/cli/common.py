@@ -1,9 +1,10 @@
-"""Pieces shared by the commands that work on a trained model.
+"""Pieces for commands that work on a trained model, aecore's own and plugins' alike.
 
 Options are declared once here so every command spells them the same way;
-``load_model_and_data`` reloads a checkpoint with the data it was trained on;
-``output_file`` enforces the rule that existing files are never overwritten
-without ``--overwrite``.
+:func:`load_model_and_data` reloads a checkpoint with the data it was trained
+on; :func:`output_file` enforces the rule that existing files are never
+overwritten without ``--overwrite``. This module is public API for command
+plugins.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def load_model_and_data(
 ) -> Loaded:
     """Reload a checkpoint and the dataset it names (or ``data``), checking their shapes agree."""
     from aecore import checkpoint
-    from aecore.data import load_dataset
+    from aecore.sources import load_dataset
     from aecore.training.run import resolve_device
 
     torch_device = resolve_device(device)
@@ -55,11 +56,12 @@ def load_model_and_data(
     file = checkpoint.resolve(path)
     recorded = model.metadata.get("data", {})
     if data is None:
-        data = recorded.get("name")
-        if data_dir is None and recorded.get("data_dir"):
+        data = recorded.get("name") if isinstance(recorded.get("name"), str) else None
+        if data_dir is None and isinstance(recorded.get("data_dir"), str):
             data_dir = Path(recorded["data_dir"])
     # the model's recorded normalisation: tables reuse the training statistics, never recompute them
-    dataset = load_dataset(data, data_dir, normalisation=recorded.get("normalisation"))
+    norm = recorded.get("normalisation")
+    dataset = load_dataset(data, data_dir, normalisation=norm if isinstance(norm, dict) else None)
     if dataset.test.shape != model.input_shape:
         raise ShapeError(
             f"the model takes inputs of shape {model.input_shape}, but {dataset.name} has "

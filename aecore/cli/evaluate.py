@@ -62,7 +62,7 @@ def eval_command(
 
     baseline: dict[str, float] = {}
     if pca:
-        from aecore.analysis.pca import MAX_FEATURES, fit_pca, pca_metrics
+        from aecore.pca import MAX_FEATURES, fit_pca, pca_metrics
 
         train = dataset.train
         classes = loaded.meta.get("data", {}).get("classes")

@@ -42,3 +42,10 @@ def fail_line(message: str) -> None:
     text = " ".join(str(message).split())
     sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()
+
+
+def warning_line(message: str) -> None:
+    """Print a one-line notice on stderr: something the user should know that does not stop the work."""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"warning: {text}\n")
+    sys.stderr.flush()

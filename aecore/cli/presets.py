@@ -9,8 +9,9 @@ def presets_command() -> None:
     """List presets with their components, code size, parameters and compression ratio."""
     from rich.table import Table
 
+    from aecore import registry
+    from aecore.compose import compose_preset
     from aecore.errors import AecoreError
-    from aecore.presets import get_preset, list_presets
 
     table = Table(title="aecore presets (on 1×28×28 unless noted)")
     for column, justify in (
@@ -22,10 +23,10 @@ def presets_command() -> None:
         ("description", "left"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for entry in list_presets():
+    for entry in registry.every("preset"):
         try:
-            preset = get_preset(entry.qualified_name)
-            count = f"{preset.build().num_parameters():,}"
+            preset = entry.load()
+            count = f"{compose_preset(preset).num_parameters():,}"
         except AecoreError as exc:
             table.add_row(entry.name, entry.dist, "", "", "", f"[red]broken: {exc}[/]")
             continue

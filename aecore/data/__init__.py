@@ -1,6 +1,11 @@
-"""Datasets as in-memory tensors: loaded once, batched by index slicing."""
+"""The data model: datasets as in-memory tensors, loaded once and batched by index slicing.
 
-from aecore.data.sources import DATASETS, Dataset, load_dataset
-from aecore.data.tensors import TensorData
+Data sources (``--data``) are plugins of the ``aecore.datasets`` group that
+return a :class:`Dataset`; :func:`aecore.load_dataset` finds them by name.
+"""
 
-__all__ = ["DATASETS", "Dataset", "TensorData", "load_dataset"]
+from aecore.data.dataset import Dataset
+from aecore.data.idx import read_idx, write_idx
+from aecore.data.tensors import UINT8_IMAGES, TensorData
+
+__all__ = ["UINT8_IMAGES", "Dataset", "TensorData", "read_idx", "write_idx"]

@@ -1,4 +1,4 @@
-"""Read IDX files (the MNIST format), plain or gzipped, straight into tensors."""
+"""Read and write IDX files (the MNIST format), plain or gzipped, straight into tensors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Build the pluggy manager from the ``aecore.hooks`` entry points, one at a time."""
+"""Build the pluggy manager from the ``aecore.hooks`` entry points, one plugin at a time."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 import pluggy
 
+from aecore import registry
 from aecore.errors import PluginLoadError
 from aecore.hooks import specs
-from aecore.registry import HOOKS_GROUP, entry_point_infos
 
 hookimpl = pluggy.HookimplMarker(specs.PROJECT)
 
@@ -20,21 +20,28 @@ def plugin_manager(
 
     ``exclude`` names entry points to leave out (``--quiet`` drops ``progress``);
     ``entry_points=False`` loads none (the non-zero ranks of a distributed job).
-    A plugin that fails to load is warned about and skipped: a broken
-    logger must not stop training.
+    A plugin that fails to load, or whose hooks do not match the
+    specification, is reported once and left out: a broken logger must not
+    stop training.
     """
     pm = pluggy.PluginManager(specs.PROJECT)
     pm.add_hookspecs(specs)
     skip = set(exclude)
-    for entry in entry_point_infos(HOOKS_GROUP) if entry_points else ():
+    for entry in registry.every("hook") if entry_points else ():
         if entry.name in skip:
             continue
         try:
             obj = entry.load()
-        except PluginLoadError:
-            continue  # already reported as a warning by the registry
-        plugin = obj() if isinstance(obj, type) else obj
-        pm.register(plugin, name=entry.qualified_name)
+            plugin = obj() if isinstance(obj, type) else obj
+            pm.register(plugin, name=entry.qualified_name)
+        except PluginLoadError as exc:
+            registry.report_broken(entry, str(exc))
+        except pluggy.PluginValidationError as exc:
+            where = f"hook '{entry.name}' from {entry.dist} {entry.version}"
+            registry.report_broken(entry, f"{where} does not match the hook specification: {exc}")
+        except Exception as exc:  # its constructor failed: only this plugin is affected
+            where = f"hook '{entry.name}' from {entry.dist} {entry.version}"
+            registry.report_broken(entry, f"{where} could not be created ({type(exc).__name__}: {exc})")
     for plugin in extra:
         pm.register(plugin)
     return pm

@@ -1,6 +1,6 @@
 """The hook specification: small, and called by every trainer that wants lifecycle events.
 
-``run`` is the :class:`aecore.training.context.RunContext` of the run: its
+``run`` is the :class:`aecore.protocols.RunContext` of the run: its
 ``info`` dict describes the run (components, data, output directory), and its
 ``out_dir`` is where artefacts go.
 """
@@ -14,7 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from aecore.training.context import RunContext
+    from aecore.protocols import RunContext
 
 PROJECT = "aecore"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -1,6 +1,6 @@
-"""Training: the run context, the default trainer and the ``train`` entry point."""
+"""Training: the run request, ``train`` and ``resume``, the default trainer and backend choice."""
 
-from aecore.training.context import RunContext
+from aecore.request import RunRequest
 from aecore.training.run import TrainResult, resume, train
 
-__all__ = ["RunContext", "TrainResult", "resume", "train"]
+__all__ = ["RunRequest", "TrainResult", "resume", "train"]

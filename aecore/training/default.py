@@ -3,7 +3,9 @@
 Registered as ``default`` in the ``aecore.trainers`` entry-point group, the
 same way a third-party trainer would be. Options cover the reference
 recipes: gradient clipping, ReduceLROnPlateau, early stopping, keeping the
-best checkpoint by validation loss, and mixed precision on CUDA.
+best checkpoint by validation loss, and mixed precision. The step is plain
+autograd with ``torch.optim.Adam``; a backend (``run.backend``) may supply
+its own optimizer and step, and the loop does not know how either works.
 """
 
 from __future__ import annotations
@@ -22,16 +24,15 @@ from typing import Any
 
 import torch
 
+from aecore import distributed
 from aecore.config import param
 from aecore.data import TensorData
 from aecore.errors import AecoreError, ConfigError
 from aecore.evaluate import EVAL_BATCH
 from aecore.model import Autoencoder
-from aecore.training import distributed
-from aecore.training.by_hand import ByHandGradients
-from aecore.training.context import RunContext
-from aecore.training.optim import make_adam
-from aecore.training.state import load_optimizer_state, optimizer_state
+from aecore.protocols import RunContext
+from aecore.state import load_optimizer_state, optimizer_state
+from aecore.training.backends import adam
 
 __all__ = [
     "BEST_CHECKPOINT",
@@ -176,9 +177,11 @@ class DefaultTrainer:
             engine = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        optimizer = make_adam(
-            (p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        backend = run.backend
+        optimizer = backend.optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if backend else None
+        if optimizer is None:
+            optimizer = adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = None
         if cfg.plateau_patience is not None and len(val):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -189,9 +192,9 @@ class DefaultTrainer:
         if cfg.cosine:
             cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
         autocast = self._autocast(device)
-        # Gradients without the autograd engine where the model is one run of Linear layers
-        # (aecore.training.by_hand); DDP needs autograd's hooks, autocast its casts.
-        by_hand = None if job.active or cfg.amp else ByHandGradients(model, run.loss_fn)
+        # A backend's own step (gradients without autograd, say) where nothing needs autograd's
+        # machinery: DDP needs its hooks, autocast its casts.
+        fast_step = None if job.active or cfg.amp or backend is None else backend.step(model, run.loss_fn)
         generator = torch.Generator().manual_seed(run.seed)
         pos = _Position()
         if run.resume is not None:
@@ -221,8 +224,8 @@ class DefaultTrainer:
                 )
                 for step, xb in enumerate(order, start=pos.step):
                     optimizer.zero_grad(set_to_none=True)
-                    terms = by_hand(xb) if by_hand is not None else None
-                    backward = terms is None  # by_hand has already filled the gradients
+                    terms = fast_step(xb) if fast_step is not None else None
+                    backward = terms is None  # else the backend's step has already filled the gradients
                     if backward:
                         with autocast:
                             terms = engine(xb, loss_fn=run.loss_fn)

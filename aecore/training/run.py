@@ -1,33 +1,38 @@
-"""``train()``: the whole job behind ``ae train``, usable from Python as well.
+"""``train()`` and ``resume()``: the whole job behind ``ae train``, usable from Python as well.
 
-It loads the data, composes the model, builds the trainer, prepares the run
-directory, runs the fit, measures the test error and writes the final
-checkpoint and metrics. Every step uses the registry, so the shipped plugins
-get no special treatment.
+A run loads the data, composes the model, builds the trainer, chooses a
+backend, prepares the run directory, fits, measures the test error and
+writes the final checkpoint and metrics. Every step goes through the
+registry, so the shipped plugins get no special treatment.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aecore import checkpoint, registry
-from aecore.config import config_from_dict, config_to_dict, params_of
-from aecore.data import Dataset, TensorData, load_dataset
+from aecore import checkpoint, distributed, registry
+from aecore.compose import compose
+from aecore.config import config_from_dict, config_to_dict
+from aecore.data import Dataset, TensorData
 from aecore.errors import ConfigError, RunDirectoryError
 from aecore.evaluate import reconstruction_metrics
 from aecore.hooks import hookimpl, plugin_manager
-from aecore.losses import get_loss
-from aecore.model import Autoencoder, compose
+from aecore.io import atomic_write_bytes
+from aecore.losses import build_loss
+from aecore.model import Autoencoder
 from aecore.paths import unique_dir
-from aecore.training import distributed
-from aecore.training.context import RunContext
+from aecore.protocols import ResumeState, RunContext
+from aecore.sources import load_dataset
+from aecore.state import read_resume, restore_rng, write_resume
+from aecore.training.backends import choose_backend
+from aecore.request import ResolvedRun, RunRequest, resolve
 
 __all__ = ["TrainResult", "keep_classes", "resolve_device", "resume", "split_validation", "train"]
 
@@ -46,90 +51,44 @@ class TrainResult:
 
 
 def train(
-    encoder: str | None = None,
-    decoder: str | None = None,
-    regularizers: Sequence[str] = (),
+    request: RunRequest | str | None = None,
+    /,
     *,
-    preset: str | None = None,
-    trainer: str = "default",
-    params: Mapping[str, Mapping[str, Any]] | None = None,
-    latent_dim: int | None = None,
-    data: str | Dataset | None = None,
-    data_dir: str | Path | None = None,
-    loss: str = "mse",
-    seed: int = 0,
-    device: str = "auto",
-    out: str | Path | None = None,
-    runs_root: str | Path = "runs",
-    val_fraction: float = 0.1,
-    classes: Sequence[int] | None = None,
-    overwrite: bool = False,
     progress: bool = True,
     hooks: Iterable[object] = (),
+    **fields: Any,
 ) -> TrainResult:
     """Train an autoencoder composed from plugin names and save it.
 
-    ``params`` maps ``encoder``, ``decoder``, ``trainer`` and regularizer
-    names to parameter dicts. A ``preset`` supplies all of these; explicit
-    arguments override it. ``latent_dim`` defaults to the preset's, else 32.
-    Returns once the final checkpoint is written. An interrupted run
-    continues with :func:`resume`.
+    Pass a :class:`RunRequest`, or its fields as keywords
+    (``train(encoder="conv", regularizers=["sparse"], params={"trainer": {"epochs": 2}})``);
+    a string first argument is the encoder. ``data`` may also be a
+    :class:`~aecore.data.Dataset` built in Python. Returns once the final
+    checkpoint is written; an interrupted run continues with :func:`resume`.
     """
-    params = {k: dict(v) for k, v in (params or {}).items()}
-    preset_trainer: dict[str, Any] = {}
-    if preset is not None:
-        from aecore.presets import get_preset, merge_preset
+    dataset = fields.pop("data", None) if isinstance(fields.get("data"), Dataset) else None
+    if isinstance(request, str):
+        fields["encoder"] = request
+        request = None
+    if request is None:
+        request = RunRequest.from_values({**fields, **({"data": None} if dataset is not None else {})})
+    elif fields:
+        raise ConfigError("pass either a RunRequest or its fields as keywords, not both.")
+    elif dataset is not None:
+        request = replace(request, data=None)  # the resume file must not claim a named source
+    plan = resolve(request)
+    build_loss(request.loss, plan.loss_params)  # fail on a bad name before loading anything
+    resolve_device(request.device)
+    if request.backend not in ("auto", "none"):
+        registry.info("backend", request.backend)
+    if dataset is None:
+        dataset = load_dataset(request.data, request.data_dir)
 
-        chosen = get_preset(preset)
-        preset_trainer = dict(chosen.params.get("trainer", {}))
-        encoder, decoder, regularizers, latent_dim, params = merge_preset(
-            chosen,
-            encoder=encoder,
-            decoder=decoder,
-            regularizers=list(regularizers),
-            latent_dim=latent_dim,
-            params=params,
-        )
-    if encoder is None:
-        names = ", ".join(sorted({c.name for c in registry.list_components("encoder")})) or "none installed"
-        raise ConfigError(f"choose an encoder with --encoder or a --preset (installed encoders: {names}).")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}.")
-    get_loss(loss)  # fail on a bad name before loading anything
-    resolve_device(device)
-    # A preset's trainer settings apply where the chosen trainer has them; explicit ones always do.
-    trainer_cls = registry.get("trainer", trainer)
-    accepted = {p.name for p in params_of(trainer_cls.Config)}
-    trainer_params = {k: v for k, v in preset_trainer.items() if k in accepted}
-    trainer_params.update(params.pop("trainer", {}))
+    def run_dir(model: Autoencoder, create: bool) -> Path:
+        label = request.preset or _components_label(model)
+        return _prepare_run_dir(request, label, create=create)
 
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, data_dir)
-    request: dict[str, Any] = {
-        "encoder": encoder,
-        "decoder": decoder,
-        "regularizers": list(regularizers),
-        "preset": preset,
-        "trainer": trainer,
-        "trainer_params": _jsonable(trainer_params),
-        "params": _jsonable(params),
-        "latent_dim": 32 if latent_dim is None else latent_dim,
-        "data": None if isinstance(data, Dataset) else data,
-        "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-        "loss": loss,
-        "seed": seed,
-        "device": device,
-        "val_fraction": val_fraction,
-        "classes": None if classes is None else sorted({int(c) for c in classes}),
-    }
-    return _execute(
-        request,
-        dataset,
-        lambda model, create: _prepare_run_dir(
-            out, runs_root, preset or _components_label(model), overwrite, create=create
-        ),
-        progress=progress,
-        hooks=hooks,
-    )
+    return _execute(request, plan, dataset, run_dir, progress=progress, hooks=hooks)
 
 
 def resume(
@@ -144,50 +103,44 @@ def resume(
     Weights, optimizer, scheduler, epoch, position in the epoch's data order
     and random states are all restored, so on CPU the result is bit-identical
     to an uninterrupted run. Pass ``data`` only if the run was started from
-    a :class:`Dataset` object rather than a dataset name.
+    a :class:`~aecore.data.Dataset` object rather than a data source name.
     """
-    from aecore.training.state import read_resume
-
     run_dir = Path(run_dir)
     state = read_resume(run_dir)
-    request = state.request
+    try:
+        request = RunRequest.from_values(state.request)
+    except ConfigError as exc:
+        raise RunDirectoryError(f"{run_dir} holds a resume file with a malformed request: {exc}") from None
     if data is None:
-        if request.get("data") is None and request.get("data_name") not in (None, "embedded"):
+        if request.data is None:
             raise ConfigError(
-                f"{run_dir} was trained on an in-memory dataset; "
-                "resume it from Python with resume(..., data=...)."
+                f"{run_dir} was trained on an in-memory dataset; resume it from Python with resume(..., data=...)."
             )
-        data = load_dataset(request.get("data"), request.get("data_dir"))
-    return _execute(request, data, lambda model, create: run_dir, progress=progress, hooks=hooks, state=state)
+        data = load_dataset(request.data, request.data_dir)
+    return _execute(
+        request, resolve(request), data, lambda m, c: run_dir, progress=progress, hooks=hooks, state=state
+    )
 
 
 def _execute(
-    request: Mapping[str, Any],
+    request: RunRequest,
+    plan: ResolvedRun,
     dataset: Dataset,
-    make_run_dir: Any,
+    make_run_dir: Callable[[Autoencoder, bool], Path],
     *,
     progress: bool,
     hooks: Iterable[object],
-    state: Any = None,
+    state: ResumeState | None = None,
 ) -> TrainResult:
     """Run a resolved request: compose, fit (fresh or resumed), evaluate, save.
 
     Under torchrun every rank runs this; only rank 0 writes files and runs hooks.
     """
-    job, torch_device = distributed.setup(resolve_device(request["device"]))
+    job, device = distributed.setup(resolve_device(request.device))
     try:
         if job.active and state is not None:
             raise ConfigError("resuming a distributed run is not supported yet; resume it in one process.")
-        result = _run_job(
-            request,
-            dataset,
-            make_run_dir,
-            progress=progress,
-            hooks=hooks,
-            state=state,
-            job=job,
-            device=torch_device,
-        )
+        result = _run_job(request, plan, dataset, make_run_dir, progress, hooks, state, job, device)
         # Leave together: a rank that tears down gloo while rank 0 still writes can abort at exit.
         distributed.barrier()
         return result
@@ -196,70 +149,68 @@ def _execute(
 
 
 def _run_job(
-    request: Mapping[str, Any],
+    request: RunRequest,
+    plan: ResolvedRun,
     dataset: Dataset,
-    make_run_dir: Any,
-    *,
+    make_run_dir: Callable[[Autoencoder, bool], Path],
     progress: bool,
     hooks: Iterable[object],
-    state: Any,
+    state: ResumeState | None,
     job: distributed.Distributed,
     device: torch.device,
 ) -> TrainResult:
-    from aecore.training.state import restore_rng, write_resume
-
-    request = {**request, "data_name": dataset.name}
-    torch_device = device
-    loss_fn = get_loss(request["loss"])
-    trainer_info = registry.info("trainer", request["trainer"])
+    loss_fn = build_loss(request.loss, plan.loss_params)
+    trainer_info = registry.info("trainer", request.trainer)
     trainer_cls = trainer_info.load()
-    trainer_obj = trainer_cls(
-        config_from_dict(trainer_cls.Config, request["trainer_params"], owner="trainer")
-    )
-    if state is not None and not getattr(trainer_obj, "supports_resume", False):
+    trainer = trainer_cls(config_from_dict(trainer_cls.Config, plan.trainer_params, owner="trainer"))
+    if state is not None and not getattr(trainer, "supports_resume", False):
         raise ConfigError(f"trainer '{trainer_info.name}' cannot resume a run; start it again instead.")
 
-    classes = request.get("classes")
-    train_data = dataset.train if classes is None else keep_classes(dataset.train, classes, dataset.name)
-    seed = request["seed"]
-    torch.manual_seed(seed)
+    train_data = dataset.train
+    if request.classes is not None:
+        train_data = keep_classes(train_data, request.classes, dataset.name)
+    torch.manual_seed(request.seed)
     model = compose(
-        request["encoder"],
-        request["decoder"],
-        request["regularizers"],
+        plan.encoder,
+        plan.decoder,
+        plan.regularizers,
         input_shape=train_data.shape,
-        latent_dim=request["latent_dim"],
-        params=request["params"],
+        latent_dim=plan.latent_dim,
+        params=plan.components,
     )
     _check_output_range(model, train_data)
-    check = getattr(trainer_obj, "check", None)
+    check = getattr(trainer, "check", None)
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
-    train_split, val_split = split_validation(train_data, request["val_fraction"], seed)
+    train_split, val_split = split_validation(train_data, request.val_fraction, request.seed)
+    backend, backend_name = choose_backend(request.backend, device)
     run_dir = make_run_dir(model, False)  # every rank agrees on the path before rank 0 creates it
     distributed.barrier()
     if job.is_main:
         run_dir = make_run_dir(model, True)
 
     data_meta = {**dataset.spec, "normalisation": dataset.train.normalisation}
-    if classes is not None:
-        data_meta["classes"] = classes
+    if request.classes is not None:
+        data_meta["classes"] = sorted(request.classes)
     training_meta = {
         "trainer": {
             "name": trainer_info.name,
             "dist": trainer_info.dist,
             "version": trainer_info.version,
-            "params": config_to_dict(trainer_obj.config),
+            "params": config_to_dict(trainer.config),
         },
-        "preset": request["preset"],
-        "loss": request["loss"],
-        "seed": seed,
-        "val_fraction": request["val_fraction"],
-        "device": str(torch_device),
+        "preset": request.preset,
+        "loss": request.loss,
+        "seed": request.seed,
+        "val_fraction": request.val_fraction,
+        "device": str(device),
+        "backend": backend_name,
+        "request": request.to_dict(),
     }
     pm = plugin_manager(hooks, exclude=() if progress else ("progress",), entry_points=job.is_main)
     history: list[dict[str, float]] = [] if state is None else list(state.history)
     pm.register(_HistoryRecorder(history))
+    stored_request = {**request.to_dict(), "out": str(run_dir)}
 
     def save_checkpoint(m: Autoencoder, filename: str, metrics: Mapping[str, float]) -> Path:
         if not job.is_main:
@@ -268,20 +219,23 @@ def _run_job(
         pm.hook.ae_checkpoint_saved(run=run, path=path, metrics=dict(metrics))
         return path
 
-    def save_resume(
-        m: Autoencoder, trainer_meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
-    ) -> Path:
+    def save_resume(m: Autoencoder, trainer_meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Path:
         if not job.is_main:
             return run_dir / "resume.safetensors"
         return write_resume(
-            run_dir, model=m, request=request, trainer=trainer_meta, trainer_tensors=tensors, history=history
+            run_dir,
+            model=m,
+            request=stored_request,
+            trainer=trainer_meta,
+            trainer_tensors=tensors,
+            history=history,
         )
 
     run = RunContext(
         out_dir=run_dir,
-        device=torch_device,
+        device=device,
         loss_fn=loss_fn,
-        seed=seed,
+        seed=request.seed,
         hooks=pm.hook,
         save_checkpoint=save_checkpoint,
         info={
@@ -294,9 +248,11 @@ def _run_job(
             "val_size": len(val_split),
             "parameters": model.num_parameters(),
             "resumed": state is not None,
+            "backend": backend_name,
         },
         resume=state,
         save_resume=save_resume,
+        backend=backend,
     )
     if state is not None:
         try:
@@ -304,9 +260,12 @@ def _run_job(
         except RuntimeError as exc:
             raise RunDirectoryError(f"{run_dir} resume file does not match its model: {exc}") from None
         restore_rng(state.rng)
+    model.to(device)
+    if backend is not None:
+        model = backend.prepare(model, device)
 
     try:
-        final = dict(trainer_obj.fit(model, train_split, val_split, run))
+        final = dict(trainer.fit(model, train_split, val_split, run))
     except BaseException:
         pm.hook.ae_train_end(run=run, metrics={})  # lets displays and loggers close cleanly
         if run_dir.is_dir() and not any(run_dir.iterdir()):
@@ -314,25 +273,15 @@ def _run_job(
         raise
     model.eval()
     part = (job.rank, job.world_size) if job.active else None
-    test = reconstruction_metrics(model, dataset.test, device=torch_device, part=part)
+    test = reconstruction_metrics(model, dataset.test, device=device, part=part)
     final.update({f"test_{k}": v for k, v in test.items()})
     path = save_checkpoint(model, checkpoint.DEFAULT_NAME, final)
     if job.is_main:
-        checkpoint.atomic_write_bytes(
-            run_dir / METRICS_FILE,
-            json.dumps({"final": final, "history": history}, indent=2).encode(),
+        atomic_write_bytes(
+            run_dir / METRICS_FILE, json.dumps({"final": final, "history": history}, indent=2).encode()
         )
     pm.hook.ae_train_end(run=run, metrics=dict(final))
     return TrainResult(model, run_dir, path, final, history)
-
-
-def _jsonable(value: Any) -> Any:
-    """Parameters as JSON values (tuples become lists), as the resume file stores them."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def resolve_device(name: str) -> torch.device:
@@ -343,10 +292,12 @@ def resolve_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name not in {"cpu", "cuda", "mps"} and not name.startswith("cuda:"):
-        raise ConfigError(f"unknown device '{name}'; choose auto, cpu, cuda or mps.")
+    if name not in {"cpu", "cuda", "mps"} and not re.fullmatch(r"cuda:\d+", name):
+        raise ConfigError(f"unknown device '{name}'; choose auto, cpu, cuda, cuda:N or mps.")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but no CUDA device is available; use --device cpu.")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for, but MPS is not available; use --device cpu.")
     return torch.device(name)
@@ -395,23 +346,21 @@ def _components_label(model: Autoencoder) -> str:
     return "-".join(parts)
 
 
-def _prepare_run_dir(
-    out: str | Path | None, runs_root: str | Path, label: str, overwrite: bool, *, create: bool = True
-) -> Path:
+def _prepare_run_dir(request: RunRequest, label: str, *, create: bool) -> Path:
     """A fresh run directory; an existing non-empty one is kept unless ``overwrite``.
 
     With ``create=False`` it only chooses the path.
     """
-    if out is not None:
-        run_dir = Path(out)
+    if request.out is not None:
+        run_dir = Path(request.out)
         if run_dir.exists() and not run_dir.is_dir():
             raise RunDirectoryError(f"--out {run_dir} is a file; choose a directory path.")
-        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not request.overwrite:
             raise RunDirectoryError(
                 f"run directory {run_dir} already holds files; choose another --out or pass --overwrite."
             )
     else:
-        run_dir = unique_dir(Path(runs_root), re.sub(r"[^A-Za-z0-9_.-]+", "-", label))
+        run_dir = unique_dir(Path(request.runs_root), re.sub(r"[^A-Za-z0-9_.-]+", "-", label))
     if create:
         run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

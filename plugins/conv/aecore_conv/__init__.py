@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from aecore.components import Activation, ImageComponent, activation
 from aecore.config import param
 from aecore.errors import ShapeError
-from aecore.layers import Linear, Sequential
 
 __all__ = [
     "ConvDecoder",
@@ -206,8 +205,8 @@ class ConvEncoder(ImageComponent):
         if config.latent == "spatial":
             self.code_shape = _spatial_code(plan, config.channels, latent_dim, "conv encoder")
         else:
-            layers.append(Linear(config.channels[-1] * plan.hs[-1] * plan.ws[-1], latent_dim))
-        self.net = Sequential(*layers)
+            layers.append(nn.Linear(config.channels[-1] * plan.hs[-1] * plan.ws[-1], latent_dim))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -229,7 +228,7 @@ class ConvDecoder(ImageComponent):
             layers: list[nn.Module] = [nn.Unflatten(1, top)]
         else:
             layers = [
-                Linear(latent_dim, math.prod(top)),
+                nn.Linear(latent_dim, math.prod(top)),
                 activation(config.activation),
                 nn.Unflatten(1, top),
             ]
@@ -247,7 +246,7 @@ class ConvDecoder(ImageComponent):
         if config.head == "conv":
             layers.append(same_conv(ch[0], plan.channels, config.kernel_size))
         layers.append(activation(config.output_activation))
-        self.net = Sequential(*layers)
+        self.net = nn.Sequential(*layers)
 
     def _up(self, c_in: int, c_out: int, plan: _Plan, i: int, *, full: bool) -> nn.Module:
         """Map stage i's output size back to its input size."""

@@ -40,7 +40,7 @@ from aecore.config import param
 from aecore.data import TensorData
 from aecore.errors import ConfigError
 from aecore.model import Autoencoder
-from aecore.training.context import RunContext
+from aecore.protocols import RunContext
 from aecore.training.default import DefaultTrainer, DefaultTrainerConfig, TrainingDiverged
 from aecore_mlp import HiddenBlock, MLPDecoder, MLPEncoder
 

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from aecore.components import Activation, ImageComponent, activation
 from aecore.config import param
-from aecore.layers import Linear, Sequential, chain_of
 
 __all__ = ["HiddenBlock", "MLPDecoder", "MLPDecoderConfig", "MLPEncoder", "MLPEncoderConfig"]
 
@@ -77,23 +76,19 @@ class HiddenBlock(nn.Module):
         self, width_in: int, width_out: int, act: str, batch_norm: bool, dropout: float, residual: bool
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [Linear(width_in, width_out), activation(act)]
+        layers: list[nn.Module] = [nn.Linear(width_in, width_out), activation(act)]
         if batch_norm:
             layers.append(nn.BatchNorm1d(width_out))
         if dropout:
             layers.append(nn.Dropout(dropout))
-        self.body = Sequential(*layers)
+        self.body = nn.Sequential(*layers)
         self.skip: nn.Module | None = None
         if residual:
-            self.skip = nn.Identity() if width_in == width_out else Linear(width_in, width_out, bias=False)
+            self.skip = nn.Identity() if width_in == width_out else nn.Linear(width_in, width_out, bias=False)
 
     def forward(self, h: Tensor) -> Tensor:
         out = self.body(h)
         return out if self.skip is None else out + self.skip(h)
-
-    def fusable_layers(self) -> list[tuple[Linear, str | None]] | None:
-        """Lets the enclosing Sequential fuse this block's layer into its run (aecore.layers.FusableBlock)."""
-        return None if self.skip is not None else self.body.fusable_layers()
 
 
 def _hidden_blocks(widths: Sequence[int], config: MLPEncoderConfig | MLPDecoderConfig) -> list[nn.Module]:
@@ -111,19 +106,15 @@ class MLPEncoder(ImageComponent):
     def __init__(self, config: MLPEncoderConfig, *, input_shape: tuple[int, ...], latent_dim: int) -> None:
         super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
         widths = (math.prod(self.input_shape), *config.hidden)
-        self.net = Sequential(
+        self.net = nn.Sequential(
             nn.Flatten(),
             *_hidden_blocks(widths, config),
-            Linear(widths[-1], latent_dim),
+            nn.Linear(widths[-1], latent_dim),
             activation(config.code_activation),
         )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
-
-    def chain_modules(self) -> list[nn.Module] | None:
-        """Its layers in order (aecore.layers.ModuleChain): the model fuses them with the decoder's."""
-        return chain_of(self.net)
 
 
 class MLPDecoder(ImageComponent):
@@ -134,16 +125,12 @@ class MLPDecoder(ImageComponent):
     def __init__(self, config: MLPDecoderConfig, *, input_shape: tuple[int, ...], latent_dim: int) -> None:
         super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
         widths = (latent_dim, *reversed(config.hidden))
-        self.net = Sequential(
+        self.net = nn.Sequential(
             *_hidden_blocks(widths, config),
-            Linear(widths[-1], math.prod(self.input_shape)),
+            nn.Linear(widths[-1], math.prod(self.input_shape)),
             activation(config.output_activation),
             nn.Unflatten(1, self.input_shape),
         )
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
-
-    def chain_modules(self) -> list[nn.Module] | None:
-        """Its layers in order (aecore.layers.ModuleChain): the model fuses them with the encoder's."""
-        return chain_of(self.net)

@@ -36,7 +36,6 @@ from torch import Tensor, nn
 
 from aecore.components import RegularizerBase
 from aecore.config import param
-from aecore.layers import Linear
 
 __all__ = ["LOGVAR_RANGE", "Variational", "VariationalConfig", "gaussian_kl"]
 
@@ -64,7 +63,7 @@ class Variational(RegularizerBase):
 
     def __init__(self, config: VariationalConfig, *, latent_dim: int) -> None:
         super().__init__(config, latent_dim=latent_dim)
-        self.head = Linear(self.latent_dim, 2 * self.latent_dim)
+        self.head = nn.Linear(self.latent_dim, 2 * self.latent_dim)
         with torch.no_grad():
             self.head.weight.zero_()
             self.head.bias.zero_()

@@ -24,29 +24,45 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from aecore.data.tensors import TensorData
+from aecore.config import param
+from aecore.data import Dataset, TensorData
 from aecore.errors import DataError, suggest
 
-__all__ = ["TABULAR_KINDS", "TableSource", "load_table", "parse_source", "standardise_stats"]
+__all__ = ["CsvTable", "NpyTable", "TableConfig", "standardise_stats"]
 
-#: ``--data`` prefixes handled here.
-TABULAR_KINDS = ("csv", "npy")
 
-_OPTIONS = ("label", "test", "test_fraction", "seed", "header", "norm")
-_DEFAULTS = {"test_fraction": 0.2, "seed": 0, "header": "auto", "norm": "standardise"}
+@dataclass(frozen=True)
+class TableConfig:
+    label: str | None = param(None, "Column holding the labels, by name or index (the rest are features).")
+    test: str | None = param(None, "A separate test file with the same columns (else a seeded share of rows).")
+    test_fraction: float = param(0.2, "Share of the rows held out for testing when there is no test file.")
+    seed: int = param(0, "Seed of the train/test split of the rows.")
+    norm: Literal["standardise", "none"] = param(
+        "standardise", "standardise: zero mean and unit variance from the training rows; none: as stored."
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be between 0 and 1, got {self.test_fraction:g}")
+
+
+@dataclass(frozen=True)
+class CsvConfig(TableConfig):
+    header: Literal["auto", "yes", "no"] = param(
+        "auto", "Whether row 1 names the columns; auto: when any of its cells is not a number."
+    )
 
 
 @dataclass(frozen=True)
 class TableSource:
-    """A parsed ``csv:PATH?...`` or ``npy:PATH?...`` source."""
+    """A table file and how to read it (the source's location and options together)."""
 
     kind: str
     path: Path
@@ -57,67 +73,58 @@ class TableSource:
     header: str = "auto"
     norm: str = "standardise"
 
-    def canonical(self) -> str:
-        """The source with absolute paths and non-default options: reloads the same data from anywhere."""
-        query = []
-        if self.label is not None:
-            query.append(f"label={self.label}")
-        if self.test is not None:
-            query.append(f"test={self.test}")
-        else:
-            if self.test_fraction != _DEFAULTS["test_fraction"]:
-                query.append(f"test_fraction={self.test_fraction:g}")
-            if self.seed != _DEFAULTS["seed"]:
-                query.append(f"seed={self.seed}")
-        if self.header != _DEFAULTS["header"]:
-            query.append(f"header={self.header}")
-        if self.norm != _DEFAULTS["norm"]:
-            query.append(f"norm={self.norm}")
-        return f"{self.kind}:{self.path}" + (f"?{'&'.join(query)}" if query else "")
+
+class _TableSource:
+    """A numeric table: rows are samples, columns features (and maybe a label column)."""
+
+    kind = ""
+    takes_location = True
+
+    def __init__(self, config: TableConfig) -> None:
+        self.config = config
+
+    def locate(self, location: str, data_dir: Path | None) -> str:
+        """The file as an absolute path (relative paths start at --data-dir, else the working directory)."""
+        if self.config.test:
+            self.config = replace(self.config, test=str(_resolve(self.config.test, data_dir)))
+        return str(_resolve(location, data_dir))
+
+    def files(self, location: str, *, data_dir: Path | None) -> list[Path]:
+        return [Path(location), *([Path(self.config.test)] if self.config.test else [])]
+
+    def load(self, location: str, *, data_dir: Path | None, normalisation: dict[str, Any] | None) -> Dataset:
+        cfg = self.config
+        source = TableSource(
+            self.kind,
+            Path(location),
+            cfg.label or None,
+            Path(cfg.test) if cfg.test else None,
+            cfg.test_fraction,
+            cfg.seed,
+            getattr(cfg, "header", "auto"),
+            cfg.norm,
+        )
+        return load_table(source, normalisation)
 
 
-def parse_source(text: str, data_dir: Path | None = None) -> TableSource:
-    """Parse ``KIND:PATH[?key=value&...]``; relative paths are taken from ``data_dir`` or the cwd."""
-    kind, _, rest = text.partition(":")
-    if kind not in TABULAR_KINDS:
-        raise DataError(f"'{text}' is not a table source; write csv:PATH or npy:PATH.")
-    path_text, _, query = rest.partition("?")
-    if not path_text:
-        raise DataError(f"--data {kind}: needs a file path, e.g. {kind}:table.{kind}.")
+class CsvTable(_TableSource):
+    """A CSV table (``--data csv:PATH``): numbers only, an optional header row and label column."""
+
+    Config = CsvConfig
+    kind = "csv"
+
+
+class NpyTable(_TableSource):
+    """A NumPy ``.npy`` array (``--data npy:PATH``), rows as samples; never unpickled."""
+
+    Config = TableConfig
+    kind = "npy"
+
+
+def _resolve(text: str, data_dir: Path | None) -> Path:
+    path = Path(text).expanduser()
     base = data_dir if data_dir is not None else Path.cwd()
-    options: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in _OPTIONS:
-            raise DataError(
-                f"unknown table option '{key}' in '{text}'.{suggest(key, _OPTIONS)} "
-                f"Options: {', '.join(_OPTIONS)}."
-            )
-        options[key] = value
-    if query and not options:
-        raise DataError(f"cannot read the options '{query}' in '{text}'; write ?label=COL&test_fraction=0.2.")
-
-    def resolve(p: str) -> Path:
-        path = Path(p).expanduser()
-        return (path if path.is_absolute() else base / path).resolve()
-
-    try:
-        test_fraction = float(options.get("test_fraction", _DEFAULTS["test_fraction"]))
-        seed = int(options.get("seed", _DEFAULTS["seed"]))
-    except ValueError:
-        raise DataError(f"test_fraction must be a number and seed an integer in '{text}'.") from None
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction:g}.")
-    header = options.get("header", "auto")
-    if header not in ("auto", "yes", "no"):
-        raise DataError(f"header must be auto, yes or no, got '{header}'.")
-    if header != "auto" and kind == "npy":
-        raise DataError("header applies to csv tables only; .npy files have no header.")
-    norm = options.get("norm", "standardise")
-    if norm not in ("standardise", "none"):
-        raise DataError(f"norm must be standardise or none, got '{norm}'.")
-    label = options.get("label") or None
-    test = resolve(options["test"]) if options.get("test") else None
-    return TableSource(kind, resolve(path_text), label, test, test_fraction, seed, header, norm)
+    return (path if path.is_absolute() else base / path).resolve()
 
 
 @dataclass
@@ -293,15 +300,12 @@ def _check_normalisation(norm: dict[str, Any], shape: tuple[int, ...], path: Pat
     return dict(norm)
 
 
-def load_table(text: str, data_dir: Path | None = None, normalisation: dict[str, Any] | None = None) -> Any:
-    """Load a table source into a :class:`~aecore.data.Dataset` (train/test, standardised).
+def load_table(source: TableSource, normalisation: dict[str, Any] | None = None) -> Dataset:
+    """Load a table into a :class:`~aecore.data.Dataset` (train/test, standardised).
 
     ``normalisation``, when given (a trained model's record), is used as is
     instead of statistics computed from this table's training rows.
     """
-    from aecore.data.sources import Dataset
-
-    source = parse_source(text, data_dir)
     table = _read(source, source.path)
     if source.test is not None:
         test_table = _read(source, source.test)
@@ -342,12 +346,11 @@ def load_table(text: str, data_dir: Path | None = None, normalisation: dict[str,
         norm = {"kind": "identity"}
     full = TensorData(x, y, norm)
     train, test = full.subset(train_idx), full.subset(test_idx)
-    name = source.canonical()
-    spec: dict[str, Any] = {"name": name, "format": source.kind, "path": str(source.path)}
+    spec: dict[str, Any] = {"format": source.kind, "path": str(source.path)}
     if table.columns:
         spec["columns"] = table.columns
     if table.label is not None:
         spec["label"] = table.label
     if label_names is not None:
         spec["label_names"] = label_names
-    return Dataset(name, train, test, spec)
+    return Dataset(f"{source.kind}:{source.path}", train, test, spec)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from aecore.checkpoint import atomic_write_bytes, read_header
 from aecore.errors import CheckpointError
+from aecore.io import atomic_write_bytes, read_header
+from aecore.protocols import ResumeState
 
 __all__ = [
     "RESUME_FILE",
@@ -44,18 +44,6 @@ __all__ = [
 RESUME_FILE = "resume.safetensors"
 _KEY = "aecore.resume"
 _VERSION = 1
-
-
-@dataclass
-class ResumeState:
-    """A decoded resume file."""
-
-    request: dict[str, Any]
-    trainer: dict[str, Any]
-    trainer_tensors: dict[str, Tensor]
-    model_state: dict[str, Tensor]
-    rng: dict[str, Tensor]
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def capture_rng() -> dict[str, Tensor]:
@@ -168,3 +156,11 @@ def load_optimizer_state(
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # A moment of the wrong size would reach a fused kernel unchecked: refuse it here.
+    for p, entry in optimizer.state.items():
+        for name, value in entry.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                raise CheckpointError(
+                    f"the resume file's optimizer state '{name}' has shape {tuple(value.shape)}, "
+                    f"but its parameter has {tuple(p.shape)}; the file is damaged, start the run again."
+                )

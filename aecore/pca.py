@@ -17,6 +17,7 @@ from torch import Tensor
 
 from aecore.data import TensorData
 from aecore.errors import ShapeError
+from aecore.evaluate import psnr
 
 __all__ = ["PCA", "components_for_variance", "fit_pca", "pca_metrics"]
 
@@ -101,5 +102,5 @@ def pca_metrics(pca: PCA, data: TensorData, k: int, *, batch_size: int = 10_000)
     mse = per_image / math.prod(data.shape)
     metrics = {"mse_per_pixel": mse, "sse_per_image": per_image}
     if data.normalisation.get("kind") == "scale":
-        metrics["psnr"] = 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
+        metrics["psnr"] = psnr(mse)
     return metrics

@@ -24,7 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from aecore.data.tensors import TensorData
+from aecore.data import Dataset, TensorData
+from aecore.paths import cache_dir
 
 __all__ = ["cache_key", "cached_dataset"]
 
@@ -49,11 +50,9 @@ def cached_dataset(
     name: str,
     options: dict[str, Any],
     sources: Callable[[], Sequence[Path]],
-    build: Callable[[], Any],
-) -> Any:
+    build: Callable[[], Dataset],
+) -> Dataset:
     """The dataset from the cache when its sources are unchanged, else ``build()`` and store it."""
-    from aecore.data.sources import Dataset  # noqa: F401  (the type built and returned)
-
     if os.environ.get("AECORE_NO_DATA_CACHE", "").strip().lower() in {"1", "true", "yes", "on"}:
         return build()
     key = cache_key(name, options, sources())
@@ -70,15 +69,11 @@ def cached_dataset(
 
 
 def _path(name: str, key: str) -> Path:
-    from aecore.paths import cache_dir
-
     slug = "".join(c if c.isalnum() else "-" for c in name.split("?")[0])[-40:].strip("-")
     return cache_dir() / "datasets" / f"{slug}-{key}.safetensors"
 
 
-def _read(path: Path) -> Any:
-    from aecore.data.sources import Dataset
-
+def _read(path: Path) -> Dataset | None:
     try:
         tensors = load_file(path)
         with path.open("rb") as f:
@@ -93,7 +88,7 @@ def _read(path: Path) -> Any:
     return Dataset(meta["name"], splits["train"], splits["test"], meta["spec"])
 
 
-def _write(path: Path, dataset: Any) -> None:
+def _write(path: Path, dataset: Dataset) -> None:
     """Stream the tensors to a temporary file and rename it: no second copy of the data in memory."""
     tensors: dict[str, torch.Tensor] = {}
     for split in ("train", "test"):

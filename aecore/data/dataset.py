@@ -1,0 +1,25 @@
+"""A dataset: train and test splits, and the description checkpoints record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aecore.data.tensors import TensorData
+
+__all__ = ["Dataset"]
+
+
+@dataclass
+class Dataset:
+    """Train and test splits plus the description recorded in checkpoints.
+
+    ``name`` is the ``--data`` text that reloads exactly this data (a data
+    source fills it in); ``spec`` is what the checkpoint's ``data`` entry
+    records besides the normalisation (paths, columns, label names...).
+    """
+
+    name: str
+    train: TensorData
+    test: TensorData
+    spec: dict[str, Any] = field(default_factory=dict)

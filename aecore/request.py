@@ -1,0 +1,162 @@
+"""The run request: one typed declaration of what to train, on what, and where.
+
+:class:`RunRequest` is the single declaration behind :func:`aecore.train`,
+:func:`aecore.resume`, ``ae train``, ``ae cv`` and ``ae sweep``: the CLI's
+options are generated from its fields (as ``--set`` is from a component's
+``Config``), the resume file stores it, and checkpoints record it.
+:func:`resolve` turns it into the concrete choices a run makes (preset
+merged, shortcuts folded into the trainer's parameters, ``--set`` targets
+checked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aecore import registry
+from aecore.config import config_from_dict, config_to_dict, param, params_of
+from aecore.errors import ConfigError, suggest
+
+__all__ = ["ResolvedRun", "RunRequest", "resolve"]
+
+#: ``--set`` targets besides the regularizers' names.
+FIXED_TARGETS = ("encoder", "decoder", "trainer", "loss")
+#: The trainer parameters that have an option of their own.
+SHORTCUTS = ("epochs", "batch_size", "lr")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to train, on what, and where. Every field has a default; ``encoder`` or ``preset`` is needed."""
+
+    encoder: str | None = param(None, "Encoder plugin name (see 'ae plugins list').", flags=("--encoder", "-e"))
+    decoder: str | None = param(
+        None, "Decoder plugin name (default: the encoder's counterpart).", flags=("--decoder", "-d")
+    )
+    regularizers: tuple[str, ...] = param(
+        (), "Regularizer plugin name; repeat to stack several.", flags=("--reg", "-r"), repeat=True
+    )
+    preset: str | None = param(None, "Start from a named recipe (see 'ae presets'); options override it.")
+    trainer: str = param("default", "Trainer plugin name.")
+    latent_dim: int | None = param(None, "Size of the code (default: the preset's, or 32).")
+    epochs: int | None = param(None, "Epochs (default: the trainer's).")
+    batch_size: int | None = param(None, "Batch size (default: the trainer's).")
+    lr: float | None = param(None, "Learning rate (default: the trainer's).")
+    params: dict[str, dict[str, Any]] = param(
+        {},
+        "Set a parameter: TARGET.PARAM=VALUE, e.g. encoder.channels=32,64 (TARGET: encoder, decoder, "
+        "trainer, loss or a regularizer name).",
+        flags=("--set", "-s"),
+        repeat=True,
+    )
+    loss: str = param("mse", "Reconstruction loss: mse, bce, l1 or an installed loss plugin.")
+    data: str | None = param(
+        "embedded", "Data source: embedded (ships with aecore), mnist, csv:PATH, npy:PATH or an installed one."
+    )
+    data_dir: str | None = param(None, "Local copy of the dataset; no download.")
+    classes: tuple[int, ...] | None = param(
+        None,
+        "Train only on these labels, e.g. 0 or 3,5 (one-class training for anomaly detection).",
+        flags=("--classes", "--normal-class"),
+    )
+    val_fraction: float = param(0.1, "Share of training data held out for validation.")
+    seed: int = param(0, "Random seed for weights, split and shuffling.")
+    device: str = param("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+    backend: str = param(
+        "auto", "Training backend: auto (the first installed one that serves the device), none, or a name."
+    )
+    out: str | None = param(None, "Run directory (default: RUNS_ROOT/<components>, never reused).")
+    runs_root: str = param("runs", "Where run directories go when --out is not given.")
+    overwrite: bool = param(False, "Allow writing into a run directory that holds files.")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}")
+        if self.data == "":
+            raise ValueError("data cannot be empty; name a data source, e.g. embedded")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> RunRequest:
+        """A validated request from JSON values or command-line strings (one-line errors)."""
+        return config_from_dict(cls, values, owner="")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """The concrete choices of a request: what :func:`aecore.train` builds and records."""
+
+    encoder: str
+    decoder: str | None
+    regularizers: tuple[str, ...]
+    latent_dim: int
+    components: dict[str, dict[str, Any]]  # encoder, decoder and regularizer parameters
+    trainer_params: dict[str, Any]
+    loss_params: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(request: RunRequest) -> ResolvedRun:
+    """Merge the preset, fold the shortcuts into the trainer's parameters and check every target."""
+    params = {str(k): dict(v) for k, v in request.params.items()}
+    encoder, decoder, regs, latent = request.encoder, request.decoder, list(request.regularizers), None
+    preset_trainer: dict[str, Any] = {}
+    if request.preset is not None:
+        preset = registry.get("preset", request.preset)
+        for flag, value, chosen in (("--encoder", encoder, preset.encoder), ("--decoder", decoder, preset.decoder)):
+            if value is not None and value != chosen:
+                raise ConfigError(f"the preset already chooses {flag} {chosen}; drop {flag} {value} or the preset.")
+        encoder, decoder, latent = preset.encoder, preset.decoder, preset.latent_dim
+        regs = list(preset.regularizers) + [r for r in regs if r not in preset.regularizers]
+        preset_trainer = dict(preset.params.get("trainer", {}))
+        for target, values in preset.component_params.items():
+            params[target] = {**values, **params.get(target, {})}
+    if encoder is None:
+        names = ", ".join(registry.names("encoder")) or "none installed"
+        raise ConfigError(f"choose an encoder with --encoder or a --preset (installed encoders: {names}).")
+    params = _check_targets(params, regs)
+
+    trainer_params = dict(params.pop("trainer", {}))
+    loss_params = dict(params.pop("loss", {}))
+    for name in SHORTCUTS:
+        value = getattr(request, name)
+        if value is None:
+            continue
+        if name in trainer_params and str(trainer_params[name]) != str(value):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {value} and --set trainer.{name}={trainer_params[name]} disagree; "
+                "give one of them."
+            )
+        trainer_params[name] = value
+    # A preset's trainer settings apply where the chosen trainer has them; explicit ones always do.
+    accepted = {p.name for p in params_of(registry.get("trainer", request.trainer).Config)}
+    trainer_params = {**{k: v for k, v in preset_trainer.items() if k in accepted}, **trainer_params}
+    return ResolvedRun(
+        encoder=encoder,
+        decoder=decoder,
+        regularizers=tuple(regs),
+        latent_dim=request.latent_dim if request.latent_dim is not None else latent or 32,
+        components=params,
+        trainer_params=trainer_params,
+        loss_params=loss_params,
+    )
+
+
+def _check_targets(params: dict[str, dict[str, Any]], regularizers: list[str]) -> dict[str, dict[str, Any]]:
+    """``reg.X`` means the one regularizer's ``X``; every other target must be part of the run."""
+    short = [r.rpartition(":")[2] for r in regularizers]
+    if "reg" in params and len(short) == 1 and "reg" not in short:
+        params.setdefault(short[0], {}).update(params.pop("reg"))
+    targets = {*FIXED_TARGETS, *short}
+    for target in params:
+        if target not in targets:
+            raise ConfigError(
+                f"--set {target}.{next(iter(params[target]), 'PARAM')}: '{target}' is not part of this run."
+                f"{suggest(target, targets)} Use encoder., decoder., trainer., loss. or a --reg name."
+            )
+    return params
