@@ -45,18 +45,18 @@ def demo(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Regenerate the CLI reference from the app, then build the mkdocs site with --strict."""
     session.install("-r", "requirements.txt", "mkdocs>=1.6", "mkdocs-material>=9.5")
-    session.run("python", "-m", "aecore.cli.reference", "--write", "docs/cli.md")
+    session.run("python", "docs/cli_reference.py", "--write", "docs/cli.md")
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run ``ae bench`` (docs/performance.md); extra arguments go to it, e.g. ``-- --only startup``.
+    """Run the benchmarks (docs/performance.md); extra arguments go to them, e.g. ``-- --only startup``.
 
     MNIST comes from :func:`_mnist_dir`.
     """
     session.install("-r", "requirements.txt")
-    session.run("ae", "bench", "--data-dir", _mnist_dir(), *session.posargs)
+    session.run("python", "-m", "benchmarks", "--data-dir", _mnist_dir(), *session.posargs)
 
 
 def _mnist_dir() -> str:
@@ -69,4 +69,4 @@ def _mnist_dir() -> str:
 def record(session: nox.Session) -> None:
     """The 30-d MNIST record: train the record-30 preset for 30 minutes and write the SSE curve."""
     session.install("-r", "requirements.txt")
-    session.run("python", "-m", "aecore.bench.record", "--data-dir", _mnist_dir(), *session.posargs)
+    session.run("python", "-m", "benchmarks.record", "--data-dir", _mnist_dir(), *session.posargs)

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from aecore.checkpoint import load, read_metadata, save
     from aecore.compose import compose
     from aecore.model import Autoencoder
-    from aecore.sources import load_dataset
     from aecore.request import RunRequest
+    from aecore.sources import load_dataset
     from aecore.training import TrainResult, resume, train
 
 __all__ = [

@@ -111,20 +111,20 @@ def model_spec(meta: Mapping[str, Any], path: Path) -> ModelSpec:
     model = meta["model"]
     try:
         spec = ModelSpec.from_dict(model)
+        spec.input_shape = tuple(spec.input_shape)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} has a malformed model description ({exc}).") from None
-    shape_ok = isinstance(spec.input_shape, tuple) and all(_positive_int(s) for s in spec.input_shape)
-    if not spec.input_shape or not shape_ok:
-        raise CheckpointError(f"{path} has a malformed input_shape {model.get('input_shape')!r}.")
-    if not _positive_int(spec.latent_dim):
-        raise CheckpointError(f"{path} has a malformed latent_dim {model.get('latent_dim')!r}.")
+    problem = None
+    if not spec.input_shape or not all(_positive_int(s) for s in spec.input_shape):
+        problem = f"input_shape {model.get('input_shape')!r} is not a list of positive integers"
+    elif not _positive_int(spec.latent_dim):
+        problem = f"latent_dim {model.get('latent_dim')!r} is not a positive integer"
     for comp in (spec.encoder, spec.decoder, *spec.regularizers):
         fields = ((comp.name, str), (comp.dist, str), (comp.version, str), (comp.params, dict))
-        if not all(isinstance(value, kind) for value, kind in fields):
-            raise CheckpointError(
-                f"{path} has a malformed component entry {comp.name!r}: it needs a name, a dist, "
-                "a version and a params table."
-            )
+        if problem is None and not all(isinstance(value, kind) for value, kind in fields):
+            problem = f"component {comp.name!r} needs a name, a dist, a version and a params table"
+    if problem is not None:
+        raise CheckpointError(f"{path} has a malformed model description ({problem}).")
     return spec
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -260,5 +261,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     if base is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):  # a path given from Python, for a path option
+            return os.fspath(value)
         raise _bad(name, base, value)
     raise ConfigError(f"parameter '{name}' has an unsupported type {tp!r}.")

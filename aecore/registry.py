@@ -67,6 +67,7 @@ ALLOW_ENV = "AECORE_PLUGINS"
 
 #: Where to look for what is installed, per kind (the hint in "unknown name" errors).
 _SEE = {"preset": "ae presets", "command": "ae --help"}
+_PLURAL = {"loss": "losses"}
 
 
 class PluginWarning(Notice):
@@ -122,7 +123,8 @@ def info(kind: str, name: str) -> PluginInfo:
         where = "" if not dist or short not in {c.name for c in entries} else f" from {dist}"
         raise UnknownComponentError(
             f"unknown {kind} '{name}'{where}.{suggest(short, (c.name for c in entries))} "
-            f"Installed {kind}s: {installed} (see '{_SEE.get(kind, 'ae plugins list')}')."
+            f"Installed {_PLURAL.get(kind, kind + 's')}: {installed} "
+            f"(see '{_SEE.get(kind, 'ae plugins list')}')."
         )
     if len(matches) > 1:
         choices = " or ".join(f"'{c.qualified_name}'" for c in matches)

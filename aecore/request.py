@@ -31,7 +31,9 @@ SHORTCUTS = ("epochs", "batch_size", "lr")
 class RunRequest:
     """What to train, on what, and where. Every field has a default; ``encoder`` or ``preset`` is needed."""
 
-    encoder: str | None = param(None, "Encoder plugin name (see 'ae plugins list').", flags=("--encoder", "-e"))
+    encoder: str | None = param(
+        None, "Encoder plugin name (see 'ae plugins list').", flags=("--encoder", "-e")
+    )
     decoder: str | None = param(
         None, "Decoder plugin name (default: the encoder's counterpart).", flags=("--decoder", "-d")
     )
@@ -53,7 +55,8 @@ class RunRequest:
     )
     loss: str = param("mse", "Reconstruction loss: mse, bce, l1 or an installed loss plugin.")
     data: str | None = param(
-        "embedded", "Data source: embedded (ships with aecore), mnist, csv:PATH, npy:PATH or an installed one."
+        "embedded",
+        "Data source: embedded (ships with aecore), mnist, csv:PATH, npy:PATH or an installed one.",
     )
     data_dir: str | None = param(None, "Local copy of the dataset; no download.")
     classes: tuple[int, ...] | None = param(
@@ -73,16 +76,16 @@ class RunRequest:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.latent_dim is not None and self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}")
+            raise ValueError(f"--latent-dim must be at least 1, got {self.latent_dim}")
         if self.data == "":
             raise ValueError("data cannot be empty; name a data source, e.g. embedded")
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> RunRequest:
         """A validated request from JSON values or command-line strings (one-line errors)."""
-        return config_from_dict(cls, values, owner="")
+        return config_from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -108,9 +111,14 @@ def resolve(request: RunRequest) -> ResolvedRun:
     preset_trainer: dict[str, Any] = {}
     if request.preset is not None:
         preset = registry.get("preset", request.preset)
-        for flag, value, chosen in (("--encoder", encoder, preset.encoder), ("--decoder", decoder, preset.decoder)):
+        for flag, value, chosen in (
+            ("--encoder", encoder, preset.encoder),
+            ("--decoder", decoder, preset.decoder),
+        ):
             if value is not None and value != chosen:
-                raise ConfigError(f"the preset already chooses {flag} {chosen}; drop {flag} {value} or the preset.")
+                raise ConfigError(
+                    f"the preset already chooses {flag} {chosen}; drop {flag} {value} or the preset."
+                )
         encoder, decoder, latent = preset.encoder, preset.decoder, preset.latent_dim
         regs = list(preset.regularizers) + [r for r in regs if r not in preset.regularizers]
         preset_trainer = dict(preset.params.get("trainer", {}))
@@ -129,8 +137,8 @@ def resolve(request: RunRequest) -> ResolvedRun:
             continue
         if name in trainer_params and str(trainer_params[name]) != str(value):
             raise ConfigError(
-                f"--{name.replace('_', '-')} {value} and --set trainer.{name}={trainer_params[name]} disagree; "
-                "give one of them."
+                f"--{name.replace('_', '-')} {value} and --set trainer.{name}={trainer_params[name]} "
+                "disagree; give one of them."
             )
         trainer_params[name] = value
     # A preset's trainer settings apply where the chosen trainer has them; explicit ones always do.

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aecore import kinds, protocols
 from aecore.config import config_from_dict, config_to_dict
-from aecore.protocols import check_component_class, protocol_for
 
 __all__ = [
     "check_checkpoint_roundtrip",
@@ -34,6 +34,12 @@ __all__ = [
 
 _SEED = 1234
 Params = Mapping[str, Any] | None
+_PROTOCOLS: dict[str, type] = {
+    "encoder": protocols.Encoder,
+    "decoder": protocols.Decoder,
+    "regularizer": protocols.Regularizer,
+    "trainer": protocols.Trainer,
+}
 
 
 def check_encoder(
@@ -162,7 +168,7 @@ def check_checkpoint_roundtrip(
     tmp_path: str | Path | None = None,
 ) -> nn.Module:
     """Compose a model from registry names and run :func:`check_roundtrip` on it."""
-    from aecore.model import compose
+    from aecore.compose import compose
 
     shape = {"input_shape": input_shape, "latent_dim": latent_dim}
     return check_roundtrip(compose(encoder, decoder, regularizers, params=params, **shape), tmp_path)
@@ -220,12 +226,13 @@ def _check_coder(kind: str, cls: type, params: Params, sizes: Sequence[int], **c
 
 
 def _build(kind: str, cls: type, params: Params, **context: Any) -> tuple[Any, Any]:
-    problems = check_component_class(kind, cls)
+    problems = kinds.check(kind, cls)
     assert not problems, f"{getattr(cls, '__name__', cls)} is not a valid {kind}: {'; '.join(problems)}"
     config = config_from_dict(cls.Config, dict(params or {}), owner=cls.__name__)
     _check_config_roundtrip(config, cls.__name__)
     component = cls(config, **context)
-    assert isinstance(component, protocol_for(kind)), f"{cls.__name__} does not satisfy the {kind} protocol"
+    protocol = _PROTOCOLS[kind]
+    assert isinstance(component, protocol), f"{cls.__name__} does not satisfy the {kind} protocol"
     assert component.config == config, f"{cls.__name__} must keep its config as .config"
     return component, config
 

@@ -1,4 +1,4 @@
-"""``ae bench``: the performance benchmarks behind the training-speed issue.
+"""The performance benchmarks (``python -m benchmarks``, ``nox -s bench``).
 
 Every comparison is made within one run, alternating the competitors
 (a b c a b c ...), because the machines we measure on are shared and their
@@ -18,6 +18,6 @@ Modules, one per topic:
 ``stats``       medians, ratios and targets shared by the sections
 """
 
-from aecore.bench.runner import BenchSettings, run_bench
+from benchmarks.runner import BenchSettings, run_bench
 
 __all__ = ["BenchSettings", "run_bench"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from aecore.bench.stats import median, ratio, target
+from benchmarks.stats import median, ratio, target
 
 __all__ = ["run_inference"]
 
@@ -25,12 +25,13 @@ TARGET = 0.9
 
 def run_inference(data_dir: Path, *, repeats: int = 5, preset: str = "simple") -> dict[str, Any]:
     """Median images per second of both paths, alternating, and their ratio."""
-    from aecore.analysis.latent import encode
-    from aecore.data import load_dataset
-    from aecore.presets import get_preset
+    from aecore import registry
+    from aecore.compose import compose_preset
+    from aecore.sources import load_dataset
+    from aecore_analysis.latent import encode
 
     dataset = load_dataset("mnist", data_dir)
-    model = get_preset(preset).build().eval()
+    model = compose_preset(registry.get("preset", preset)).eval()
     splits = [dataset.train, dataset.test]
     n = sum(len(s) for s in splits)
     prepared = torch.cat([s.batch(slice(0, len(s))) for s in splits])  # the bare pass's input, untimed

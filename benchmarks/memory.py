@@ -3,7 +3,7 @@
 aecore keeps images as uint8 and makes floats one batch at a time, so a
 dataset should cost about its uint8 size in RAM (1×), not the 4× of a
 float32 copy. Peak RSS is a property of a whole process, so each figure
-comes from a FRESH subprocess (``python -m aecore.bench.memory``) that
+comes from a FRESH subprocess (``python -m benchmarks.memory``) that
 reports its own peak RSS (``VmHWM``; ``ru_maxrss`` where /proc is missing, see :func:`_peak_rss`):
 
 ``bare``      imports torch and aecore and builds the model; no data, no training.
@@ -34,7 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aecore.bench.stats import median, ratio, target
+from benchmarks.stats import median, ratio, target
+
+#: The repository root: ``python -m benchmarks...`` runs from there.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["cache_support", "run_memory"]
 
@@ -128,7 +131,8 @@ def probe(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import aecore.training
-    from aecore.presets import get_preset
+    from aecore import registry
+    from aecore.compose import compose_preset
 
     out["rss_after_import"] = _rss_now()
     torch.set_num_threads(args["threads"])
@@ -137,7 +141,7 @@ def probe(args: dict[str, Any]) -> dict[str, Any]:
     if mode == "bare":
         torch.manual_seed(0)
         if mnist:
-            model = get_preset("simple").build()
+            model = compose_preset(registry.get("preset", "simple"))
         else:
             model = aecore.compose(
                 "conv", input_shape=SYNTHETIC_SHAPE, latent_dim=CONV_LATENT, params=CONV_PARAMS
@@ -148,7 +152,7 @@ def probe(args: dict[str, Any]) -> dict[str, Any]:
         if mode == "baseline":
             dataset = _tiny((1, 28, 28) if mnist else SYNTHETIC_SHAPE)
         elif mnist:
-            from aecore.data import load_dataset
+            from aecore.sources import load_dataset
 
             dataset = load_dataset("mnist", args["data_dir"])  # always in full: see run_memory
         else:
@@ -180,7 +184,8 @@ def _run_probe(args: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="aecore-bench-mem-") as tmp:
         args = {**args, "out": str(Path(tmp) / "run")}
         proc = subprocess.run(
-            [sys.executable, "-m", "aecore.bench.memory", json.dumps(args)],
+            [sys.executable, "-m", "benchmarks.memory", json.dumps(args)],
+            cwd=REPO_ROOT,  # where the benchmarks package is importable
             capture_output=True,
             text=True,
             check=False,
@@ -248,7 +253,7 @@ def _time_load(data_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     code = (
         "import json, sys, time\n"
         "t = time.perf_counter()\n"
-        "from aecore.data import load_dataset\n"
+        "from aecore.sources import load_dataset\n"
         "load_dataset('mnist', sys.argv[1])\n"
         "print(json.dumps({'seconds': time.perf_counter() - t}))\n"
     )

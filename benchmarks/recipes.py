@@ -1,6 +1,6 @@
 """Write one recipe page per preset (docs/recipes/<preset>.md), with figures measured here.
 
-    python -m aecore.bench.recipes --write docs/recipes --epochs 1
+    python -m benchmarks.recipes --write docs/recipes --epochs 1
 
 For every installed preset the page gives the command, the architecture,
 the parameter count (against the reference table where there is one), the
@@ -91,13 +91,14 @@ def _show(value: Any) -> str:
 
 def write_pages(folder: Path, epochs: int | None) -> list[Path]:
     """One page per installed preset; ``epochs`` None writes them without measured figures."""
-    from aecore.presets import get_preset, list_presets
+    from aecore import registry
+    from aecore.compose import compose_preset
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for entry in list_presets():
-        preset = get_preset(entry.qualified_name)
-        parameters = preset.build().num_parameters()
+    for entry in registry.list_components("preset"):
+        preset = entry.load()
+        parameters = compose_preset(preset).num_parameters()
         figures = measure(entry.name, epochs) if epochs else None
         path = folder / f"{entry.name}.md"
         path.write_text(page(entry.name, preset, parameters, figures))

@@ -1,6 +1,6 @@
 """The 30-d MNIST record: train a preset within a time budget and trace test error against time.
 
-    python -m aecore.bench.record --data-dir ../shared/data/mnist --minutes 30
+    python -m benchmarks.record --data-dir ../shared/data/mnist --minutes 30
 
 runs ``ae train --preset record-30`` on full MNIST (the same code path), and
 after every epoch measures the sum of squared errors per test image (pixels
@@ -63,7 +63,7 @@ class TestCurve:
 
 def run_record(data_dir: Path, out: Path, *, minutes: float = 30.0, preset: str = PRESET) -> dict[str, Any]:
     """Train ``preset`` on full MNIST within ``minutes`` and write the curve; returns the summary."""
-    from aecore.data import load_dataset
+    from aecore.sources import load_dataset
     from aecore.training import train
 
     dataset = load_dataset("mnist", data_dir)
@@ -95,7 +95,7 @@ def run_record(data_dir: Path, out: Path, *, minutes: float = 30.0, preset: str 
 
 
 def _write(out: Path, points: list[dict[str, float]], summary: dict[str, Any]) -> None:
-    from aecore.plots import figure, save_figure
+    from aecore_analysis.plots import figure, save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "curve.csv").open("w", newline="") as fh:

@@ -1,4 +1,4 @@
-"""Rich tables for ``ae bench``: one per section, then the targets with PASS/FAIL.
+"""Rich tables for the benchmarks: one per section, then the targets with PASS/FAIL.
 
 The JSON record holds every figure; the tables show the medians and ratios
 a reader needs to judge the issue at a glance.
@@ -54,7 +54,7 @@ def _throughput(console: Console, r: dict[str, Any]) -> None:
     for column in ("loop", "s/epoch", "runs (s/epoch)", "÷ aecore", "test MSE", "efficiency"):
         table.add_column(column, justify="left" if column == "loop" else "right")
     aecore = _f(r["seconds_per_epoch"]["aecore"])
-    from aecore.bench.throughput import LABELS
+    from benchmarks.throughput import LABELS
 
     for name, seconds in r["seconds_per_epoch"].items():
         runs = ", ".join(_num(run["seconds_per_epoch"], ".2f") for run in r["runs"][name])
@@ -161,7 +161,7 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
     """Print every section present in ``record``."""
     machine = record["machine"]
     console.print(
-        f"[bold]ae bench[/] {record['started']} · {machine['cpu_model']} · {machine['cpus_usable']} usable "
+        f"[bold]benchmarks[/] {record['started']} · {machine['cpu_model']} · {machine['cpus_usable']} usable "
         f"core(s) · torch {machine['torch']} · {machine['torch_threads']} thread(s) · load "
         f"{'/'.join(_num(v, '.2f') for v in machine['load_average_start'])} → "
         f"{'/'.join(_num(v, '.2f') for v in machine['load_average_end'])}",

@@ -63,7 +63,7 @@ def machine_info() -> dict[str, Any]:
     """CPU, cores, versions and threads (the load average is added by :func:`run_bench`)."""
     import torch
 
-    from aecore import __version__
+    from aecore.entry_points import installed_version
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -78,7 +78,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "aecore": __version__,
+        "aecore": installed_version("aecore"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
 
@@ -102,7 +102,7 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
     """Run the chosen sections, print their tables, write and return the JSON record."""
     import torch
 
-    from aecore.bench.report import print_report
+    from benchmarks.report import print_report
 
     console = console or Console(highlight=False)
     if settings.threads is not None:
@@ -123,7 +123,7 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
         },
     }
     if "throughput" in settings.only:
-        from aecore.bench.throughput import run_throughput
+        from benchmarks.throughput import run_throughput
 
         tables = {"cpu": ("throughput", "throughput")}
         if torch.cuda.is_available():  # the same table on the GPU, where there is one
@@ -139,17 +139,17 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
                 device=device,
             )
     if "inference" in settings.only:
-        from aecore.bench.inference import run_inference
+        from benchmarks.inference import run_inference
 
         console.print("[bold]inference[/] ...")
         record["inference"] = run_inference(settings.data_dir, repeats=settings.repeats or 5)
     if "startup" in settings.only:
-        from aecore.bench.startup import run_startup
+        from benchmarks.startup import run_startup
 
         console.print("[bold]start-up[/] ...")
         record["startup"] = run_startup(repeats=settings.repeats or 5)
     if "memory" in settings.only:
-        from aecore.bench.memory import run_memory
+        from benchmarks.memory import run_memory
 
         console.print("[bold]memory[/] ...")
         record["memory"] = run_memory(

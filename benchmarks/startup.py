@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aecore.bench.stats import median, ratio, target
+from benchmarks.stats import median, ratio, target
 
 __all__ = ["REFERENCE", "ae_command", "run_startup"]
 

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aecore.bench.stats import median, ratio, target
 from aecore.data import Dataset, TensorData
 from aecore.evaluate import reconstruction_metrics
 from aecore.hooks import hookimpl
 from aecore.layers import linear_backend
+from benchmarks.stats import median, ratio, target
 
 __all__ = [
     "BATCH_SIZE",
@@ -281,10 +281,11 @@ def run_classic(images: Any, test: TensorData, epochs: int, seed: int, device: s
 
 def same_initial_weights(seed: int) -> bool:
     """Whether (a)'s model and (b)/(c)'s ``nn.Sequential`` start from identical weights."""
-    from aecore.presets import get_preset
+    from aecore import registry
+    from aecore.compose import compose_preset
 
     torch.manual_seed(seed)
-    ours = [m for m in get_preset(PRESET).build().modules() if isinstance(m, nn.Linear)]
+    ours = [m for m in compose_preset(registry.get("preset", PRESET)).modules() if isinstance(m, nn.Linear)]
     torch.manual_seed(seed)
     theirs = [m for m in plain_model().modules() if isinstance(m, nn.Linear)]
     return len(ours) == len(theirs) and all(
@@ -319,7 +320,7 @@ def run_throughput(
     """
     from torchvision import datasets, transforms
 
-    from aecore.data import load_dataset
+    from aecore.sources import load_dataset
 
     dataset = _limited(load_dataset("mnist", data_dir), limit)
     n = len(dataset.train)

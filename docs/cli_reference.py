@@ -1,8 +1,10 @@
-"""Write the CLI reference (docs/cli.md) from the Typer app itself, so it cannot drift.
+"""Write the CLI reference (docs/cli.md) from the installed ``ae`` commands, so it cannot drift.
 
-    python -m aecore.cli.reference --write docs/cli.md
+    python docs/cli_reference.py --write docs/cli.md
 
-A test regenerates it and compares with the committed file.
+It lists every command the ``aecore.commands`` entry points give, aecore's
+and the shipped plugins'. A test regenerates it and compares it with the
+committed file.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from aecore.cli.app import app
 
 HEADER = """# CLI reference
 
-Generated from the `ae` application by `python -m aecore.cli.reference --write docs/cli.md`;
-do not edit by hand (a test fails when this page and the application disagree).
+Generated from the installed `ae` commands (aecore's and the shipped plugins') by
+`python docs/cli_reference.py --write docs/cli.md`; do not edit by hand (a test fails when
+this page and the commands disagree).
 Every error a user can fix prints one line on stderr and exits with code 2.
 """
 
 
 def _commands(group: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    for name in sorted(group.commands):
-        command = group.commands[name]
+    ctx = typer.Context(group, info_name=prefix)
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
         path = f"{prefix} {name}"
-        if hasattr(command, "commands"):
+        if hasattr(command, "list_commands"):
             yield from _commands(command, path)
         else:
             yield path, command
@@ -40,7 +44,7 @@ def _cell(text: str) -> str:
 def render() -> str:
     root = typer.main.get_command(app)
     out = [HEADER]
-    for path, command in _commands(root, "ae"):
+    for path, command in _commands(root, "ae"):  # ae train, ..., ae plugins list
         out.append(f"## `{path}`\n")
         out.append(inspect.cleandoc(command.help or "") + "\n")
         args = [p for p in command.params if p.param_type_name == "argument"]

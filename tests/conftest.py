@@ -135,7 +135,7 @@ def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_registry: N
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded MNIST subset (loaded once)."""
-    from aecore.data import load_dataset
+    from aecore.sources import load_dataset
 
     return load_dataset("embedded")
 

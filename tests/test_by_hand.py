@@ -11,7 +11,7 @@ from torch import nn
 
 import aecore.layers.backend as backend
 from aecore.losses import LOSSES
-from aecore.model import compose
+from aecore.compose import compose
 from aecore.training import by_hand
 from aecore.training import train as run_training
 from aecore.training.by_hand import ByHandGradients

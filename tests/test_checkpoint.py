@@ -16,8 +16,8 @@ import torch
 
 import aecore
 from aecore import checkpoint
+from aecore.compose import compose
 from aecore.errors import AecoreError, CheckpointError
-from aecore.model import compose
 
 MNIST = (1, 28, 28)
 DATA = {"name": "embedded", "normalisation": {"kind": "scale", "divisor": 255.0}}

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from aecore.compose import compose
 from aecore.config import config_to_dict
 from aecore.errors import ConfigError, ShapeError, UnknownComponentError
-from aecore.losses import get_loss
-from aecore.model import Autoencoder, ModelSpec, compose
+from aecore.losses import build_loss
+from aecore.model import Autoencoder, ModelSpec
 
 MNIST = (1, 28, 28)
 
@@ -217,7 +218,7 @@ def test_gradients_reach_every_parameter():
         params={"encoder": {"channels": "4,8", "batch_norm": "true"}, "sparse": {"weight": "0.1"}},
     )
     model.train()
-    terms = model.loss_terms(torch.rand(4, *MNIST), get_loss("mse"))
+    terms = model.loss_terms(torch.rand(4, *MNIST), build_loss("mse"))
     assert set(terms) == {"recon", "sparse"}
     assert terms["sparse"] > 0
     sum(terms.values()).backward()
@@ -234,7 +235,7 @@ def test_mlp_gradients_reach_every_parameter():
         "mlp", input_shape=(10,), latent_dim=3, params={"encoder": {"hidden": "7,5", "batch_norm": "true"}}
     )
     model.train()
-    sum(model.loss_terms(torch.rand(8, 10), get_loss("mse")).values()).backward()
+    sum(model.loss_terms(torch.rand(8, 10), build_loss("mse")).values()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import require_real_mnist
-from typer.testing import CliRunner
 
-from aecore.cli import app
-from aecore.data import DATASETS, Dataset, TensorData, load_dataset
+from aecore.data import Dataset, TensorData
 from aecore.data.idx import read_idx, write_idx
 from aecore.errors import AecoreError, DataError
+from aecore.sources import load_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,13 +97,12 @@ def test_embedded_takes_no_data_dir(tmp_path):
 
 
 def test_unknown_dataset_suggests():
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(AecoreError) as excinfo:
         load_dataset("mnsit")
     message = str(excinfo.value)
     assert "unknown dataset 'mnsit'" in message
     assert "Did you mean: mnist?" in message
-    assert "Known datasets: " + ", ".join(DATASETS) in message
-    assert isinstance(excinfo.value, AecoreError)
+    assert "Installed datasets: csv, embedded, mnist, npy" in message
 
 
 # -- the IDX reader ---------------------------------------------------------------------------
@@ -176,113 +174,6 @@ def test_idx_not_gzip_despite_the_name(tmp_path):
 def test_idx_missing_file(tmp_path):
     with pytest.raises(DataError, match="cannot read"):
         read_idx(tmp_path / "nothing-here")
-
-
-# -- torchvision MNIST from a local folder ----------------------------------------------------
-
-
-def test_missing_data_dir_names_the_fix(tmp_path):
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist", tmp_path / "nowhere")
-    message = str(excinfo.value)
-    assert "--data-dir" in message and "nowhere" in message
-    assert "does not exist" in message
-    assert "MNIST/raw/" in message
-
-
-def test_data_dir_without_mnist_names_the_fix(tmp_path):
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist", tmp_path)
-    message = str(excinfo.value)
-    assert f"MNIST not found under {tmp_path}" in message
-    assert "--data-dir" in message
-
-
-def test_failed_download_explains_the_offline_fix(tmp_path, monkeypatch):
-    from torchvision import datasets
-
-    def offline(root, train, download):
-        assert download is True and root == str(tmp_path / "cache")
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
-
-    monkeypatch.setenv("AECORE_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(datasets, "MNIST", offline)
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist")
-    message = str(excinfo.value)
-    assert f"could not download MNIST to {tmp_path / 'cache'}" in message
-    assert "pass --data-dir with a local copy" in message
-
-
-def test_missing_data_dir_through_the_cli(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(
-        app, ["train", "-e", "mlp", "--data", "mnist", "--data-dir", str(tmp_path / "nowhere"), "-q"]
-    )
-    assert result.exit_code == 2
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --data-dir")
-    assert "MNIST/raw/" in lines[0]
-    assert not (tmp_path / "runs").exists()
-
-
-def test_real_mnist_copy(real_mnist_dir, embedded):
-    dataset = load_dataset("mnist", real_mnist_dir)
-    assert dataset.name == "mnist"
-    assert len(dataset.train) == 60_000 and len(dataset.test) == 10_000
-    assert dataset.train.x.shape == (60_000, 1, 28, 28) and dataset.train.x.dtype == torch.uint8
-    assert dataset.test.y.shape == (10_000,) and dataset.test.y.dtype == torch.int64
-    assert dataset.train.normalisation == {"kind": "scale", "divisor": 255.0}
-    assert dataset.spec == {"name": "mnist", "data_dir": str(real_mnist_dir.resolve())}
-    # the embedded subset is exactly the first 10,000 / 2,000 real images
-    assert torch.equal(embedded.train.x, dataset.train.x[:10_000])
-    assert torch.equal(embedded.train.y, dataset.train.y[:10_000])
-    assert torch.equal(embedded.test.x, dataset.test.x[:2_000])
-    assert torch.equal(embedded.test.y, dataset.test.y[:2_000])
-
-
-@pytest.mark.slow
-def test_train_and_eval_on_real_mnist_through_the_cli(real_mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "-e",
-            "mlp",
-            "--set",
-            "encoder.hidden=16",
-            "--latent-dim",
-            "4",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2000",
-            "--data",
-            "mnist",
-            "--data-dir",
-            str(real_mnist_dir),
-            "--out",
-            "real",
-            "-q",
-        ],
-    )
-    assert result.exit_code == 0, result.stderr
-    trained = [line for line in result.stdout.splitlines() if line.startswith("test: ")]
-    assert len(trained) == 1
-
-    import aecore
-
-    meta = aecore.read_metadata(tmp_path / "real")
-    assert meta["data"]["name"] == "mnist"
-    assert meta["data"]["data_dir"] == str(real_mnist_dir.resolve())
-
-    # eval finds the data again from the recorded data_dir, and reports the same figures
-    evaluated = runner.invoke(app, ["eval", "real"])
-    assert evaluated.exit_code == 0, evaluated.stderr
-    assert "on mnist test (10000 images)" in evaluated.stdout
-    assert [line for line in evaluated.stdout.splitlines() if line.startswith("test: ")] == trained
 
 
 def test_reused_batches_match_fresh_ones_and_share_one_buffer():

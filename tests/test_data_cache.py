@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from aecore.data import sources
-from aecore.data.sources import load_dataset
+from aecore.data.embedded import EmbeddedMNIST
+from aecore.sources import load_dataset
 
 
 @pytest.fixture
@@ -33,10 +33,10 @@ def test_second_load_comes_from_the_cache_without_decoding(cache, monkeypatch):
     first = load_dataset("embedded")
     assert len(list(cache.glob("embedded-*.safetensors"))) == 1
 
-    def no_decoding(data_dir):
+    def no_decoding(self, location, *, data_dir, normalisation):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setitem(sources.DATASETS, "embedded", no_decoding)
+    monkeypatch.setattr(EmbeddedMNIST, "load", no_decoding)
     _same(first, load_dataset("embedded"))
 
 

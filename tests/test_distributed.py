@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aecore.training.distributed import Distributed, from_environment
+from aecore.distributed import Distributed, from_environment
 
 ARGS = [
     "train", "-e", "mlp", "--classes", "1", "--set", "encoder.hidden=32", "--latent-dim", "8",

@@ -13,13 +13,26 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 
 from aecore import checkpoint
-from aecore.cli.overrides import parse_sets
+from aecore.cli.options import given_values
+from aecore.compose import compose
+from aecore.config import params_of
 from aecore.errors import AecoreError
-from aecore.model import compose
+from aecore.request import RunRequest, resolve
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TARGETS = ["encoder", "decoder", "trainer", "sparse", "reg", "x", ""]
 PARAMS = ["hidden", "activation", "dropout", "batch_norm", "channels", "kind", "weight", "epochs", "", "nope"]
+
+
+class _FromCommandLine:
+    """A stand-in Click context in which only ``--set`` was given."""
+
+    class _Source:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    def get_parameter_source(self, name: str) -> object:
+        return self._Source("COMMANDLINE" if name == "params" else "DEFAULT")
 
 
 @st.composite
@@ -43,14 +56,9 @@ def set_items(draw):
 @given(st.lists(set_items(), max_size=4))
 def test_set_parser_and_config_validation_raise_only_aecore_errors(items):
     try:
-        params = parse_sets(items, ["sparse"])
-        compose(
-            "mlp",
-            regularizers=["sparse"],
-            input_shape=(6,),
-            latent_dim=3,
-            params={k: v for k, v in params.items() if k != "trainer"},
-        )
+        values = given_values(_FromCommandLine(), params_of(RunRequest), {"params": items})
+        plan = resolve(RunRequest.from_values({"encoder": "mlp", "regularizers": ("sparse",), **values}))
+        compose("mlp", regularizers=plan.regularizers, input_shape=(6,), latent_dim=3, params=plan.components)
     except AecoreError:
         pass
 

@@ -381,7 +381,7 @@ def _run_nodes(t: torch.Tensor) -> int:
 
 
 def _mlp_model(*regularizers: str):
-    from aecore.model import compose
+    from aecore.compose import compose
 
     torch.manual_seed(0)
     params = {"encoder": {"hidden": (8, 6), "code_activation": "relu"}}

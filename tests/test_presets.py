@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from aecore import registry
 from aecore.cli import app
+from aecore.compose import compose_preset
 from aecore.errors import ConfigError, UnknownComponentError
-from aecore.presets import Preset, get_preset, list_presets, merge_preset
+from aecore.presets import Preset
+from aecore.request import RunRequest, resolve
+
+
+def get_preset(name: str) -> Preset:
+    return registry.get("preset", name)
+
 
 #: Parameter counts from the reference table (seed-models.md), on 1×28×28 inputs.
 REFERENCE = {
@@ -30,14 +38,14 @@ def test_reference_model_is_a_preset_with_the_table_count(name: str) -> None:
     preset = get_preset(name)
     assert isinstance(preset, Preset)
     assert preset.reference_params == REFERENCE[name]
-    assert preset.build().num_parameters() == REFERENCE[name]
+    assert compose_preset(preset).num_parameters() == REFERENCE[name]
 
 
 def test_every_installed_preset_matches_its_own_reference_count() -> None:
-    for entry in list_presets():
-        preset = get_preset(entry.qualified_name)
+    for entry in registry.list_components("preset"):
+        preset = entry.load()
         if preset.reference_params is not None:
-            assert preset.build().num_parameters() == preset.reference_params, entry.name
+            assert compose_preset(preset).num_parameters() == preset.reference_params, entry.name
 
 
 def test_unknown_preset_lists_the_available_ones() -> None:
@@ -47,26 +55,26 @@ def test_unknown_preset_lists_the_available_ones() -> None:
 
 
 def test_explicit_choices_override_the_preset_and_regularizers_add_up() -> None:
-    deep = get_preset("deep")
-    enc, dec, regs, latent, params = merge_preset(
-        deep,
-        encoder=None,
-        decoder=None,
-        regularizers=["sparse"],
+    request = RunRequest(
+        preset="deep",
+        regularizers=("sparse",),
         latent_dim=8,
         params={"encoder": {"dropout": "0.1"}},
+        epochs=3,
     )
-    assert (enc, dec, regs, latent) == ("mlp", "mlp", ["sparse"], 8)
-    assert params["encoder"]["dropout"] == "0.1"
-    assert params["encoder"]["hidden"] == (512, 256, 128)  # the rest of the preset stays
-    assert "trainer" not in params  # applied by train(), filtered by what the trainer accepts
+    plan = resolve(request)
+    assert (plan.encoder, plan.decoder, plan.regularizers, plan.latent_dim) == ("mlp", "mlp", ("sparse",), 8)
+    assert plan.components["encoder"]["dropout"] == "0.1"
+    assert plan.components["encoder"]["hidden"] == (512, 256, 128)  # the rest of the preset stays
+    assert "trainer" not in plan.components
+    # the preset's trainer recipe applies where the trainer has the field; explicit values win
+    assert plan.trainer_params["epochs"] == 3
+    assert plan.trainer_params["grad_clip"] == get_preset("deep").params["trainer"]["grad_clip"]
 
 
 def test_a_preset_refuses_a_conflicting_encoder() -> None:
     with pytest.raises(ConfigError, match="preset already chooses --encoder mlp"):
-        merge_preset(
-            get_preset("simple"), encoder="conv", decoder=None, regularizers=[], latent_dim=None, params={}
-        )
+        resolve(RunRequest(preset="simple", encoder="conv"))
 
 
 def test_ae_presets_lists_counts_and_compression() -> None:
@@ -116,5 +124,5 @@ def test_every_preset_has_a_recipe_page():
     from pathlib import Path
 
     pages = Path(__file__).resolve().parents[1] / "docs" / "recipes"
-    for entry in list_presets():
+    for entry in registry.list_components("preset"):
         assert (pages / f"{entry.name}.md").exists(), "python -m aecore.bench.recipes --write docs/recipes"

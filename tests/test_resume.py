@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from aecore.cli import app
 from aecore.errors import CheckpointError, ConfigError
 from aecore.hooks import hookimpl
+from aecore.state import RESUME_FILE, read_resume
 from aecore.training import resume, train
 from aecore.training.default import TrainingInterrupted
-from aecore.training.state import RESUME_FILE, read_resume
 
 PARAMS = {
     "encoder": {"hidden": (32,), "dropout": 0.1},

@@ -14,10 +14,14 @@ from safetensors.torch import save
 
 from aecore import checkpoint
 from aecore.errors import CheckpointError
+from aecore.io import MAX_HEADER
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [
-    p for folder in ("aecore", "plugins") for p in (ROOT / folder).rglob("*.py") if "/tests/" not in str(p)
+    p
+    for folder in ("aecore", "plugins", "benchmarks")
+    for p in (ROOT / folder).rglob("*.py")
+    if "/tests/" not in str(p)
 ]
 MODULES = "c?pickle|cloudpickle|dill|shelve|marshal"
 UNPICKLING = re.compile(rf"^\s*(import ({MODULES})\b|from ({MODULES}) import)")
@@ -62,7 +66,7 @@ def test_metadata_names_are_looked_up_in_the_registry_never_imported(tmp_path, n
 
 def test_a_header_larger_than_the_limit_is_refused_before_reading(tmp_path):
     path = tmp_path / "big.safetensors"
-    huge = checkpoint._MAX_HEADER + 1
+    huge = MAX_HEADER + 1
     path.write_bytes(struct.pack("<Q", huge) + b"{" + b" " * 64)
     with pytest.raises(CheckpointError, match="header claims"):
         checkpoint.read_metadata(path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aecore.checkpoint import load, read_metadata
-from aecore.errors import ConfigError
+from aecore.errors import ConfigError, UnknownComponentError
 from aecore.training import train
 
 
@@ -133,7 +133,7 @@ def test_bce_refuses_outputs_outside_0_1(tmp_path, tiny_data):
 
 
 def test_unknown_loss_suggests(tmp_path, tiny_data):
-    with pytest.raises(ConfigError, match="Did you mean: mse"):
+    with pytest.raises(UnknownComponentError, match=r"unknown loss 'mes'\. Did you mean: mse\?"):
         _train(tmp_path, tiny_data, loss="mes")
 
 

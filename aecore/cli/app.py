@@ -36,6 +36,7 @@ class AeGroup(TyperGroup):
     """The root group: commands come from entry points, are listed from metadata and load on use."""
 
     _listing = False
+    _broken: dict[str, str] | None = None
 
     def list_commands(self, ctx: Any) -> list[str]:
         return registry.names("command")
@@ -65,13 +66,15 @@ class AeGroup(TyperGroup):
         if len(entries) > 1:
             text = f"(provided by {' and '.join(e.dist for e in entries)}; run 'ae DIST:{name}')"
         else:
-            text = command_help(entries[0])
+            if self._broken is None:
+                self._broken = registry.known_broken()
+            text = command_help(entries[0], self._broken)
         return TyperCommand(name=name, help=text, callback=None)
 
     @contextlib.contextmanager
     def listing(self) -> Iterator[None]:
         """Within this block, commands are metadata stand-ins: nothing is imported."""
-        self._listing = True
+        self._listing, self._broken = True, None
         try:
             yield
         finally:

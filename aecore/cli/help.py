@@ -7,7 +7,9 @@ the module's file through the import system's finders (which locate a
 module without running it), parses it with :mod:`ast`, and takes the first
 line of the attribute's docstring, or the ``help=`` text of a
 ``typer.Typer(...)`` it is assigned from. Without either, the listing falls
-back to the distribution's name.
+back to the distribution's name. What a file gives is remembered in
+``<cache dir>/command-help.json`` under its path, size and modification
+time, so only a new or changed file is parsed.
 """
 
 from __future__ import annotations
@@ -15,22 +17,30 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import json
+import os
 import sys
 from pathlib import Path
 
 from aecore import registry
+from aecore.paths import cache_dir
 
 __all__ = ["command_help", "module_file"]
 
 
-def command_help(entry: registry.PluginInfo) -> str:
-    """The first line of the command's help, or where it comes from when that cannot be read."""
-    broken = registry.known_broken().get(f"{entry.kind}:{entry.qualified_name}")
-    if broken is not None:
-        return f"(broken: {broken})"
+def command_help(entry: registry.PluginInfo, broken: dict[str, str] | None = None) -> str:
+    """The first line of the command's help, or where it comes from when that cannot be read.
+
+    ``broken`` is :func:`aecore.registry.known_broken`, when the caller already has it.
+    """
+    reason = (registry.known_broken() if broken is None else broken).get(
+        f"{entry.kind}:{entry.qualified_name}"
+    )
+    if reason is not None:
+        return f"(broken: {reason})"
     module, _, attr = entry.target.partition(":")
     path = module_file(module.strip())
-    text = _help_in(str(path), attr.strip()) if path is not None else None
+    text = _helps(str(path)).get(attr.strip()) if path is not None else None
     return text or f"(from {entry.dist} {entry.version})"
 
 
@@ -68,21 +78,59 @@ def module_file(module: str) -> Path | None:
 
 
 @functools.cache
-def _help_in(path: str, attr: str) -> str | None:
+def _helps(path: str) -> dict[str, str]:
+    """Every top-level name's help in the file at ``path``, from the disk cache when it is current."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return {}
+    key = f"{stat.st_size}:{stat.st_mtime_ns}"
+    store = _cache_file()
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(path)
+    if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("helps"), dict):
+        return entry["helps"]
+    helps = _parse(path)
+    known[path] = {"key": key, "helps": helps}
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".{store.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, store)
+    except OSError:
+        pass  # a read-only cache only costs the next listing a parse
+    return helps
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "command-help.json"
+
+
+def _parse(path: str) -> dict[str, str]:
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, SyntaxError):
-        return None
+        return {}
+    helps: dict[str, str] = {}
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == attr:
-            return _first_line(ast.get_docstring(node))
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == attr for t in node.targets):
-            value = node.value
-            if isinstance(value, ast.Call):
-                for keyword in value.keywords:
-                    if keyword.arg == "help" and isinstance(keyword.value, ast.Constant):
-                        return _first_line(str(keyword.value.value))
-    return None
+        text = None
+        names: list[str] = []
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names, text = [node.name], _first_line(ast.get_docstring(node))
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            for keyword in node.value.keywords:
+                if keyword.arg == "help" and isinstance(keyword.value, ast.Constant):
+                    text = _first_line(str(keyword.value.value))
+        for name in names:
+            if text:
+                helps[name] = text
+    return helps
 
 
 def _first_line(text: str | None) -> str | None:

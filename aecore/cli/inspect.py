@@ -23,7 +23,9 @@ __all__ = ["inspect_command"]
 
 def inspect_command(
     model: ModelArg,
-    out: Annotated[Path | None, typer.Option(help="Also write everything shown as JSON to this file.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write everything shown as JSON to this file.")
+    ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """What a checkpoint holds: components, data, training, versions, metrics, module tree and sizes."""
@@ -54,7 +56,9 @@ def inspect_command(
     roles = [("encoder", spec.encoder, "encoder"), ("decoder", spec.decoder, "decoder")]
     roles += [("regularizer", r, r.name) for r in spec.regularizers]
     for role, comp, key in roles:
-        comps.add_row(role, comp.name, comp.dist, comp.version, f"{counts.get(key, 0):,}", _settings(comp.params))
+        comps.add_row(
+            role, comp.name, comp.dist, comp.version, f"{counts.get(key, 0):,}", _settings(comp.params)
+        )
     console.print(comps)
 
     facts = Table(show_header=False, title="model")

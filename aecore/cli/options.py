@@ -128,6 +128,6 @@ def _own_hints(fn: Callable[..., Any], own: list[inspect.Parameter]) -> dict[str
 
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
-    except Exception:  # noqa: BLE001 - fall back to what the signature says
+    except Exception:
         return {}
     return {p.name: hints[p.name] for p in own if p.name in hints}

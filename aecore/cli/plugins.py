@@ -18,7 +18,9 @@ app = typer.Typer(help="List, show and check installed plugins.", no_args_is_hel
 @app.command("list")
 def list_command(
     kind: Annotated[str | None, typer.Option(help=f"Only this kind: {', '.join(registry.KINDS)}.")] = None,
-    pattern: Annotated[str, typer.Argument(help="Shell-style name filter, e.g. 'c*'.")] = "*",
+    pattern: Annotated[
+        str | None, typer.Argument(help="Shell-style name filter, e.g. 'c*' (default: all).")
+    ] = None,
 ) -> None:
     """List plugins by kind, name, distribution and version (imports no plugin).
 
@@ -27,7 +29,7 @@ def list_command(
     from rich.markup import escape
     from rich.table import Table
 
-    entries = registry.list_components(kind, pattern)
+    entries = registry.list_components(kind, pattern or "*")
     broken = registry.known_broken()
     duplicated = set(registry.duplicates())
     table = Table(title="aecore plugins")

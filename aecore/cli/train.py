@@ -60,7 +60,9 @@ def train_command(
     if resume is not None:
         if values:
             given = ", ".join(f"--{name.replace('_', '-')}" for name in values)
-            raise ConfigError(f"--resume continues {resume} with the options it was started with; drop {given}.")
+            raise ConfigError(
+                f"--resume continues {resume} with the options it was started with; drop {given}."
+            )
         from aecore.training import resume as resume_run
 
         report(resume_run(resume, progress=not quiet))

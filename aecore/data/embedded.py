@@ -37,7 +37,9 @@ class EmbeddedMNIST:
         self, location: str | None, *, data_dir: Path | None, normalisation: dict[str, Any] | None
     ) -> Dataset:
         if data_dir is not None:
-            raise DataError("the embedded dataset takes no --data-dir; use --data mnist to read a local copy.")
+            raise DataError(
+                "the embedded dataset takes no --data-dir; use --data mnist to read a local copy."
+            )
         root = resources.files(PACKAGE)
         splits = {}
         for split, prefix in (("train", "train"), ("test", "t10k")):

@@ -29,10 +29,10 @@ from aecore.losses import build_loss
 from aecore.model import Autoencoder
 from aecore.paths import unique_dir
 from aecore.protocols import ResumeState, RunContext
+from aecore.request import ResolvedRun, RunRequest, resolve
 from aecore.sources import load_dataset
 from aecore.state import read_resume, restore_rng, write_resume
 from aecore.training.backends import choose_backend
-from aecore.request import ResolvedRun, RunRequest, resolve
 
 __all__ = ["TrainResult", "keep_classes", "resolve_device", "resume", "split_validation", "train"]
 
@@ -114,7 +114,8 @@ def resume(
     if data is None:
         if request.data is None:
             raise ConfigError(
-                f"{run_dir} was trained on an in-memory dataset; resume it from Python with resume(..., data=...)."
+                f"{run_dir} was trained on an in-memory dataset; "
+                "resume it from Python with resume(..., data=...)."
             )
         data = load_dataset(request.data, request.data_dir)
     return _execute(
@@ -219,7 +220,9 @@ def _run_job(
         pm.hook.ae_checkpoint_saved(run=run, path=path, metrics=dict(metrics))
         return path
 
-    def save_resume(m: Autoencoder, trainer_meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Path:
+    def save_resume(
+        m: Autoencoder, trainer_meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> Path:
         if not job.is_main:
             return run_dir / "resume.safetensors"
         return write_resume(

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from aecore.compose import compose
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError
-from aecore.model import compose
 from aecore.testing import check_regularizer
 from aecore_contractive import Contractive, ContractiveConfig, jacobian_frobenius_sq
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from aecore.compose import compose
 from aecore.errors import ConfigError, ShapeError
-from aecore.model import compose
 from aecore.presets import get_preset
 from aecore.testing import check_checkpoint_roundtrip, check_decoder, check_encoder, check_roundtrip
 from aecore_conv import ConvDecoder, ConvEncoder, stage_sizes, transpose_padding

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from aecore import registry
-from aecore.data import Dataset, load_dataset
+from aecore.data import Dataset
 from aecore.hooks import hookimpl
-from aecore.training import RunContext, train
+from aecore.protocols import RunContext
+from aecore.sources import load_dataset
+from aecore.training import train
 from aecore_csvlog import CHECKPOINTS_FILE, METRICS_FILE, CsvLogger, CsvLogWarning, read_rows
 
 SMALL = {"encoder": {"hidden": [32]}, "trainer": {"epochs": 2, "batch_size": 100}}

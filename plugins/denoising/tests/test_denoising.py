@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from aecore.compose import compose
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError
-from aecore.model import compose
 from aecore.testing import check_regularizer
 from aecore_denoising import Denoising, DenoisingConfig, corrupt
 

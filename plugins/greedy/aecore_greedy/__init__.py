@@ -1,7 +1,10 @@
-"""Greedy layer-wise pretraining for aecore's mlp autoencoders, then end-to-end fine-tuning.
+"""Greedy layer-wise pretraining for aecore autoencoders, then end-to-end fine-tuning.
 
-For layer widths ``d_0, d_1, ..., d_n`` (the flattened input, the mlp
-encoder's ``hidden`` widths, the latent size), pair ``i`` is a shallow
+It works with any encoder and decoder that offer aecore's optional
+``layer_stack()`` method (aecore-mlp's do): their Linear layers, each with
+the activation after it, in forward order. For layer widths
+``d_0, d_1, ..., d_n`` (the flattened input, the hidden widths, the latent
+size), pair ``i`` is a shallow
 autoencoder ``Linear(d_i, d_i+1) -> act -> Linear(d_i+1, d_i) -> act``. The
 pairs are trained one after another, each on the codes of the frozen pairs
 before it (computed once for the whole training set, in memory). Each
@@ -17,9 +20,10 @@ historical recipe (ReLU codes, sigmoid output for the first pair and ReLU
 for the others) is ``--set encoder.code_activation=relu`` with the mlp
 defaults.
 
-Only plain stacks of Linear layers can be paired up: any encoder or decoder
-other than mlp, residual blocks, batch norm and a decoder that does not
-mirror the encoder are refused with a ConfigError. Dropout has no weights;
+Only plain stacks of Linear layers can be paired up: an encoder or decoder
+without ``layer_stack()``, one whose ``layer_stack()`` refuses (mlp's does
+for residual blocks and batch norm), and a decoder that does not mirror the
+encoder are refused with a one-line ConfigError. Dropout has no weights;
 pretraining runs without it and fine-tuning with it.
 """
 
@@ -42,14 +46,12 @@ from aecore.errors import ConfigError
 from aecore.model import Autoencoder
 from aecore.protocols import RunContext
 from aecore.training.default import DefaultTrainer, DefaultTrainerConfig, TrainingDiverged
-from aecore_mlp import HiddenBlock, MLPDecoder, MLPEncoder
 
 __all__ = [
     "GreedyTrainer",
     "GreedyTrainerConfig",
     "LayerPair",
     "Pretrained",
-    "check_model",
     "layer_slots",
 ]
 
@@ -130,65 +132,40 @@ class Pretrained:
 _OTHER_TRAINER = "or train this model with --trainer default"
 
 
-def check_model(model: Autoencoder) -> None:
-    """Raise :class:`ConfigError` unless ``model`` is a plain, mirrored mlp autoencoder."""
-    parts = (("encoder", model.encoder, MLPEncoder), ("decoder", model.decoder, MLPDecoder))
-    for part, module, cls in parts:
-        if not isinstance(module, cls):
-            name = getattr(model.spec, part).name
-            raise ConfigError(
-                f"the greedy trainer cannot pretrain the '{name}' {part}: greedy pretraining needs a stack "
-                f"of fully connected layers whose widths it can pair up, as in the mlp {part}; "
-                f"use --{part} mlp, {_OTHER_TRAINER}."
-            )
-    for part, module, _ in parts:
-        config = module.config
-        if config.residual:
-            raise ConfigError(
-                f"the greedy trainer cannot pretrain residual blocks ({part}.residual=true): a skip adds "
-                f"each block's input to its output, so the stacked layers would not compute what the pairs "
-                f"learned; set {part}.residual=false, {_OTHER_TRAINER}."
-            )
-        if config.batch_norm:
-            raise ConfigError(
-                f"the greedy trainer does not pretrain batch norm ({part}.batch_norm=true): the pairs are "
-                f"plain Linear layers, and untrained BatchNorm between them would rescale the codes they "
-                f"learned; set {part}.batch_norm=false, {_OTHER_TRAINER}."
-            )
-    enc, dec = (",".join(map(str, m.config.hidden)) or "empty" for m in (model.encoder, model.decoder))
-    if enc != dec:
+def _stack(model: Autoencoder, part: str) -> list[tuple[nn.Module, nn.Module]]:
+    module = getattr(model, part)
+    name = getattr(model.spec, part).name
+    layer_stack = getattr(module, "layer_stack", None)
+    if not callable(layer_stack):
         raise ConfigError(
-            f"the greedy trainer needs a decoder that mirrors the encoder, but encoder.hidden is "
-            f"{enc} and decoder.hidden is {dec}; "
-            f"each pair joins an encoder layer to the decoder layer of the same widths. Set decoder.hidden "
-            f"equal to encoder.hidden (the decoder reverses it), {_OTHER_TRAINER}."
+            f"the greedy trainer cannot pretrain the '{name}' {part}: greedy pretraining needs a stack "
+            f"of fully connected layers whose widths it can pair up (a {part} with a layer_stack() method, "
+            f"as the mlp {part} has); use --{part} mlp, {_OTHER_TRAINER}."
         )
+    try:
+        return list(layer_stack())
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the greedy trainer cannot pretrain this model: {exc}, {_OTHER_TRAINER}."
+        ) from None
 
 
 def layer_slots(model: Autoencoder) -> list[Slot]:
-    """The model's layer pairs, input side first (checks the model with :func:`check_model`)."""
-    check_model(model)
-    enc_net, dec_net = model.encoder.net, model.decoder.net
-    # MLPEncoder.net: Flatten, HiddenBlock..., Linear, code activation.
-    encode = [(b.body[0], b.body[1]) for b in enc_net if isinstance(b, HiddenBlock)]
-    encode.append((enc_net[-2], enc_net[-1]))
-    # MLPDecoder.net: HiddenBlock..., Linear, output activation, Unflatten; listed from the code side.
-    decode = [(b.body[0], b.body[1]) for b in dec_net if isinstance(b, HiddenBlock)]
-    decode.append((dec_net[-3], dec_net[-2]))
-    decode.reverse()
-    slots = [Slot(el, ea, dl, da) for (el, ea), (dl, da) in zip(encode, decode, strict=True)]
-    for slot in slots:
-        d_in, d_out = slot.widths
-        if not (
-            isinstance(slot.encode_linear, nn.Linear)
-            and isinstance(slot.decode_linear, nn.Linear)
-            and (slot.decode_linear.in_features, slot.decode_linear.out_features) == (d_out, d_in)
-        ):
-            raise ConfigError(
-                "the installed aecore-mlp lays out its layers differently from what aecore-greedy expects; "
-                "install matching versions of the two."
-            )
-    return slots
+    """The model's layer pairs, input side first; a ConfigError says why a model cannot be paired."""
+    encode = _stack(model, "encoder")
+    decode = list(reversed(_stack(model, "decoder")))  # the decoder's, listed from the output side
+    widths = [(lin.in_features, lin.out_features) for lin, _ in encode if isinstance(lin, nn.Linear)]
+    mirrored = [(lin.out_features, lin.in_features) for lin, _ in decode if isinstance(lin, nn.Linear)]
+    if len(widths) != len(encode) or len(mirrored) != len(decode) or widths != mirrored:
+        enc = " → ".join(str(w[0]) for w in widths) or "?"
+        dec = " → ".join(str(w[0]) for w in mirrored) or "?"
+        raise ConfigError(
+            f"the greedy trainer needs a decoder that mirrors the encoder, but the encoder's layers start "
+            f"at widths {enc} and the decoder's mirror at {dec}; each pair joins an encoder layer to the "
+            f"decoder layer of the same widths (for mlp, set decoder.hidden equal to encoder.hidden), "
+            f"{_OTHER_TRAINER}."
+        )
+    return [Slot(el, ea, dl, da) for (el, ea), (dl, da) in zip(encode, decode, strict=True)]
 
 
 class _StartedOnce:
@@ -206,7 +183,7 @@ class _StartedOnce:
 
 
 class GreedyTrainer:
-    """Pretrains an mlp autoencoder pair by pair, then fine-tunes it with the default trainer."""
+    """Pretrains an autoencoder pair by pair, then fine-tunes it with the default trainer."""
 
     Config = GreedyTrainerConfig
 

@@ -12,14 +12,15 @@ import torch.nn.functional as F
 
 import aecore
 import aecore_greedy
+from aecore.compose import compose
 from aecore.config import config_from_dict
-from aecore.data import Dataset, load_dataset
+from aecore.data import Dataset
 from aecore.errors import ConfigError
 from aecore.hooks import hookimpl, plugin_manager
-from aecore.model import compose
+from aecore.protocols import RunContext
+from aecore.sources import load_dataset
 from aecore.testing import check_trainer
 from aecore.training import train
-from aecore.training.context import RunContext
 from aecore.training.default import DefaultTrainer, DefaultTrainerConfig
 from aecore_greedy import GreedyTrainer, GreedyTrainerConfig, layer_slots
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from aecore.components import Activation, ImageComponent, activation
 from aecore.config import param
+from aecore.errors import ConfigError
 
 __all__ = ["HiddenBlock", "MLPDecoder", "MLPDecoderConfig", "MLPEncoder", "MLPEncoderConfig"]
 
@@ -91,6 +92,27 @@ class HiddenBlock(nn.Module):
         return out if self.skip is None else out + self.skip(h)
 
 
+def _stack(
+    part: str, config: MLPEncoderConfig | MLPDecoderConfig, net: nn.Sequential, tail: slice
+) -> list[tuple[nn.Linear, nn.Module]]:
+    """The (Linear, activation) pairs of ``net`` in forward order; ``tail`` picks the last pair."""
+    if config.residual:
+        raise ConfigError(
+            f"the mlp {part}'s layers cannot be trained one at a time with residual blocks "
+            f"({part}.residual=true): a skip adds each block's input to its output, so the stacked layers "
+            f"would not compute what each layer learned alone; set {part}.residual=false"
+        )
+    if config.batch_norm:
+        raise ConfigError(
+            f"the mlp {part}'s layers cannot be trained one at a time with batch norm "
+            f"({part}.batch_norm=true): untrained BatchNorm between them would rescale what each layer "
+            f"learned alone; set {part}.batch_norm=false"
+        )
+    pairs = [(b.body[0], b.body[1]) for b in net if isinstance(b, HiddenBlock)]
+    last = list(net)[tail]
+    return [*pairs, (last[0], last[1])]
+
+
 def _hidden_blocks(widths: Sequence[int], config: MLPEncoderConfig | MLPDecoderConfig) -> list[nn.Module]:
     return [
         HiddenBlock(a, b, config.activation, config.batch_norm, config.dropout, config.residual)
@@ -116,6 +138,11 @@ class MLPEncoder(ImageComponent):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def layer_stack(self) -> list[tuple[nn.Linear, nn.Module]]:
+        """Its Linear layers, each with the activation after it, from the input side: for layer-wise
+        pretraining (aecore's optional ``layer_stack`` protocol). Dropout is left out (no weights)."""
+        return _stack("encoder", self.config, self.net, slice(-2, None))
+
 
 class MLPDecoder(ImageComponent):
     """The encoder's mirror: hidden Linear blocks in reverse, then the output layer."""
@@ -134,3 +161,8 @@ class MLPDecoder(ImageComponent):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
+
+    def layer_stack(self) -> list[tuple[nn.Linear, nn.Module]]:
+        """Its Linear layers, each with the activation after it, from the code side (aecore's optional
+        ``layer_stack`` protocol, as the encoder's)."""
+        return _stack("decoder", self.config, self.net, slice(-3, -1))

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from aecore.compose import compose
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError
-from aecore.model import compose
 from aecore.testing import check_checkpoint_roundtrip, check_decoder, check_encoder
 from aecore_mlp import MLPDecoder, MLPDecoderConfig, MLPEncoder, MLPEncoderConfig
 
@@ -102,27 +102,21 @@ def test_no_output_activation_is_unbounded():
     assert out.min() < -1 and out.max() > 1
 
 
-@pytest.mark.parametrize(
-    ("options", "fusable"),
-    [
-        ({}, True),
-        ({"batch_norm": True}, False),
-        ({"dropout": 0.1}, False),
-        ({"residual": True}, False),
-        ({"activation": "elu"}, False),
-    ],
-)
-def test_plain_blocks_join_one_fused_run(options, fusable):
-    """Blocks of only Linear + ReLU/Tanh/Sigmoid fold into one aecore.layers run; others run as modules."""
-    from aecore.layers.chain import _layers_of
-
-    config = MLPEncoderConfig(hidden=(16, 8), **options)
-    encoder = MLPEncoder(config, input_shape=(1, 6, 6), latent_dim=4)
-    blocks = [m for m in encoder.net if hasattr(m, "fusable_layers")]
-    assert all((b.fusable_layers() is not None) == fusable for b in blocks)
-    kinds = [kind for kind, _ in _layers_of(list(encoder.net))]
-    assert kinds == (["module", "run"] if fusable else ["module", "module", "module", "run"])
-    x = torch.rand(3, 1, 6, 6)
-    encoder.eval()
-    reference = nn.Sequential(*encoder.net)(x)  # the same modules, one by one
-    torch.testing.assert_close(encoder(x), reference)
+def test_layer_stack_lists_each_linear_with_its_activation_for_layerwise_pretraining():
+    encoder = MLPEncoder(MLPEncoderConfig(hidden=(16, 8), dropout=0.1), input_shape=(1, 6, 6), latent_dim=4)
+    decoder = MLPDecoder(MLPDecoderConfig(hidden=(16, 8)), input_shape=(1, 6, 6), latent_dim=4)
+    assert [(lin.in_features, lin.out_features) for lin, _ in encoder.layer_stack()] == [
+        (36, 16),
+        (16, 8),
+        (8, 4),
+    ]
+    assert [(lin.in_features, lin.out_features) for lin, _ in decoder.layer_stack()] == [
+        (4, 8),
+        (8, 16),
+        (16, 36),
+    ]
+    assert isinstance(decoder.layer_stack()[-1][1], nn.Sigmoid)  # the output activation comes last
+    for options in ({"residual": True}, {"batch_norm": True}):
+        built = MLPEncoder(MLPEncoderConfig(hidden=(16,), **options), input_shape=(1, 6, 6), latent_dim=4)
+        with pytest.raises(ConfigError, match=f"encoder.{next(iter(options))}=false"):
+            built.layer_stack()

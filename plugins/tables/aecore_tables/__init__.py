@@ -41,7 +41,9 @@ __all__ = ["CsvTable", "NpyTable", "TableConfig", "standardise_stats"]
 @dataclass(frozen=True)
 class TableConfig:
     label: str | None = param(None, "Column holding the labels, by name or index (the rest are features).")
-    test: str | None = param(None, "A separate test file with the same columns (else a seeded share of rows).")
+    test: str | None = param(
+        None, "A separate test file with the same columns (else a seeded share of rows)."
+    )
     test_fraction: float = param(0.2, "Share of the rows held out for testing when there is no test file.")
     seed: int = param(0, "Seed of the train/test split of the rows.")
     norm: Literal["standardise", "none"] = param(

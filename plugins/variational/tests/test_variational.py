@@ -12,9 +12,9 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from aecore.checkpoint import load, save
+from aecore.compose import compose
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError
-from aecore.model import compose
 from aecore.testing import check_regularizer, check_roundtrip
 from aecore_variational import LOGVAR_RANGE, Variational, VariationalConfig, gaussian_kl
 

@@ -1,7 +1,7 @@
-"""``ae bench``: the performance benchmarks (throughput, start-up, memory).
+"""``python -m benchmarks``: the performance benchmarks (throughput, inference, start-up, memory).
 
-Kept thin: options in, :func:`aecore.bench.run_bench` out. torch and the
-benchmark modules are imported inside the command so ``ae --help`` stays fast.
+Run from the repository root, or through ``nox -s bench``. The benchmarks
+are not part of any wheel: they measure aecore, they are not aecore.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typer
 from aecore.errors import ConfigError
 
 
-def bench_command(
+def bench(
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -49,7 +49,7 @@ def bench_command(
     Every comparison is made within this one run, alternating the
     competitors. Targets print PASS or FAIL but never change the exit status.
     """
-    from aecore.bench.runner import SECTIONS  # stdlib and Rich only: still no torch here
+    from benchmarks.runner import SECTIONS  # stdlib and Rich only: still no torch here
 
     chosen = tuple(only or SECTIONS)
     unknown = [s for s in chosen if s not in SECTIONS]
@@ -72,8 +72,8 @@ def bench_command(
     if data_dir is not None and not (data_dir / "MNIST" / "raw").is_dir():
         raise ConfigError(f"--data-dir {data_dir} holds no MNIST/raw/ folder (torchvision layout).")
 
-    from aecore.bench import BenchSettings, run_bench
     from aecore.cli.output import console
+    from benchmarks import BenchSettings, run_bench
 
     run_bench(
         BenchSettings(
@@ -87,3 +87,7 @@ def bench_command(
         ),
         console,
     )
+
+
+if __name__ == "__main__":
+    typer.run(bench)
