@@ -110,17 +110,19 @@ def resolve(request: RunRequest) -> ResolvedRun:
     encoder, decoder, regs, latent = request.encoder, request.decoder, list(request.regularizers), None
     preset_trainer: dict[str, Any] = {}
     if request.preset is not None:
-        preset = registry.get("preset", request.preset)
+        entry = registry.info("preset", request.preset)
+        preset = _own_components(entry.load(), entry.dist)
         for flag, value, chosen in (
             ("--encoder", encoder, preset.encoder),
             ("--decoder", decoder, preset.decoder),
         ):
-            if value is not None and value != chosen:
+            if value is not None and _short(value) != _short(chosen):
                 raise ConfigError(
-                    f"the preset already chooses {flag} {chosen}; drop {flag} {value} or the preset."
+                    f"the preset already chooses {flag} {_short(chosen)}; drop {flag} {value} or the preset."
                 )
         encoder, decoder, latent = preset.encoder, preset.decoder, preset.latent_dim
-        regs = list(preset.regularizers) + [r for r in regs if r not in preset.regularizers]
+        chosen_regs = {_short(r) for r in preset.regularizers}
+        regs = list(preset.regularizers) + [r for r in regs if _short(r) not in chosen_regs]
         preset_trainer = dict(preset.params.get("trainer", {}))
         for target, values in preset.component_params.items():
             params[target] = {**values, **params.get(target, {})}
@@ -152,6 +154,32 @@ def resolve(request: RunRequest) -> ResolvedRun:
         components=params,
         trainer_params=trainer_params,
         loss_params=loss_params,
+    )
+
+
+def _short(name: str | None) -> str | None:
+    return None if name is None else name.rpartition(":")[2]
+
+
+def _own_components(preset: Any, dist: str) -> Any:
+    """The preset with the components its own distribution provides named as ``dist:name``.
+
+    A recipe means its own plugin's ``mlp``, even after another distribution
+    installs an ``mlp`` too.
+    """
+    from dataclasses import replace
+
+    def own(kind: str, name: str | None) -> str | None:
+        if name is None or ":" in name:
+            return name
+        mine = any(c.name == name and c.dist == dist for c in registry.every(kind))
+        return f"{dist}:{name}" if mine else name
+
+    return replace(
+        preset,
+        encoder=own("encoder", preset.encoder),
+        decoder=own("decoder", preset.decoder),
+        regularizers=tuple(own("regularizer", r) or r for r in preset.regularizers),
     )
 
 

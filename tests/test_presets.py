@@ -63,7 +63,8 @@ def test_explicit_choices_override_the_preset_and_regularizers_add_up() -> None:
         epochs=3,
     )
     plan = resolve(request)
-    assert (plan.encoder, plan.decoder, plan.regularizers, plan.latent_dim) == ("mlp", "mlp", ("sparse",), 8)
+    own = "aecore-mlp:mlp"  # a preset means its own distribution's components
+    assert (plan.encoder, plan.decoder, plan.regularizers, plan.latent_dim) == (own, own, ("sparse",), 8)
     assert plan.components["encoder"]["dropout"] == "0.1"
     assert plan.components["encoder"]["hidden"] == (512, 256, 128)  # the rest of the preset stays
     assert "trainer" not in plan.components
