@@ -55,7 +55,8 @@ class Blobs:
         x = torch.randn(self.config.n + 16, 8, generator=g) * self.config.scale
         y = (x[:, 0] > 0).long()
         full = TensorData(x, y, {"kind": "identity"})
-        train, test = full.subset(torch.arange(self.config.n)), full.subset(torch.arange(self.config.n, len(x)))
+        n = self.config.n
+        train, test = full.subset(torch.arange(n)), full.subset(torch.arange(n, len(x)))
         return Dataset("blobs", train, test, {"rows": self.config.n})
 
 
@@ -219,7 +220,7 @@ def test_a_data_source_with_a_location_records_it_in_the_form_it_chose(blobs, tm
 def test_data_source_options_are_validated_by_their_config(blobs):
     with pytest.raises(DataError, match=r"unknown parameter 'blobs\.count'.*Known parameters: n, scale"):
         load_dataset("blobs?count=3")
-    with pytest.raises(DataError, match="bad value 'many' for 'blobs.n'"):
+    with pytest.raises(DataError, match=r"bad value 'many' for 'blobs\.n'"):
         load_dataset("blobs?n=many")
     with pytest.raises(DataError, match="n must be at least 2"):
         load_dataset("blobs?n=1")
@@ -311,11 +312,11 @@ BROKEN = "raise ImportError('libtorch_imaginary.so: cannot open shared object fi
 def broken_kinds(make_dist, tmp_path, monkeypatch):
     """A broken data source, loss, backend and command, in one distribution each."""
     monkeypatch.setenv("AECORE_CACHE_DIR", str(tmp_path / "cache"))  # its own broken-plugin record
-    for kind, group, name in (
-        ("dataset", "aecore.datasets", "badsource"),
-        ("loss", "aecore.losses", "badloss"),
-        ("backend", "aecore.backends", "badbackend"),
-        ("command", "aecore.commands", "badcommand"),
+    for group, name in (
+        ("aecore.datasets", "badsource"),
+        ("aecore.losses", "badloss"),
+        ("aecore.backends", "badbackend"),
+        ("aecore.commands", "badcommand"),
     ):
         make_dist(
             f"aefake-{name}", {group: {name: f"aefake_{name}:Thing"}}, modules={f"aefake_{name}": BROKEN}
