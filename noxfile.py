@@ -23,12 +23,19 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+#: The distributions of this repository (for sessions that only need their code, not torch).
+PACKAGES = [".", *sorted(str(p.parent) for p in Path("plugins").glob("*/pyproject.toml"))]
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff")
+    """ruff check, ruff format --check, and the import contracts (layers, cycles, plugin isolation)."""
+    session.install("-c", "constraints.txt", "ruff", "import-linter")
+    # import-linter reads the source; it needs the packages importable, not their dependencies.
+    session.install("--no-deps", *(arg for path in PACKAGES for arg in ("-e", path)))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session
