@@ -140,18 +140,9 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Autoe
     spec = model_spec(meta, path)
     _require_installed(spec, path)
     try:
-        model = compose(
-            spec.encoder.qualified_name,
-            spec.decoder.qualified_name,
-            [r.qualified_name for r in spec.regularizers],
-            input_shape=spec.input_shape,
-            latent_dim=spec.latent_dim,
-            params={
-                "encoder": spec.encoder.params,
-                "decoder": spec.decoder.params,
-                **{r.name: r.params for r in spec.regularizers},
-            },
-        )
+        # The weights come from the file: building the model must not consume the caller's random state.
+        with torch.random.fork_rng(devices=[]):
+            model = _rebuild(spec)
     except AecoreError as exc:
         raise CheckpointError(f"{path} cannot be rebuilt: {exc}") from None
     try:
@@ -165,6 +156,21 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Autoe
         raise CheckpointError(f"{path} weights do not match its metadata: {detail}") from None
     model.metadata = meta
     return model.to(map_location).eval()
+
+
+def _rebuild(spec: ModelSpec) -> Autoencoder:
+    return compose(
+        spec.encoder.qualified_name,
+        spec.decoder.qualified_name,
+        [r.qualified_name for r in spec.regularizers],
+        input_shape=spec.input_shape,
+        latent_dim=spec.latent_dim,
+        params={
+            "encoder": spec.encoder.params,
+            "decoder": spec.decoder.params,
+            **{r.name: r.params for r in spec.regularizers},
+        },
+    )
 
 
 def _positive_int(value: Any) -> bool:

@@ -324,6 +324,14 @@ sys.stderr.write("RESULT " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
 )
 def test_light_commands_do_not_import_torch(args, also_refused):
     """Nor any plugin module: start-up budget, see the startup benchmark."""
+    typer_itself = subprocess.run(  # older Typers import Rich themselves; that is theirs, not ours
+        [sys.executable, "-c", "import sys, typer.main; print('rich' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if typer_itself.stdout.strip() == "True":
+        also_refused = [m for m in also_refused if m != "rich"]
     proc = subprocess.run(
         [sys.executable, "-c", STARTUP, json.dumps(args), json.dumps(also_refused)],
         capture_output=True,

@@ -105,7 +105,9 @@ class AeGroup(TyperGroup):
         except typer.Abort:
             fail_line("aborted.")
             sys.exit(1)
-        except typer.TyperException as exc:  # usage errors
+        except Exception as exc:
+            if not _is_usage_error(exc):
+                raise
             if type(exc).__name__ == "NoArgsIsHelpError":  # `ae` or `ae plugins` alone: the help
                 typer.echo(exc.ctx.get_help())  # type: ignore[attr-defined]
                 sys.exit(0)
@@ -118,6 +120,11 @@ class AeGroup(TyperGroup):
         if rv == 130:  # Typer turns Ctrl-C into exit code 130 before we see it
             fail_line("interrupted.")
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """A Click usage error (a bad option, a missing argument), whichever Click Typer uses."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, *rest: Any, **kw: Any) -> None:

@@ -25,7 +25,7 @@ import typer
 from aecore.config import ParamSpec, params_of
 from aecore.errors import ConfigError
 
-__all__ = ["given_values", "options_from"]
+__all__ = ["given_values", "options_from", "parse_set_items"]
 
 
 def options_from(config_cls: type, *, exclude: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Any]:
@@ -68,7 +68,7 @@ def given_values(ctx: Any, specs: Iterable[ParamSpec], kwargs: dict[str, Any]) -
         value = kwargs[spec.name]
         base = _base(spec.type)
         if get_origin(base) is dict:
-            value = _table(value or [], spec)
+            value = parse_set_items(value or [], (spec.flags or (f"--{spec.name}",))[0])
         elif spec.repeat:
             value = tuple(value or ())
         values[spec.name] = value
@@ -107,9 +107,11 @@ def _base(tp: Any) -> Any:
     return args[0] if get_origin(tp) is not None and len(args) == 1 and len(get_args(tp)) == 2 else tp
 
 
-def _table(items: list[str], spec: ParamSpec) -> dict[str, dict[str, str]]:
-    """``["encoder.channels=32,64", ...]`` as ``{"encoder": {"channels": "32,64"}}``."""
-    flag = (spec.flags or (f"--{spec.name}",))[0]
+def parse_set_items(items: list[str], flag: str = "--set") -> dict[str, dict[str, str]]:
+    """``["encoder.channels=32,64", ...]`` as ``{"encoder": {"channels": "32,64"}}`` (values stay text).
+
+    ``flag`` names the option in the error for a malformed item.
+    """
     table: dict[str, dict[str, str]] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -59,7 +59,8 @@ def _try(entry: registry.PluginInfo, device: torch.device, *, explicit: bool) ->
     else:
         try:
             backend = cls(config_from_dict(cls.Config, {}, owner=entry.name))
-            reason = backend.probe(device)
+            with torch.random.fork_rng(devices=[]):  # a probe's test tensors must not move the run's seed
+                reason = backend.probe(device)
         except Exception as exc:  # a backend must never stop a run
             reason = f"its probe failed ({type(exc).__name__}: {exc})"
         if reason is None:

@@ -170,6 +170,7 @@ def _run_job(
     train_data = dataset.train
     if request.classes is not None:
         train_data = keep_classes(train_data, request.classes, dataset.name)
+    backend, backend_name = choose_backend(request.backend, device)
     torch.manual_seed(request.seed)
     model = compose(
         plan.encoder,
@@ -184,7 +185,6 @@ def _run_job(
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
     train_split, val_split = split_validation(train_data, request.val_fraction, request.seed)
-    backend, backend_name = choose_backend(request.backend, device)
     run_dir = make_run_dir(model, False)  # every rank agrees on the path before rank 0 creates it
     distributed.barrier()
     if job.is_main:

@@ -111,7 +111,7 @@ def plot_activation_rows(
     Each row has its own colour scale; the row's range and the fraction of the
     layer's values that are non-zero are written beside it.
     """
-    from aecore.plots import figure, save_figure
+    from aecore_analysis.plots import figure, save_figure
 
     rows = len(layers) + (1 if image is not None else 0)
     fig, axes = figure(nrows=rows, ncols=1, figsize=(8, 0.3 + 0.62 * rows), squeeze=False)
@@ -146,7 +146,7 @@ def plot_activation_rows(
 
 def plot_feature_maps(layers: list[LayerActivation], path: Path) -> Path:
     """Every channel of every feature-map layer for sample 0, one panel per layer."""
-    from aecore.plots import figure, save_figure
+    from aecore_analysis.plots import figure, save_figure
 
     maps = [layer for layer in layers if layer.is_map]
     if not maps:

@@ -1,9 +1,12 @@
 """Applying and choosing models: ``ae anomaly``, ``denoise``, ``probe``, ``cv`` and ``sweep``.
 
-The numbers come from :mod:`aecore.analysis` (anomaly, denoise, probe,
-selection); this module parses options, writes the artefacts and prints the
-summary. torch, numpy, scikit-learn and matplotlib are imported inside the
-commands only, so ``ae --help`` stays light.
+The numbers come from this package's :mod:`~aecore_analysis.anomaly`,
+:mod:`~aecore_analysis.denoise`, :mod:`~aecore_analysis.probe` and
+:mod:`~aecore_analysis.selection`; this module parses options, writes the
+artefacts and prints the summary. ``ae cv`` and ``ae sweep`` take the run
+options of ``ae train``, generated from :class:`aecore.RunRequest`. torch,
+numpy, scikit-learn and matplotlib are imported inside the commands only, so
+``ae --help`` stays light.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,28 +29,10 @@ from aecore.cli.common import (
     load_model_and_data,
     output_file,
 )
+from aecore.cli.options import options_from
 from aecore.cli.output import console
-from aecore.cli.train import (
-    BatchSizeOpt,
-    ClassesOpt,
-    DecoderOpt,
-    EncoderOpt,
-    EpochsOpt,
-    LatentDimOpt,
-    LossOpt,
-    LrOpt,
-    PresetOpt,
-    RegOpt,
-    SeedOpt,
-    SetOpt,
-    TrainDataDirOpt,
-    TrainDataOpt,
-    TrainDeviceOpt,
-    TrainerOpt,
-    component_params,
-    parse_classes,
-)
 from aecore.errors import ConfigError
+from aecore.request import RunRequest
 
 if TYPE_CHECKING:
     from aecore.data import Dataset
@@ -57,21 +42,14 @@ OutDirOpt = Annotated[
     Path | None, typer.Option(help="Folder for the outputs (default: a new runs/<command>[-N]).")
 ]
 TrainSizeOpt = Annotated[
-    int | None, typer.Option(help="Use only the first N training images (quick runs; default: all).")
+    int | None, typer.Option(help="Use only the first N training samples (quick runs; default: all).")
 ]
 KeepModelsOpt = Annotated[
     bool, typer.Option(help="Keep each trained model under the output folder (default: temporary, removed).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `ae` application."""
-    app.command("anomaly")(anomaly_command)
-    app.command("denoise")(denoise_command)
-    app.command("probe")(probe_command)
-    app.command("cv")(cv_command)
-    app.command("sweep")(sweep_command)
+#: The run options that ``ae cv`` and ``ae sweep`` do not take: they choose where their runs go.
+RUN_OUTPUT = ("out", "runs_root", "overwrite")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -84,7 +62,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
         writer.writerows(rows)
 
 
-def _fmt(value: float, digits: int = 4) -> str:
+def _fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
 
 
@@ -106,19 +84,51 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
             output_file(path, path, overwrite)  # raises the usual one-line error
 
 
-def _training_data(data: str | None, data_dir: Path | None, train_size: int | None) -> Dataset:
-    """The dataset once for all runs, its training split cut to ``train_size`` if given."""
+def _check_train_size(train_size: int | None) -> None:
+    if train_size is not None and train_size < 2:
+        raise ConfigError(f"--train-size must be at least 2, got {train_size}.")
+
+
+def _training_data(data: str | None, data_dir: str | None, train_size: int | None) -> Dataset:
+    """The dataset, its training split cut to its first ``train_size`` samples if given."""
     import torch
 
-    from aecore.data import Dataset, load_dataset
+    from aecore.data import Dataset
+    from aecore.sources import load_dataset
 
     dataset = load_dataset(data, data_dir)
     if train_size is None:
         return dataset
-    if train_size < 2:
-        raise ConfigError(f"--train-size must be at least 2, got {train_size}.")
     train = dataset.train.subset(torch.arange(min(train_size, len(dataset.train))))
     return Dataset(dataset.name, train, dataset.test, dict(dataset.spec))
+
+
+def _loader(train_size: int | None) -> Callable[[RunRequest], Dataset]:
+    """A run request's dataset, loaded (and cut) once per data source."""
+    loaded: dict[tuple[str | None, str | None], Dataset] = {}
+
+    def load(request: RunRequest) -> Dataset:
+        key = (request.data, request.data_dir)
+        if key not in loaded:
+            loaded[key] = _training_data(request.data, request.data_dir, train_size)
+        return loaded[key]
+
+    return load
+
+
+def _parse_classes(text: str | None) -> list[int] | None:
+    """``"0"`` or ``"3,5"`` as labels."""
+    if text is None:
+        return None
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        classes = []
+    if not classes:
+        raise ConfigError(
+            f"--normal-class expects comma-separated integer labels, e.g. 0 or 3,5; got '{text}'."
+        )
+    return classes
 
 
 # --------------------------------------------------------------------------- anomaly
@@ -160,10 +170,10 @@ def anomaly_command(
         )
     if percentile is not None and contamination is not None:
         raise ConfigError("give either --percentile or --contamination, not both.")
-    classes = parse_classes(normal_class)
+    classes = _parse_classes(normal_class)
 
-    from aecore.analysis.anomaly import detect
     from aecore.training.run import resolve_device
+    from aecore_analysis.anomaly import detect
 
     loaded = load_model_and_data(model, data, data_dir, device)
     csv_path = output_file(out, loaded.run_dir / "anomaly.csv", overwrite)
@@ -219,7 +229,7 @@ def anomaly_command(
 def _anomaly_histogram(report: Any, path: Path) -> None:
     import numpy as np
 
-    from aecore.plots import figure, save_figure
+    from aecore_analysis.plots import figure, save_figure
 
     scores = report.scores.numpy()
     fig, ax = figure(figsize=(6, 3.6))
@@ -260,11 +270,22 @@ def _anomaly_histogram(report: Any, path: Path) -> None:
 
 def denoise_command(
     model: ModelArg,
-    noise: Annotated[str, typer.Option(help="Corruption: gaussian, mask or salt_pepper.")] = "gaussian",
-    factor: Annotated[float, typer.Option(help="Standard deviation of the gaussian noise.")] = 0.3,
-    prob: Annotated[
-        float, typer.Option(help="Probability that a pixel is corrupted (mask, salt_pepper).")
-    ] = 0.3,
+    corruption: Annotated[
+        str | None,
+        typer.Option(
+            help="Corrupt with this installed regularizer's training-time input transform, e.g. denoising "
+            "(default: the model's own regularizers that change the input)."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="A parameter of the --corruption regularizer: NAME.PARAM=VALUE, e.g. denoising.kind=mask.",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the corruption.")] = 0,
     count: Annotated[int, typer.Option(help="Images shown in the grid.")] = 8,
     limit: Annotated[
@@ -278,43 +299,105 @@ def denoise_command(
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Corrupt test images, reconstruct them, and report the PSNR gain in dB."""
-    from aecore.analysis.denoise import NOISE_KINDS, denoise_report
+    """Corrupt test images, reconstruct them, and report the PSNR gain in dB.
 
-    if noise not in NOISE_KINDS:
-        raise ConfigError(f"unknown --noise '{noise}'; choose {', '.join(NOISE_KINDS)}.")
+    The corruption is what a regularizer does to the input in training: by
+    default the model's own (a model trained with --reg denoising), or
+    --corruption NAME with --set NAME.PARAM=VALUE.
+    """
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}.")
-    from aecore.analysis.latent import check_image_model
-    from aecore.plots import save_grid
-    from aecore.training.run import resolve_device
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}.")
+    params = _corruption_params(corruption, set_ or [])
+
+    from aecore_analysis.denoise import build_corruption, changes_input, denoise_report, seeded
+    from aecore_analysis.latent import check_image_model
+    from aecore_analysis.plots import save_grid
 
     loaded = load_model_and_data(model, data, data_dir, device)
-    check_image_model(loaded.model, "denoise")
+    net = loaded.model
+    check_image_model(net, "denoise")
     png_path = output_file(out, loaded.run_dir / "denoise.png", overwrite)
+    torch_device = next(net.parameters()).device
+    if corruption is None:
+        modules = list(net.regularizers.values())
+        names = list(net.regularizers.keys())
+        source = "the model's own"
+    else:
+        with seeded(seed):  # a regularizer that draws its own weights draws them the same way each time
+            modules = [build_corruption(corruption, params, latent_dim=net.latent_dim).to(torch_device)]
+        names = [corruption.rpartition(":")[2]]
+        source = "--corruption"
+    sample = loaded.dataset.test.batch(slice(0, min(64, len(loaded.dataset.test)))).to(torch_device)
+    if not changes_input(modules, sample, seed=seed):
+        if corruption is None:
+            has = f"its regularizers: {', '.join(names)}" if names else "it has none"
+            raise ConfigError(
+                f"the model has no regularizer that changes its input in training ({has}); pass "
+                "--corruption NAME to corrupt with an installed regularizer, e.g. --corruption denoising."
+            )
+        raise ConfigError(
+            f"regularizer '{corruption}' does not change the input (its transform_input leaves it as it "
+            "is); choose one that corrupts, e.g. --corruption denoising."
+        )
     report = denoise_report(
-        loaded.model,
-        loaded.dataset.test,
-        kind=noise,
-        factor=factor,
-        prob=prob,
-        seed=seed,
-        limit=limit,
-        examples=count,
-        device=resolve_device(device),
+        net, loaded.dataset.test, modules, seed=seed, limit=limit, examples=count, device=torch_device
     )
     import torch
 
     shown = len(report.clean)
     save_grid(torch.cat([report.noisy, report.denoised, report.clean]), png_path, nrow=shown)
 
-    level = f"factor {factor:g}" if noise == "gaussian" else f"prob {prob:g}"
-    console.print(f"{loaded.path} on {loaded.dataset.name} test ({report.n} images), {noise} noise, {level}")
+    described = "; ".join(
+        _describe(n, m) for n, m in zip(names, modules, strict=True) if _changes(m, sample, seed)
+    )
+    console.print(f"{loaded.path} on {loaded.dataset.name} test ({report.n} images)")
+    console.print(f"corruption ({source}): {described}, seed {seed}")
     console.print(
         f"PSNR noisy {report.noisy_psnr:.2f} dB → denoised {report.denoised_psnr:.2f} dB: "
         f"gain {report.gain_db:+.2f} dB (clean input reconstructs at {report.clean_recon_psnr:.2f} dB)"
     )
     console.print(f"wrote {png_path} (rows: noisy, denoised, clean)")
+
+
+def _corruption_params(corruption: str | None, items: list[str]) -> dict[str, str]:
+    """The ``--set NAME.PARAM=VALUE`` items for the ``--corruption`` regularizer, as its parameters."""
+    if items and corruption is None:
+        raise ConfigError(
+            f"--set {items[0]} configures a --corruption regularizer; give --corruption NAME too "
+            "(the model's own regularizers are used as they were trained)."
+        )
+    from aecore.cli.options import parse_set_items
+
+    short = (corruption or "").rpartition(":")[2]
+    table = parse_set_items(items)
+    for target, values in table.items():
+        if target != short:
+            key, value = next(iter(values.items()))
+            raise ConfigError(
+                f"--set {target}.{key}: '{target}' is not the --corruption; write {short}.{key}={value}."
+            )
+    return table.get(short, {})
+
+
+def _changes(module: Any, sample: Any, seed: int) -> bool:
+    from aecore_analysis.denoise import changes_input
+
+    return changes_input([module], sample, seed=seed)
+
+
+def _describe(name: str, module: Any) -> str:
+    """``denoising (kind=gaussian, factor=0.3, ...)``: a regularizer and its settings."""
+    import dataclasses
+
+    config = getattr(module, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        return name
+    from aecore.config import config_to_dict
+
+    settings = ", ".join(f"{k}={v}" for k, v in config_to_dict(config).items())
+    return f"{name} ({settings})" if settings else name
 
 
 # --------------------------------------------------------------------------- probe
@@ -334,9 +417,9 @@ def probe_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit a linear classifier on the frozen codes and report its test accuracy."""
-    from aecore.analysis.probe import probe
     from aecore.errors import DataError
     from aecore.training.run import resolve_device
+    from aecore_analysis.probe import probe
 
     loaded = load_model_and_data(model, data, data_dir, device)
     if loaded.dataset.train.y is None or loaded.dataset.test.y is None:
@@ -362,7 +445,7 @@ def probe_command(
 def _confusion_plot(result: Any, path: Path) -> None:
     import numpy as np
 
-    from aecore.plots import figure, save_figure
+    from aecore_analysis.plots import figure, save_figure
 
     matrix = np.array(result.confusion)
     fig, ax = figure(figsize=(5, 4.4))
@@ -384,69 +467,59 @@ def _confusion_plot(result: Any, path: Path) -> None:
 
 # --------------------------------------------------------------------------- cv
 
+CV_EPILOG = """
+Examples:
 
+  ae cv -e mlp --epochs 2 --folds 5
+
+  ae cv -e mlp --set encoder.hidden=1000 --latent-dim 150 --folds 3
+
+The run options are those of 'ae train' (see 'ae train --help'); every fold
+trains with them, on k-1 folds, and is scored on the fold it did not see.
+"""
+
+
+@options_from(RunRequest, exclude=(*RUN_OUTPUT, "val_fraction"))
 def cv_command(
-    encoder: EncoderOpt = None,
-    decoder: DecoderOpt = None,
-    reg: RegOpt = None,
-    preset: PresetOpt = None,
-    trainer: TrainerOpt = "default",
-    latent_dim: LatentDimOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = 0,
-    loss: LossOpt = "mse",
-    data: TrainDataOpt = None,
-    data_dir: TrainDataDirOpt = None,
-    device: TrainDeviceOpt = "auto",
-    classes: ClassesOpt = None,
-    set_: SetOpt = None,
+    ctx: typer.Context,
+    values: dict[str, Any],
     folds: Annotated[int, typer.Option(help="Number of folds (at least 2).")] = 5,
     train_size: TrainSizeOpt = None,
     out_dir: OutDirOpt = None,
     keep_models: KeepModelsOpt = False,
-    overwrite: OverwriteOpt = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace cv.csv in --out-dir and reuse its fold-<i> folders.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """K-fold cross-validation of one configuration: held-out loss per fold, mean and std."""
     if folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {folds}.")
-    regs = list(reg or [])
-    params = component_params(regs, set_, epochs, batch_size, lr)
-    class_list = parse_classes(classes)
+    _check_train_size(train_size)
+    request = RunRequest.from_values(values)  # one-line errors before torch is imported
     target = _fresh_dir(out_dir, "cv")
     _refuse_existing([target / "cv.csv"], overwrite)  # before hours of training, not after
 
     from rich.table import Table
 
-    from aecore.analysis.selection import FoldResult, cross_validate
+    from aecore_analysis.selection import FoldResult, check_request, cross_validate
 
-    dataset = _training_data(data, data_dir, train_size)
+    check_request(request)
+    dataset = _training_data(request.data, request.data_dir, train_size)
 
     def report(fold: FoldResult) -> None:
         console.print(
-            f"fold {fold.fold}/{folds}: held-out {loss} {fold.val_loss:.6g} · "
+            f"fold {fold.fold}/{folds}: held-out {request.loss} {fold.val_loss:.6g} · "
             f"SSE/image {fold.val_sse_per_image:.4g}"
         )
 
     result = cross_validate(
         dataset,
+        request,
         folds=folds,
-        seed=seed,
-        classes=class_list,
         keep_dir=target if keep_models else None,
         overwrite=overwrite,
         on_fold=report,
-        encoder=encoder,
-        decoder=decoder,
-        regularizers=regs,
-        preset=preset,
-        trainer=trainer,
-        params=params,
-        latent_dim=latent_dim,
-        loss=loss,
-        device=device,
         progress=not quiet,
     )
     csv_path = output_file(None, target / "cv.csv", overwrite)
@@ -462,7 +535,7 @@ def cv_command(
     table = Table(
         title=f"{folds}-fold cross-validation on {dataset.name} ({sum(f.n_val for f in result.folds)} images)"
     )
-    for name in ("fold", "train", "held out", f"held-out {loss}", "SSE/image", "train loss"):
+    for name in ("fold", "train", "held out", f"held-out {request.loss}", "SSE/image", "train loss"):
         table.add_column(name, justify="right")
     for f in result.folds:
         table.add_row(
@@ -481,101 +554,88 @@ def cv_command(
     console.print(f"wrote {csv_path}{kept}")
 
 
+cv_command.epilog = CV_EPILOG  # type: ignore[attr-defined]
+
+
 # --------------------------------------------------------------------------- sweep
 
+SWEEP_EPILOG = """
+Examples:
 
+  ae sweep -e mlp --grid latent_dim=2,8,32 --epochs 2
+
+  ae sweep -e mlp --grid latent_dim=8,32 --grid encoder.hidden=256,512:256
+
+  ae sweep -e mlp -r sparse --grid sparse.weight=1e-4,1e-3 --epochs 2
+
+KEY is a run setting (latent_dim, lr, epochs, batch_size, seed, loss, ...)
+or TARGET.PARAM as for --set (encoder.hidden, trainer.epochs, or a
+regularizer's); every combination of the values is trained. Inside one
+value, ':' separates the items of a list.
+"""
+
+
+@options_from(RunRequest, exclude=RUN_OUTPUT)
 def sweep_command(
-    latent_dim: Annotated[
-        str | None, typer.Option(help="Code sizes to sweep, comma-separated, e.g. 2,8,16,32,64,128,256.")
-    ] = None,
-    hidden: Annotated[
-        str | None,
+    ctx: typer.Context,
+    values: dict[str, Any],
+    grid: Annotated[
+        list[str] | None,
         typer.Option(
-            help="Hidden widths to sweep (depth, width), |-separated, e.g. '256|512,256|512,256,128'."
+            help="KEY=V1,V2,...: a run setting (latent_dim=8,32) or a component parameter "
+            "(encoder.hidden=256:128,512:256; ':' separates a list's items) to sweep. Repeat for a product.",
+            show_default=False,
         ),
     ] = None,
-    encoder: EncoderOpt = None,
-    decoder: DecoderOpt = None,
-    reg: RegOpt = None,
-    preset: PresetOpt = None,
-    trainer: TrainerOpt = "default",
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = 0,
-    loss: LossOpt = "mse",
-    data: TrainDataOpt = None,
-    data_dir: TrainDataDirOpt = None,
-    device: TrainDeviceOpt = "auto",
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of training data held out for validation.")
-    ] = 0.1,
-    classes: ClassesOpt = None,
-    set_: SetOpt = None,
     train_size: TrainSizeOpt = None,
     out_dir: OutDirOpt = None,
     keep_models: KeepModelsOpt = False,
-    overwrite: OverwriteOpt = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace sweep.csv and sweep.png in --out-dir and reuse its run folders.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a grid over code size and/or hidden widths; tabulate and plot the test error."""
-    from aecore.analysis.selection import parse_hidden_grid, parse_int_grid
+    """Train a grid over any run setting or component parameter; tabulate and plot the test error."""
+    from aecore_analysis.selection import parse_grid
 
-    latents = parse_int_grid(latent_dim) if latent_dim is not None else None
-    hiddens = parse_hidden_grid(hidden) if hidden is not None else None
-    if latents is None and hiddens is None:
-        raise ConfigError("nothing to sweep: give --latent-dim 2,8,32 and/or --hidden '256|512,256'.")
-    regs = list(reg or [])
-    params = component_params(regs, set_, epochs, batch_size, lr)
-    class_list = parse_classes(classes)
+    axes = parse_grid(grid or [])
+    _check_train_size(train_size)
+    RunRequest.from_values(values)  # the shared options' own mistakes first
     target = _fresh_dir(out_dir, "sweep")
     _refuse_existing([target / "sweep.csv", target / "sweep.png"], overwrite)
 
     from rich.table import Table
 
-    from aecore.analysis.selection import SweepPoint, hidden_label, sweep
-
-    dataset = _training_data(data, data_dir, train_size)
+    from aecore_analysis.selection import SweepPoint, sweep
 
     def report(p: SweepPoint) -> None:
         console.print(
-            f"latent {p.latent_dim}, hidden {hidden_label(p.hidden) or '—'}: "
-            f"test SSE/image {p.test_sse_per_image:.4g} ({p.parameters:,} parameters, {p.seconds:.1f} s)"
+            f"{p.label}: test SSE/image {p.test_sse_per_image:.4g} "
+            f"({p.parameters:,} parameters, {p.seconds:.1f} s)"
         )
 
     result = sweep(
-        dataset,
-        latent_dims=latents,
-        hiddens=hiddens,
-        params=params,
+        values,
+        axes,
+        data=_loader(train_size),
         keep_dir=target if keep_models else None,
         overwrite=overwrite,
         on_point=report,
-        encoder=encoder,
-        decoder=decoder,
-        regularizers=regs,
-        preset=preset,
-        trainer=trainer,
-        loss=loss,
-        seed=seed,
-        device=device,
-        val_fraction=val_fraction,
-        classes=class_list,
         progress=not quiet,
     )
     csv_path = output_file(None, target / "sweep.csv", overwrite)
     png_path = output_file(None, target / "sweep.png", overwrite)
     rows = [p.as_row() for p in result.points]
     _write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
-    _sweep_plot(result, png_path, dataset.name)
+    data_name = ", ".join(dict.fromkeys(p.data for p in result.points))
+    _sweep_plot(result, png_path, data_name)
 
-    table = Table(title=f"Sweep over {' × '.join(result.swept)} on {dataset.name} (test error)")
-    for name in ("latent", "hidden", "parameters", "compression", "SSE/image", "PSNR (dB)", "time (s)"):
+    table = Table(title=f"Sweep over {' × '.join(result.keys)} on {data_name} (test error)")
+    for name in (*result.keys, "parameters", "compression", "SSE/image", "PSNR (dB)", "time (s)"):
         table.add_column(name, justify="right")
     for p in result.points:
         table.add_row(
-            str(p.latent_dim),
-            hidden_label(p.hidden) or "—",
+            *(p.values[k] for k in result.keys),
             f"{p.parameters:,}",
             f"{p.compression_ratio:.1f}×",
             f"{p.test_sse_per_image:.4g}",
@@ -587,32 +647,38 @@ def sweep_command(
     console.print(f"wrote {csv_path} and {png_path}{kept}")
 
 
-def _sweep_plot(result: Any, path: Path, data_name: str) -> None:
-    from aecore.analysis.selection import hidden_label
-    from aecore.plots import figure, save_figure
+sweep_command.epilog = SWEEP_EPILOG  # type: ignore[attr-defined]
 
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _sweep_plot(result: Any, path: Path, data_name: str) -> None:
+    """Test SSE per image against the one numeric key swept (a line), else against each point's label."""
+    from aecore_analysis.plots import figure, save_figure
+
+    points, keys = result.points, result.keys
     fig, ax = figure(figsize=(6, 3.8))
-    if "latent_dim" in result.swept:
-        groups: dict[str, list[Any]] = {}
-        for p in result.points:
-            groups.setdefault(hidden_label(p.hidden) or "", []).append(p)
-        for label, points in groups.items():
-            ax.plot(
-                [p.latent_dim for p in points],
-                [p.test_sse_per_image for p in points],
-                marker="o",
-                label=f"hidden {label}" if label else None,
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([p.latent_dim for p in result.points], [str(p.latent_dim) for p in result.points])
-        ax.set_xlabel("code size (latent dim)")
-        if len(groups) > 1:
-            ax.legend()
+    numbers = [_number(p.values[keys[0]]) for p in points] if len(keys) == 1 else []
+    if numbers and all(x is not None for x in numbers):
+        pairs = sorted(zip(numbers, points, strict=True), key=lambda pair: pair[0])
+        xs = [x for x, _ in pairs]
+        ax.plot(xs, [p.test_sse_per_image for _, p in pairs], marker="o")
+        if xs[0] > 0 and xs[-1] / xs[0] > 8:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(xs, [p.values[keys[0]] for _, p in pairs])
+        ax.set_xlabel(keys[0])
     else:
-        labels = [hidden_label(p.hidden) for p in result.points]
-        ax.plot(range(len(labels)), [p.test_sse_per_image for p in result.points], marker="o")
-        ax.set_xticks(range(len(labels)), labels, rotation=20)
-        ax.set_xlabel("hidden widths (encoder, from the input side)")
+        labels = [p.values[keys[0]] if len(keys) == 1 else p.label.replace(", ", "\n") for p in points]
+        ax.plot(range(len(points)), [p.test_sse_per_image for p in points], marker="o")
+        ax.set_xticks(range(len(points)), labels, rotation=20 if len(keys) == 1 else 0, fontsize=8)
+        ax.set_xlabel(" × ".join(keys))
     ax.set_ylabel("test SSE per image")
     ax.set_title(f"Test reconstruction error on {data_name}")
     ax.grid(alpha=0.3)

@@ -1,16 +1,15 @@
-"""Commands about data and numbers: ``ae pca``, ``ae inspect``, ``ae encode`` and ``ae decode``.
+"""Commands about data and numbers: ``ae pca``, ``ae encode`` and ``ae decode``.
 
-The numbers come from :mod:`aecore.analysis.pca`, :mod:`aecore.analysis.codes`
-and :mod:`aecore.analysis.summary`; this module parses options, writes the
-files and prints a summary. torch, numpy and matplotlib are imported inside
-the commands so that ``ae --help`` stays light.
+The numbers come from :mod:`aecore.pca` (the core's PCA, which ``ae eval``
+compares with) and :mod:`aecore_analysis.codes`; this module parses options,
+writes the files and prints a summary. torch, numpy and matplotlib are
+imported inside the commands so that ``ae --help`` stays light.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -25,11 +24,6 @@ from aecore.cli.common import (
 )
 from aecore.cli.output import console
 from aecore.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rich.tree import Tree
-
-    from aecore.analysis.summary import ModuleNode
 
 FormatOpt = Annotated[
     str | None,
@@ -48,7 +42,7 @@ def _files(paths: list[Path]) -> str:
 
 def pca_command(
     data: Annotated[
-        str | None, typer.Option(help="Dataset: embedded (default), mnist, csv:PATH or npy:PATH.")
+        str | None, typer.Option(help="Data source, as for 'ae train --data' (default: embedded).")
     ] = None,
     data_dir: DataDirOpt = None,
     variance: Annotated[
@@ -61,8 +55,8 @@ def pca_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """How many principal components a variance target needs: a bottleneck size to start from."""
-    from aecore.analysis.pca import components_for_variance, fit_pca
-    from aecore.data import load_dataset
+    from aecore.pca import components_for_variance, fit_pca
+    from aecore.sources import load_dataset
 
     if not 0.0 < variance <= 1.0:
         raise ConfigError(f"--variance must be in (0, 1], got {variance:g}; e.g. --variance 0.95.")
@@ -97,7 +91,7 @@ def pca_command(
 
 
 def _plot_cumulative(cumulative: list[float], target: float, k: int, name: str, path: Path) -> None:
-    from aecore.plots import figure, save_figure
+    from aecore_analysis.plots import figure, save_figure
 
     fig, ax = figure(figsize=(5.5, 3.6))
     xs = range(1, len(cumulative) + 1)
@@ -119,7 +113,7 @@ def _plot_cumulative(cumulative: list[float], target: float, k: int, name: str, 
 
 
 def _target(out: Path | None, fmt: str | None, default_stem: Path, overwrite: bool) -> tuple[Path, str]:
-    from aecore.analysis.codes import file_format
+    from aecore_analysis.codes import file_format
 
     if out is None:
         fmt = file_format(Path("x.safetensors"), fmt or "safetensors")
@@ -145,7 +139,7 @@ def encode_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the latent codes of a dataset split (with labels where known) to a file."""
-    from aecore.analysis.codes import encode_data, labels_path, write_table
+    from aecore_analysis.codes import encode_data, labels_path, write_table
 
     if split not in ("test", "train"):
         raise ConfigError(f"--split must be test or train, got '{split}'.")
@@ -194,8 +188,8 @@ def decode_command(
 ) -> None:
     """Decode latent codes from a file into outputs (a PNG grid for image models, and/or a data file)."""
     from aecore import checkpoint
-    from aecore.analysis.codes import decode_codes, denormalise, read_codes, write_table
     from aecore.training.run import resolve_device
+    from aecore_analysis.codes import decode_codes, denormalise, read_codes, write_table
 
     path = checkpoint.resolve(model)
     grid_only = out is not None and out.suffix.lower() == ".png"
@@ -224,7 +218,7 @@ def decode_command(
         values = denormalise(outputs, norm) if data_units else outputs
         written += write_table(data_file, values, labels, fmt, key="outputs", prefix="x")
     if png is not None:
-        from aecore.plots import save_grid
+        from aecore_analysis.plots import save_grid
 
         shown = denormalise(outputs[:max_images], norm) / float(norm.get("divisor", 1.0))
         nrow = min(len(shown), 8) or 1
@@ -235,11 +229,3 @@ def decode_command(
         f"(range {float(outputs.min()):.3g} to {float(outputs.max()):.3g})"
     )
     console.print(f"wrote {_files(written)}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `ae` application."""
-    app.command("pca")(pca_command)
-    app.command("inspect")(inspect_command)
-    app.command("encode")(encode_command)
-    app.command("decode")(decode_command)

@@ -2,8 +2,8 @@
 
 ``ae reconstruct``, ``ae interpolate``, ``ae arithmetic``, ``ae sample``,
 ``ae plot`` and ``ae features``. The numbers come from
-:mod:`aecore.analysis.latent`, :mod:`aecore.analysis.activations` and
-:mod:`aecore.analysis.history`; this module parses options, writes the files
+:mod:`aecore_analysis.latent`, :mod:`aecore_analysis.activations` and
+:mod:`aecore_analysis.history`; this module parses options, writes the files
 and prints a summary. torch, numpy and matplotlib are imported inside the
 commands so that ``ae --help`` stays light.
 """
@@ -49,7 +49,7 @@ def _load_image_model(
     model: Path, command: str, data: str | None, data_dir: Path | None, device: str
 ) -> Loaded:
     """Reload a checkpoint and its data, refusing models whose inputs are not images."""
-    from aecore.analysis.latent import check_image_model
+    from aecore_analysis.latent import check_image_model
 
     loaded = load_model_and_data(model, data, data_dir, device)
     check_image_model(loaded.model, command)
@@ -67,8 +67,8 @@ def _label(loaded: Loaded, index: int) -> str:
 
 def _save_grid(images: Tensor, loaded: Loaded, path: Path, nrow: int) -> Path:
     """Model-space images to [0, 1], written as one torchvision grid (padding 2)."""
-    from aecore.analysis.latent import to_display
-    from aecore.plots import save_grid
+    from aecore_analysis.latent import to_display
+    from aecore_analysis.plots import save_grid
 
     return save_grid(to_display(images, loaded.dataset.test.normalisation), path, nrow=nrow)
 
@@ -98,7 +98,7 @@ def reconstruct_command(
     """Draw test images (top row) over their reconstructions (row below) as a PNG grid."""
     import torch
 
-    from aecore.analysis.latent import decode, encode
+    from aecore_analysis.latent import decode, encode
 
     target = output_file(out, _checkpoint_dir(model) / "reconstruct.png", overwrite)
     loaded = _load_image_model(model, "reconstruct", data, data_dir, device)
@@ -139,7 +139,7 @@ def interpolate_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Decode (1−t)·z_a + t·z_b for t from 0 to 1: a strip of images between two test samples."""
-    from aecore.analysis.latent import check_index, decode, encode, interpolate
+    from aecore_analysis.latent import check_index, decode, encode, interpolate
 
     target = output_file(out, _checkpoint_dir(model) / "interpolate.png", overwrite)
     if steps < 2:
@@ -175,7 +175,7 @@ def arithmetic_command(
     """Decode z_a + z_b − z_c: the three test images, then the result, in one row."""
     import torch
 
-    from aecore.analysis.latent import arithmetic, check_index, decode, encode
+    from aecore_analysis.latent import arithmetic, check_index, decode, encode
 
     target = output_file(out, _checkpoint_dir(model) / "arithmetic.png", overwrite)
     loaded = _load_image_model(model, "arithmetic", data, data_dir, device)
@@ -208,7 +208,7 @@ def sample_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Decode random codes: N(0, I) for variational models, else a Gaussian fitted to training codes."""
-    from aecore.analysis.latent import (
+    from aecore_analysis.latent import (
         decode,
         encode,
         fit_gaussian,
@@ -269,8 +269,8 @@ def plot_command(
     """Plot the loss curves (loss.png) and a 2-D scatter of test codes by class (latent.png, latent.csv)."""
     import csv
 
-    from aecore.analysis.history import loss_series, plot_loss, read_metrics
-    from aecore.analysis.latent import encode, plot_scatter, project_2d
+    from aecore_analysis.history import loss_series, plot_loss, read_metrics
+    from aecore_analysis.latent import encode, plot_scatter, project_2d
 
     if method not in ("pca", "tsne"):
         raise ConfigError(f"unknown --method '{method}'; choose pca or tsne.")
@@ -355,8 +355,8 @@ def features_command(
     from rich.table import Table
     from safetensors.torch import save_file
 
-    from aecore.analysis.activations import collect_activations, plot_activation_rows, plot_feature_maps
-    from aecore.analysis.latent import check_index, to_display
+    from aecore_analysis.activations import collect_activations, plot_activation_rows, plot_feature_maps
+    from aecore_analysis.latent import check_index, to_display
 
     rows_png = output_file(out, _checkpoint_dir(model) / "features.png", overwrite)
     maps_png = output_file(None, rows_png.with_name(f"{rows_png.stem}-maps.png"), overwrite)
@@ -398,13 +398,3 @@ def features_command(
     console.print(table)
     written = [rows_png, *([maps_png] if has_maps else []), tensors]
     console.print("wrote " + ", ".join(str(p) for p in written))
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `ae` application."""
-    app.command("reconstruct")(reconstruct_command)
-    app.command("interpolate")(interpolate_command)
-    app.command("arithmetic")(arithmetic_command)
-    app.command("sample")(sample_command)
-    app.command("plot")(plot_command)
-    app.command("features")(features_command)

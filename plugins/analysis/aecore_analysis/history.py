@@ -65,7 +65,7 @@ def loss_series(history: list[dict[str, Any]]) -> dict[str, tuple[list[float], l
 
 def plot_loss(series: dict[str, tuple[list[float], list[float]]], path: Path, title: str = "") -> Path:
     """Loss per epoch, one line per series; log scale when every value is positive."""
-    from aecore.plots import figure, save_figure
+    from aecore_analysis.plots import figure, save_figure
 
     pretrain = {k: v for k, v in series.items() if k.startswith("pretrain_")}
     main = {k: v for k, v in series.items() if k not in pretrain}

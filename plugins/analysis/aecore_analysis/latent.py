@@ -253,7 +253,7 @@ def plot_scatter(points: Any, labels: Tensor | None, path: Path, title: str = ""
     """2-D points coloured by class (tab10 for up to 10 classes), with a legend."""
     import numpy as np
 
-    from aecore.plots import figure, save_figure
+    from aecore_analysis.plots import figure, save_figure
 
     fig, ax = figure(figsize=(5.5, 5))
     pts = np.asarray(points)

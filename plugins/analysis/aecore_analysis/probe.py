@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aecore.analysis.latent import encode
 from aecore.data import Dataset
 from aecore.errors import ConfigError, DataError
 from aecore.model import Autoencoder
+from aecore_analysis.latent import encode
 
 __all__ = ["ProbeResult", "linear_probe", "probe"]
 
