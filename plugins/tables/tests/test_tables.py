@@ -1,0 +1,203 @@
+"""The table data sources: --data csv:PATH and --data npy:PATH."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import aecore_tables
+from aecore.cli.app import app
+from aecore.errors import DataError
+from aecore.sources import load_dataset
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch):
+    monkeypatch.setenv("AECORE_NO_DATA_CACHE", "1")  # every load reads the file, as these tests mean
+
+
+@pytest.fixture
+def runner(monkeypatch, tmp_path) -> CliRunner:
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def write_csv(path: Path, rows: list[list[object]], header: list[str] | None = None) -> Path:
+    lines = ([",".join(header)] if header else []) + [",".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def table(n: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)) * [1.0, 2.0, 0.5, 0.0] + [0.0, 5.0, -1.0, 3.0]  # last column constant
+    return x, rng.integers(0, 3, n)
+
+
+def test_csv_split_standardisation_and_labels(tmp_path):
+    x, y = table()
+    write_csv(
+        tmp_path / "t.csv", [[*r, int(c)] for r, c in zip(x, y, strict=True)], ["a", "b", "c", "d", "y"]
+    )
+    data = load_dataset("csv:t.csv?label=y", tmp_path)
+    assert data.name == f"csv:{tmp_path / 't.csv'}?label=y"
+    assert (len(data.train), len(data.test)) == (80, 20) and data.train.shape == (4,)
+    assert data.spec["columns"] == ["a", "b", "c", "d"] and data.spec["label"] == "y"
+    # deterministic split; row order kept
+    again = load_dataset(data.name)
+    assert torch.equal(again.test.x, data.test.x) and torch.equal(again.test.y, data.test.y)
+    norm = data.train.normalisation
+    assert norm["kind"] == "standardise"
+    raw = data.train.x.double()
+    assert np.allclose(norm["mean"], raw.mean(0).numpy())
+    assert np.allclose(norm["std"][:3], raw.std(0, correction=0)[:3].numpy())
+    assert norm["std"][3] == 1.0  # zero variance: std 1, the column becomes zeros
+    assert torch.allclose(data.train.batch(slice(None))[:, 3], torch.zeros(80))
+    assert data.test.normalisation == norm  # test rows use the training statistics
+    # a trained model's record is reused as is, not recomputed
+    stored = {"kind": "standardise", "mean": [1.0, 2.0, 3.0, 4.0], "std": [2.0, 2.0, 2.0, 2.0]}
+    reloaded = load_dataset(data.name, normalisation=stored)
+    assert reloaded.train.normalisation == stored
+    with pytest.raises(DataError, match="shape"):
+        load_dataset(data.name, normalisation={"kind": "standardise", "mean": [0.0], "std": [1.0]})
+    # other splits and string labels
+    other = load_dataset("csv:t.csv?label=4&test_fraction=0.5&seed=3", tmp_path)
+    assert len(other.test) == 50 and other.name.endswith("?label=4&test_fraction=0.5&seed=3")
+    write_csv(tmp_path / "s.csv", [[1, "cat"], [2, "dog"], [3, "cat"]], ["v", "kind"])
+    strings = load_dataset(f"csv:{tmp_path / 's.csv'}?label=kind")
+    assert strings.spec["label_names"] == ["cat", "dog"]
+
+
+def test_csv_header_detection_and_test_file(tmp_path):
+    write_csv(tmp_path / "n.csv", [[1, 2], [3, 4], [5, 7], [0, 1], [2, 2]])
+    data = load_dataset("csv:n.csv", tmp_path)
+    assert len(data.train) + len(data.test) == 5  # no header: the first row is data
+    assert data.spec["columns"] == ["0", "1"]
+    forced = load_dataset("csv:n.csv?header=yes", tmp_path)
+    assert len(forced.train) + len(forced.test) == 4
+    write_csv(tmp_path / "tr.csv", [[1, 2], [3, 4], [5, 6]], ["p", "q"])
+    write_csv(tmp_path / "te.csv", [[7, 8]], ["p", "q"])
+    split = load_dataset("csv:tr.csv?test=te.csv", tmp_path)
+    assert (len(split.train), len(split.test)) == (3, 1)
+    assert split.train.normalisation["mean"] == [3.0, 4.0]  # from the training file only
+    write_csv(tmp_path / "te2.csv", [[7, 8]], ["p", "z"])
+    with pytest.raises(DataError, match="columns"):
+        load_dataset("csv:tr.csv?test=te2.csv", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragments"),
+    [
+        ([[1, 2], [3, "abc"], [5, 6]], ["t.csv row 3, column 'x2': 'abc' is not a number"]),
+        ([[1, 2], [3, "nan"], [5, 6]], ["row 3, column 'x2'", "NaN", "never drops"]),
+        ([[1, 2], ["", 4], [5, 6]], ["row 3, column 'x1': is empty"]),
+        ([[1, 2], [3, "inf"], [5, 6]], ["row 3, column 'x2'", "infinite"]),
+        ([[1, 2], [3], [5, 6]], ["row 3 has 1 cells, but the table has 2 columns"]),
+    ],
+)
+def test_bad_cells_name_row_and_column(tmp_path, rows, fragments):
+    write_csv(tmp_path / "t.csv", rows, ["x1", "x2"])
+    with pytest.raises(DataError) as info:
+        load_dataset(f"csv:{tmp_path / 't.csv'}")
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_table_source_errors(tmp_path, runner):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("a,b\n")
+    write_csv(tmp_path / "t.csv", [[1, 2], [3, 4]], ["a", "b"])
+    cases = {
+        "csv:empty.csv": "is empty",
+        "csv:header.csv": "has a header but no rows",
+        "csv:missing.csv": "does not exist",
+        "csv:t.csv?label=c": "has no column 'c'",
+        "csv:t.csv?lable=a": "unknown parameter 'csv.lable'. Did you mean: label?",
+        "csv:t.csv?test_fraction=2": "test_fraction must be between 0 and 1",
+        "csv:": "needs a location: --data csv:PATH",
+    }
+    for source, fragment in cases.items():
+        with pytest.raises(DataError, match=re.escape(fragment)):
+            load_dataset(source, tmp_path)
+    one_line_error(runner.invoke(app, ["train", "-e", "mlp", "--data", "csv:missing.csv"]), "does not exist")
+
+
+def test_npy_tables(tmp_path):
+    x, y = table(50)
+    np.save(tmp_path / "t.npy", np.c_[x, y])
+    data = load_dataset(f"npy:{tmp_path / 't.npy'}?label=-1")
+    assert data.train.shape == (4,) and (len(data.train), len(data.test)) == (40, 10)
+    assert data.train.y.dtype == torch.long and set(data.train.y.tolist()) <= {0, 1, 2}
+    bad = np.c_[x, y]
+    bad[7, 2] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(DataError, match=r"row 7, column 2: the value is NaN"):
+        load_dataset(f"npy:{tmp_path / 'bad.npy'}")
+    np.save(tmp_path / "flat.npy", np.arange(5.0))
+    with pytest.raises(DataError, match=r"shape \(rows, columns\)"):
+        load_dataset(f"npy:{tmp_path / 'flat.npy'}")
+
+
+def test_train_on_csv_then_eval_reuses_the_stored_statistics(runner, tmp_path, monkeypatch):
+    x, y = table(300, seed=1)
+    write_csv(
+        tmp_path / "t.csv", [[*r, int(c)] for r, c in zip(x, y, strict=True)], ["a", "b", "c", "d", "y"]
+    )
+    common = ["--data", "csv:t.csv?label=y", "--latent-dim", "2", "--epochs", "2", "-q", "--device", "cpu"]
+    base = ["train", "-e", "mlp", *common, "--set", "encoder.hidden=8"]
+    # mlp's default sigmoid output cannot fit standardised data: a one-line hint, nothing written
+    one_line_error(runner.invoke(app, [*base, "--out", "r0"]), "--set decoder.output_activation=none")
+    assert not (tmp_path / "r0").exists()
+    one_line_error(
+        runner.invoke(app, ["train", "-e", "conv", *common, "--out", "r0"]), "conv encoder", "(4,)"
+    )
+
+    trained = runner.invoke(app, [*base, "--set", "decoder.output_activation=none", "--out", "run"])
+    assert trained.exit_code == 0, trained.stderr
+    line = [s for s in trained.stdout.splitlines() if s.startswith("test: ")]
+    assert len(line) == 1 and "PSNR" not in line[0]
+
+    import aecore
+
+    meta = aecore.read_metadata(tmp_path / "run")
+    norm = meta["data"]["normalisation"]
+    assert norm["kind"] == "standardise" and norm["std"][3] == 1.0
+    assert meta["data"]["name"] == f"csv:{tmp_path / 't.csv'}?label=y" and meta["data"]["label"] == "y"
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("statistics recomputed on reload")
+
+    monkeypatch.setattr(aecore_tables, "standardise_stats", no_recompute)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the absolute path in the metadata finds the table
+    evaluated = runner.invoke(app, ["eval", "../run"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert [s for s in evaluated.stdout.splitlines() if s.startswith("test: ")] == line
+    assert "(60 rows)" in evaluated.stdout and "PCA (2 components)" in evaluated.stdout
+    assert "BCE" not in evaluated.stdout
+    encoded = runner.invoke(app, ["encode", "../run", "--out", "codes.csv"])
+    assert encoded.exit_code == 0, encoded.stderr
+    decoded = runner.invoke(app, ["decode", "../run", "codes.csv", "--out", "rows.csv", "--data-units"])
+    assert decoded.exit_code == 0, decoded.stderr
+    with open("rows.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["x0", "x1", "x2", "x3", "label"] and len(rows) == 60
+    assert not Path("rows.png").exists()  # tables get no image grid
+    assert float(rows[0]["x3"]) == pytest.approx(3.0, abs=0.5)  # back in the table's units
