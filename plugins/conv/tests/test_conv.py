@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from aecore.compose import compose
+from aecore import registry
+from aecore.compose import compose, compose_preset
 from aecore.errors import ConfigError, ShapeError
-from aecore.presets import get_preset
 from aecore.testing import check_checkpoint_roundtrip, check_decoder, check_encoder, check_roundtrip
 from aecore_conv import ConvDecoder, ConvEncoder, stage_sizes, transpose_padding
 
@@ -115,17 +115,17 @@ def test_default_model_is_unchanged():
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_reference_presets_have_exact_counts(name):
-    preset = get_preset(name)
+    preset = registry.get("preset", name)
     latent_dim, count = REFERENCE[name]
     assert (preset.latent_dim, preset.reference_params) == (latent_dim, count)
-    model = preset.build()
+    model = compose_preset(preset)
     assert model.num_parameters() == count
     assert model.encoder.code_shape == model.decoder.code_shape
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
 
 
 def test_conv_deep_layers_match_the_reference():
-    model = get_preset("conv-deep").build()
+    model = compose_preset(registry.get("preset", "conv-deep"))
     ups = [
         (m.in_channels, m.out_channels, m.padding, m.output_padding)
         for m in model.decoder.modules()
@@ -145,7 +145,7 @@ def test_upsample_mode_has_no_transposed_convolution():
 
 
 def test_preset_roundtrip(tmp_path):
-    check_roundtrip(get_preset("conv-deep").build(), tmp_path)
+    check_roundtrip(compose_preset(registry.get("preset", "conv-deep")), tmp_path)
 
 
 @pytest.mark.parametrize("cls", [ConvEncoder, ConvDecoder])
@@ -156,7 +156,7 @@ def test_spatial_code_with_wrong_latent_dim_names_the_right_one(cls):
 
 
 def test_mismatched_spatial_codes_are_refused():
-    deep, simple = (get_preset(n).params for n in ("conv-deep", "conv-simple"))
+    deep, simple = (registry.get("preset", n).params for n in ("conv-deep", "conv-simple"))
     with pytest.raises(ShapeError, match="3136"):  # the decoder says which latent size it needs
         compose(
             "conv",

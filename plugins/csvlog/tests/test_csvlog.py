@@ -48,7 +48,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_entry_point_is_installed():
     registry.refresh()
-    hooks = [e for e in registry.entry_point_infos(registry.HOOKS_GROUP) if e.name == "csvlog"]
+    hooks = registry.list_components("hook", "csvlog")
     assert [(e.dist, e.load()) for e in hooks] == [("aecore-csvlog", CsvLogger)]
 
 
