@@ -17,7 +17,7 @@ from aecore.errors import AecoreError
 
 if TYPE_CHECKING:
     from aecore.checkpoint import load, read_metadata, save
-    from aecore.compose import compose
+    from aecore.composition import compose
     from aecore.model import Autoencoder
     from aecore.request import RunRequest
     from aecore.sources import load_dataset
@@ -44,7 +44,7 @@ _LAZY = {
     "save": "aecore.checkpoint",
     "read_metadata": "aecore.checkpoint",
     "Autoencoder": "aecore.model",
-    "compose": "aecore.compose",
+    "compose": "aecore.composition",
     "load_dataset": "aecore.sources",
     "RunRequest": "aecore.request",
     "TrainResult": "aecore.training",

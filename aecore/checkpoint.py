@@ -28,7 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from aecore import registry
-from aecore.compose import compose
+from aecore.composition import compose
 from aecore.entry_points import installed_version
 from aecore.errors import AecoreError, CheckpointError
 from aecore.io import atomic_write_bytes, read_header

@@ -22,7 +22,7 @@ from aecore.errors import ConfigError, suggest
 __all__ = ["ResolvedRun", "RunRequest", "resolve"]
 
 #: ``--set`` targets besides the regularizers' names.
-FIXED_TARGETS = ("encoder", "decoder", "trainer", "loss")
+FIXED_TARGETS = ("encoder", "decoder", "trainer", "loss", "backend")
 #: The trainer parameters that have an option of their own.
 SHORTCUTS = ("epochs", "batch_size", "lr")
 
@@ -49,7 +49,7 @@ class RunRequest:
     params: dict[str, dict[str, Any]] = param(
         {},
         "Set a parameter: TARGET.PARAM=VALUE, e.g. encoder.channels=32,64 (TARGET: encoder, decoder, "
-        "trainer, loss or a regularizer name).",
+        "trainer, loss, backend or a regularizer name).",
         flags=("--set", "-s"),
         repeat=True,
     )
@@ -102,6 +102,7 @@ class ResolvedRun:
     components: dict[str, dict[str, Any]]  # encoder, decoder and regularizer parameters
     trainer_params: dict[str, Any]
     loss_params: dict[str, Any] = field(default_factory=dict)
+    backend_params: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve(request: RunRequest) -> ResolvedRun:
@@ -133,6 +134,9 @@ def resolve(request: RunRequest) -> ResolvedRun:
 
     trainer_params = dict(params.pop("trainer", {}))
     loss_params = dict(params.pop("loss", {}))
+    backend_params = dict(params.pop("backend", {}))
+    if backend_params and request.backend == "none":
+        raise ConfigError("--set backend.* configures a backend, but --backend none trains without one.")
     for name in SHORTCUTS:
         value = getattr(request, name)
         if value is None:
@@ -154,6 +158,7 @@ def resolve(request: RunRequest) -> ResolvedRun:
         components=params,
         trainer_params=trainer_params,
         loss_params=loss_params,
+        backend_params=backend_params,
     )
 
 
@@ -193,6 +198,7 @@ def _check_targets(params: dict[str, dict[str, Any]], regularizers: list[str]) -
         if target not in targets:
             raise ConfigError(
                 f"--set {target}.{next(iter(params[target]), 'PARAM')}: '{target}' is not part of this run."
-                f"{suggest(target, targets)} Use encoder., decoder., trainer., loss. or a --reg name."
+                f"{suggest(target, targets)} "
+                "Use encoder., decoder., trainer., loss., backend. or a --reg name."
             )
     return params

@@ -168,7 +168,7 @@ def check_checkpoint_roundtrip(
     tmp_path: str | Path | None = None,
 ) -> nn.Module:
     """Compose a model from registry names and run :func:`check_roundtrip` on it."""
-    from aecore.compose import compose
+    from aecore.composition import compose
 
     shape = {"input_shape": input_shape, "latent_dim": latent_dim}
     return check_roundtrip(compose(encoder, decoder, regularizers, params=params, **shape), tmp_path)

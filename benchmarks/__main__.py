@@ -6,14 +6,19 @@ are not part of any wheel: they measure aecore, they are not aecore.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from aecore.errors import ConfigError
+from aecore.cli.output import fail_line
+from aecore.errors import AecoreError, ConfigError
+
+app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 
+@app.command()
 def bench(
     data_dir: Annotated[
         Path | None,
@@ -89,5 +94,14 @@ def bench(
     )
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks``: a bad option or missing data is one line and exit code 2."""
+    try:
+        app(argv, standalone_mode=False)
+    except AecoreError as exc:
+        fail_line(str(exc))
+        sys.exit(exc.exit_code)
+
+
 if __name__ == "__main__":
-    typer.run(bench)
+    main()

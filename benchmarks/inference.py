@@ -26,7 +26,7 @@ TARGET = 0.9
 def run_inference(data_dir: Path, *, repeats: int = 5, preset: str = "simple") -> dict[str, Any]:
     """Median images per second of both paths, alternating, and their ratio."""
     from aecore import registry
-    from aecore.compose import compose_preset
+    from aecore.composition import compose_preset
     from aecore.sources import load_dataset
     from aecore_analysis.latent import encode
 

@@ -132,7 +132,7 @@ def probe(args: dict[str, Any]) -> dict[str, Any]:
 
     import aecore.training
     from aecore import registry
-    from aecore.compose import compose_preset
+    from aecore.composition import compose_preset
 
     out["rss_after_import"] = _rss_now()
     torch.set_num_threads(args["threads"])

@@ -92,7 +92,7 @@ def _show(value: Any) -> str:
 def write_pages(folder: Path, epochs: int | None) -> list[Path]:
     """One page per installed preset; ``epochs`` None writes them without measured figures."""
     from aecore import registry
-    from aecore.compose import compose_preset
+    from aecore.composition import compose_preset
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -71,7 +71,8 @@ def _throughput(console: Console, r: dict[str, Any]) -> None:
     console.print(table)
     m, f = r["matmul"], r["flops"]
     console.print(
-        f"ratios: aecore/plain {_num(r['ratios']['aecore/plain'], '.2f')}, "
+        f"ratios: aecore/plain {_num(r['ratios']['aecore/plain'], '.2f')} "
+        f"(without a backend {_num(r['ratios'].get('aecore-autograd/plain', math.nan), '.2f')}), "
         f"aecore/classic {_num(r['ratios']['aecore/classic'], '.2f')}; test MSE aecore vs plain "
         f"{_num(100 * _f(r['test_mse_rel_diff_aecore_vs_plain']), '+.2f')}%; same initial weights: "
         f"{r['same_initial_weights']}\n"
@@ -80,7 +81,8 @@ def _throughput(console: Console, r: dict[str, Any]) -> None:
             f"{name} {_num(b['gflops'], '.0f')} GFLOP/s" for name, b in m.get("by_backend", {}).items()
         )
         + f" (medians of {len(m['gflops_samples'])}; efficiency uses {m.get('backend', 'torch')}); "
-        f"aecore's Linear layers: {r['workload'].get('aecore_linear_backend', '?')}\n"
+        f"(a)'s backend: {r['workload'].get('backend', '?')}, oneDNN products: "
+        f"{r['workload'].get('onednn', '?')}\n"
         f"model: {f['per_sample'] / 1e6:.2f} MFLOP/sample, "
         f"{f['per_epoch'] / 1e9:.1f} GFLOP/epoch",
         highlight=False,

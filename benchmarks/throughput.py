@@ -8,7 +8,10 @@ alternating (a b c a b c ...), so a neighbour slowing the machine down hits
 all three alike:
 
 (a) ``aecore``   :func:`aecore.training.train` with the ``simple`` preset, hooks
-                 and the Rich progress display included: the code ``ae train`` runs.
+                 and the Rich progress display included: the code ``ae train`` runs,
+                 with its default ``--backend auto`` (aecore-fastcpu on the CPU).
+                 ``aecore-autograd`` is the same with ``--backend none``: plain
+                 autograd and ``torch.optim.Adam``, what the core does by itself.
 (b) ``plain``    one float32 tensor in memory, a ``randperm`` slice per batch.
 (c) ``classic``  torchvision's MNIST with ``ToTensor`` and a ``DataLoader``.
 
@@ -35,7 +38,6 @@ from torch import Tensor, nn
 from aecore.data import Dataset, TensorData
 from aecore.evaluate import reconstruction_metrics
 from aecore.hooks import hookimpl
-from aecore.layers import linear_backend
 from benchmarks.stats import median, ratio, target
 
 __all__ = [
@@ -54,11 +56,12 @@ BATCH_SIZE = 128
 LR = 1e-3
 #: (in, out) of every Linear layer of the ``simple`` preset: 784-256-128-64, then the mirror.
 LAYERS: tuple[tuple[int, int], ...] = ((784, 256), (256, 128), (128, 64), (64, 128), (128, 256), (256, 784))
-COMPETITORS = ("aecore", "aecore-amp", "plain", "classic")
-#: How the tables name each competitor; (a') is (a) with the opt-in bfloat16 autocast.
-LABELS = {"aecore": "(a)", "aecore-amp": "(a')", "plain": "(b)", "classic": "(c)"}
+COMPETITORS = ("aecore", "aecore-autograd", "aecore-amp", "plain", "classic")
+#: How the tables name each competitor: (a0) is (a) without a backend, (a') with the opt-in bf16 autocast.
+LABELS = {"aecore": "(a)", "aecore-autograd": "(a0)", "aecore-amp": "(a')", "plain": "(b)", "classic": "(c)"}
 MATMUL_SIZE = 2048
-#: Kernels timed for the machine's fp32 rate: torch.mm (MKL) and oneDNN; the faster one counts.
+#: Kernels timed for the machine's fp32 rate: torch.mm (MKL) and oneDNN (through aecore-fastcpu,
+#: when it is installed and its probe passes); the faster one counts.
 MATMUL_BACKENDS = ("torch", "onednn")
 MATMUL_REPEATS = 5
 
@@ -105,11 +108,9 @@ def matmul_gflops(
     a = torch.rand(size, size, device=device)
     b = torch.rand(size, size, device=device)
     if backend == "onednn":
-        if not torch.backends.mkldnn.is_available():
+        op = _onednn_linear()
+        if op is None:
             return []
-        from aecore.layers.backend import onednn_op
-
-        op = onednn_op()
 
         def product() -> None:
             op(a, b, None, "none", [], "")
@@ -127,6 +128,27 @@ def matmul_gflops(
         product()
         rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
     return rates
+
+
+def _onednn_linear() -> Any:
+    """aecore-fastcpu's oneDNN product, when that backend is installed and its probes pass."""
+    try:
+        from aecore_fastcpu import probes
+        from aecore_fastcpu.private import linear_pointwise
+    except ImportError:
+        return None
+    if probes.failure(probes.ONEDNN) is not None:
+        return None
+    return linear_pointwise()
+
+
+def _backend_record() -> dict[str, Any]:
+    """Which backend (a) trains with here, and whether its products go through oneDNN."""
+    from aecore.training.backends import choose_backend
+
+    backend, name = choose_backend("auto", torch.device("cpu"))
+    uses = getattr(backend, "uses_onednn", None)
+    return {"backend": name, "onednn": bool(uses()) if callable(uses) else False}
 
 
 class _FlatModel(nn.Module):
@@ -190,7 +212,13 @@ def _result(
 
 
 def run_aecore(
-    dataset: Dataset, epochs: int, seed: int, out: Path, amp: bool = False, device: str = "cpu"
+    dataset: Dataset,
+    epochs: int,
+    seed: int,
+    out: Path,
+    amp: bool = False,
+    device: str = "cpu",
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """(a) The real training path, as ``ae train --preset simple`` runs it (progress on stderr).
 
@@ -211,6 +239,7 @@ def run_aecore(
         progress=True,
         hooks=[timer],
         device=device,
+        backend=backend,
     )
     wall = time.perf_counter() - wall
     record = _result(timer.epoch_seconds(), timer.samples, epochs, result.model, dataset.test, device)
@@ -282,7 +311,7 @@ def run_classic(images: Any, test: TensorData, epochs: int, seed: int, device: s
 def same_initial_weights(seed: int) -> bool:
     """Whether (a)'s model and (b)/(c)'s ``nn.Sequential`` start from identical weights."""
     from aecore import registry
-    from aecore.compose import compose_preset
+    from aecore.composition import compose_preset
 
     torch.manual_seed(seed)
     ours = [m for m in compose_preset(registry.get("preset", PRESET)).modules() if isinstance(m, nn.Linear)]
@@ -339,7 +368,9 @@ def run_throughput(
                 gc.collect()
                 if name.startswith("aecore"):
                     out = Path(tmp) / f"{name}-{rep}"
-                    record = run_aecore(dataset, epochs, seed, out, amp=name == "aecore-amp", device=device)
+                    backend = "none" if name == "aecore-autograd" else "auto"
+                    amp = name == "aecore-amp"
+                    record = run_aecore(dataset, epochs, seed, out, amp=amp, device=device, backend=backend)
                 elif name == "plain":
                     record = run_plain(flat, dataset.test, epochs, seed, device)
                 else:
@@ -352,6 +383,7 @@ def run_throughput(
     mse = {name: median([r["test_mse"] for r in runs[name]]) for name in COMPETITORS}
     ratios = {
         "aecore/plain": ratio(seconds["aecore"], seconds["plain"]),
+        "aecore-autograd/plain": ratio(seconds["aecore-autograd"], seconds["plain"]),
         "aecore/classic": ratio(seconds["aecore"], seconds["classic"]),
         "plain/classic": ratio(seconds["plain"], seconds["classic"]),
         "aecore-amp/plain": ratio(seconds["aecore-amp"], seconds["plain"]),
@@ -380,11 +412,12 @@ def run_throughput(
             "seed": seed,
             "device": device,
             "threads": torch.get_num_threads(),
-            "aecore_linear_backend": linear_backend() if device == "cpu" else "torch",
-            "order": "a a' b c, repeated; matmul bursts (torch.mm, oneDNN) after each round",
+            **(_backend_record() if device == "cpu" else {"backend": "none", "onednn": False}),
+            "order": "a a0 a' b c, repeated; matmul bursts (torch.mm, oneDNN) after each round",
         },
         "competitors": {
-            "aecore": "aecore.training.train(preset='simple', val_fraction=0.0, progress=True)",
+            "aecore": "aecore.training.train(preset='simple', val_fraction=0.0, progress=True), backend auto",
+            "aecore-autograd": "the same with backend='none': plain autograd and torch.optim.Adam",
             "aecore-amp": "the same with params={'trainer': {'amp': True}} (bfloat16 autocast, opt-in)",
             "plain": "one float32 (N, 784) tensor, randperm slices, nn.Sequential, Adam",
             "classic": "torchvision MNIST + ToTensor + DataLoader(shuffle=True, num_workers=0)",
@@ -418,6 +451,9 @@ def run_throughput(
         "targets": [
             target("aecore/plain", ratios["aecore/plain"], TARGET_AECORE_PLAIN),
             target("aecore/plain (never above)", ratios["aecore/plain"], LIMIT_AECORE_PLAIN),
+            target(
+                "(a0) aecore without a backend/plain", ratios["aecore-autograd/plain"], LIMIT_AECORE_PLAIN
+            ),
             target("aecore/classic", ratios["aecore/classic"], TARGET_AECORE_CLASSIC),
             target("|test MSE aecore - plain| / plain", abs(mse_rel), TARGET_MSE_REL),
             target("(a') aecore amp/plain, opt-in bf16", ratios["aecore-amp/plain"], TARGET_AECORE_PLAIN),

@@ -16,7 +16,7 @@ import torch
 
 import aecore
 from aecore import checkpoint
-from aecore.compose import compose
+from aecore.composition import compose
 from aecore.errors import AecoreError, CheckpointError
 
 MNIST = (1, 28, 28)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from aecore.compose import compose
+from aecore.composition import compose
 from aecore.config import config_to_dict
 from aecore.errors import ConfigError, ShapeError, UnknownComponentError
 from aecore.losses import build_loss

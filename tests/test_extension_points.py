@@ -434,3 +434,29 @@ def test_every_kind_is_listed_looked_up_and_shown(make_dist):
         PluginLoadError, match="is not a valid preset: it is a function, not an aecore Preset"
     ):
         registry.get("preset", "notapreset")
+
+
+def test_backend_settings_come_from_set_and_are_recorded(tiny_data, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "-e",
+            "mlp",
+            "--set",
+            "encoder.hidden=8",
+            "--epochs",
+            "1",
+            "--set",
+            "backend.by_hand=false",
+            "--out",
+            str(tmp_path / "r"),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    training = aecore.read_metadata(tmp_path / "r")["training"]
+    assert training["backend"] == "aecore-fastcpu:fastcpu"
+    assert training["backend_params"]["by_hand"] is False
+    one_line_error(_run(tmp_path, "--set", "backend.onedn=x"), "unknown parameter 'backend.onedn'", "onednn")
+    one_line_error(_run(tmp_path, "--backend", "none", "--set", "backend.by_hand=false"), "--backend none")

@@ -14,7 +14,7 @@ from safetensors.torch import save
 
 from aecore import checkpoint
 from aecore.cli.options import given_values
-from aecore.compose import compose
+from aecore.composition import compose
 from aecore.config import params_of
 from aecore.errors import AecoreError
 from aecore.request import RunRequest, resolve

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from aecore import registry
 from aecore.cli import app
-from aecore.compose import compose_preset
+from aecore.composition import compose_preset
 from aecore.errors import ConfigError, UnknownComponentError
 from aecore.presets import Preset
 from aecore.request import RunRequest, resolve

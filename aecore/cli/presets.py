@@ -10,7 +10,7 @@ def presets_command() -> None:
     from rich.table import Table
 
     from aecore import registry
-    from aecore.compose import compose_preset
+    from aecore.composition import compose_preset
     from aecore.errors import AecoreError
 
     table = Table(title="aecore presets (on 1×28×28 unless noted)")

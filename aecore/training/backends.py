@@ -12,7 +12,7 @@ a backend never stops a run.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -29,13 +29,19 @@ class BackendNotice(Notice):
     """A backend stepped aside; training runs on plain autograd."""
 
 
-def choose_backend(name: str, device: torch.device) -> tuple[Backend | None, str]:
-    """The backend for this run and the name to record (``none`` when there is none)."""
+def choose_backend(
+    name: str, device: torch.device, params: Mapping[str, Any] | None = None
+) -> tuple[Backend | None, str]:
+    """The backend for this run and the name to record (``none`` when there is none).
+
+    ``params`` (``--set backend.X=...``) build the chosen backend's ``Config``;
+    a backend they do not fit is the user's error, not a reason to step aside.
+    """
     if name == "none":
         return None, "none"
     if name != "auto":
         entry = registry.info("backend", name)
-        return _try(entry, device, explicit=True)
+        return _try(entry, device, explicit=True, params=params)
     for entry in registry.every("backend"):
         try:
             cls = entry.load()
@@ -44,21 +50,24 @@ def choose_backend(name: str, device: torch.device) -> tuple[Backend | None, str
             continue  # the next one may serve
         if device.type not in getattr(cls, "devices", (device.type,)):
             continue
-        backend, label = _try(entry, device, explicit=False)
+        backend, label = _try(entry, device, explicit=False, params=params)
         if backend is not None:
             return backend, label
     return None, "none"
 
 
-def _try(entry: registry.PluginInfo, device: torch.device, *, explicit: bool) -> tuple[Backend | None, str]:
+def _try(
+    entry: registry.PluginInfo, device: torch.device, *, explicit: bool, params: Mapping[str, Any] | None
+) -> tuple[Backend | None, str]:
     cls = entry.load()  # an explicitly named backend that cannot load is the user's error: it raises
     where = f"backend '{entry.name}' from {entry.dist} {entry.version}"
     devices = getattr(cls, "devices", None)
     if devices is not None and device.type not in devices:
         reason = f"it serves {', '.join(devices)}, not {device.type}"
     else:
+        config = config_from_dict(cls.Config, dict(params or {}), owner="backend")
         try:
-            backend = cls(config_from_dict(cls.Config, {}, owner=entry.name))
+            backend = cls(config)
             with torch.random.fork_rng(devices=[]):  # a probe's test tensors must not move the run's seed
                 reason = backend.probe(device)
         except Exception as exc:  # a backend must never stop a run

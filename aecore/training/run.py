@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from aecore import checkpoint, distributed, registry
-from aecore.compose import compose
+from aecore.composition import compose
 from aecore.config import config_from_dict, config_to_dict
 from aecore.data import Dataset, TensorData
 from aecore.errors import ConfigError, RunDirectoryError
@@ -170,7 +170,7 @@ def _run_job(
     train_data = dataset.train
     if request.classes is not None:
         train_data = keep_classes(train_data, request.classes, dataset.name)
-    backend, backend_name = choose_backend(request.backend, device)
+    backend, backend_name = choose_backend(request.backend, device, plan.backend_params)
     torch.manual_seed(request.seed)
     model = compose(
         plan.encoder,
@@ -206,6 +206,7 @@ def _run_job(
         "val_fraction": request.val_fraction,
         "device": str(device),
         "backend": backend_name,
+        "backend_params": {} if backend is None else config_to_dict(backend.config),
         "request": request.to_dict(),
     }
     pm = plugin_manager(hooks, exclude=() if progress else ("progress",), entry_points=job.is_main)

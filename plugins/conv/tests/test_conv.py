@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from aecore import registry
-from aecore.compose import compose, compose_preset
+from aecore.composition import compose, compose_preset
 from aecore.errors import ConfigError, ShapeError
 from aecore.testing import check_checkpoint_roundtrip, check_decoder, check_encoder, check_roundtrip
 from aecore_conv import ConvDecoder, ConvEncoder, stage_sizes, transpose_padding

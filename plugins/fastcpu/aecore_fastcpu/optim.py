@@ -17,14 +17,15 @@ a gradient this step, mixed devices or dtypes) goes through torch's own
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.optim import optimizer as torch_optimizer
+from torch import Tensor, nn
 
-__all__ = ["FusedAdam", "make_adam"]
+from aecore_fastcpu import private
+
+__all__ = ["FusedAdam", "fused_adam"]
 
 #: One param group as the fused kernel takes it: (group, params, exp_avgs, exp_avg_sqs, steps).
 _GroupLists = tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]
@@ -102,20 +103,19 @@ class FusedAdam(torch.optim.Adam):
 
     # torch wraps ``step`` of every Optimizer subclass in hook-and-profiler code unless it is marked
     # as already hooked; this one is, and calls that wrapper itself whenever it has anything to do.
-    step.hooked = True  # type: ignore[attr-defined]
+    step = private.mark_hooked(step)
 
     def _step_hooks_or_profiler(self) -> bool:
         return bool(
             self._optimizer_step_pre_hooks
             or self._optimizer_step_post_hooks
-            or torch_optimizer._global_optimizer_pre_hooks
-            or torch_optimizer._global_optimizer_post_hooks
-            or torch.autograd.profiler._is_profiler_enabled
+            or private.global_optimizer_hooks()
+            or private.profiler_enabled()
         )
 
     def _torch_step(self, closure: Callable[[], float] | None) -> float | None:
         """torch's own step, inside torch's own hook and profiler wrapper."""
-        return _HOOKED_ADAM_STEP(self, closure)
+        return private.hooked_adam_step()(self, closure)
 
     def _fused_step(self) -> bool:
         """The two kernel calls; False (nothing done) when a parameter has no gradient this step."""
@@ -130,8 +130,8 @@ class FusedAdam(torch.optim.Adam):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(
+            private.foreach_add_(steps, 1)
+            private.fused_adam_(
                 params,
                 grads,
                 exp_avgs,
@@ -149,20 +149,21 @@ class FusedAdam(torch.optim.Adam):
         return True
 
 
-#: ``torch.optim.Adam.step`` as torch runs it: in its hook-and-profiler wrapper.
-_HOOKED_ADAM_STEP = (
-    torch.optim.Adam.step
-    if getattr(torch.optim.Adam.step, "hooked", False)
-    else torch.optim.Optimizer.profile_hook_step(torch.optim.Adam.step)
-)
-
-
-def make_adam(params: Iterable[Any], *, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """:class:`FusedAdam` where this torch has the fused kernel for these tensors, else plain Adam."""
-    params = list(params)
-    if not hasattr(torch, "_fused_adam_"):
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+def fused_adam(params: Sequence[Tensor], *, lr: float, weight_decay: float) -> FusedAdam | None:
+    """:class:`FusedAdam` for dense CPU float32 parameters; None for anything else (torch's Adam serves)."""
+    if not params or not all(_plain(p) for p in params):
+        return None
     try:
         return FusedAdam(params, lr=lr, weight_decay=weight_decay)
-    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    except (RuntimeError, ValueError, TypeError):  # a torch whose fused Adam refuses them after all
+        return None
+
+
+def _plain(p: Tensor) -> bool:
+    return (
+        type(p) in (Tensor, nn.Parameter)
+        and p.dtype == torch.float32
+        and p.is_cpu
+        and p.layout == torch.strided
+        and p.requires_grad
+    )

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import aecore
 import aecore_greedy
-from aecore.compose import compose
+from aecore.composition import compose
 from aecore.config import config_from_dict
 from aecore.data import Dataset
 from aecore.errors import ConfigError

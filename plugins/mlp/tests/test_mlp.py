@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from aecore.compose import compose
+from aecore.composition import compose
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError
 from aecore.testing import check_checkpoint_roundtrip, check_decoder, check_encoder

@@ -12,7 +12,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from aecore.checkpoint import load, save
-from aecore.compose import compose
+from aecore.composition import compose
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError
 from aecore.testing import check_regularizer, check_roundtrip
