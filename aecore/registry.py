@@ -27,7 +27,6 @@ importing anything.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import importlib
 import json
@@ -104,12 +103,12 @@ def list_components(kind: str | None = None, pattern: str = "*") -> list[PluginI
     ['conv']
     """
     chosen = KINDS if kind is None else (_check_kind(kind),)
-    return [
-        c
-        for k in chosen
-        for c in _scan().get(GROUPS[k], ())
-        if fnmatch.fnmatchcase(c.name, pattern) or fnmatch.fnmatchcase(c.qualified_name, pattern)
-    ]
+    entries = [c for k in chosen for c in _scan().get(GROUPS[k], ())]
+    if pattern == "*":
+        return entries
+    from fnmatch import fnmatchcase  # only for a real pattern: it imports re, a cost every listing would pay
+
+    return [c for c in entries if fnmatchcase(c.name, pattern) or fnmatchcase(c.qualified_name, pattern)]
 
 
 def info(kind: str, name: str) -> PluginInfo:

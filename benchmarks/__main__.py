@@ -48,6 +48,12 @@ def bench(
         Path | None,
         typer.Option(help="Where to write the JSON record (default: bench-results/bench-<timestamp>.json)."),
     ] = None,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            help="Also time (a') with the opt-in bfloat16 autocast (slow on CPUs without bf16 units)."
+        ),
+    ] = False,
 ) -> None:
     """Measure training throughput, start-up time and memory; print tables and write a JSON record.
 
@@ -89,6 +95,7 @@ def bench(
             only=tuple(s for s in SECTIONS if s in chosen),
             json_out=json_out,
             threads=threads,
+            amp=amp,
         ),
         console,
     )

@@ -39,6 +39,7 @@ class BenchSettings:
     json_out: Path | None = None
     matmul_size: int = 2048
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    amp: bool = False  # also time (a') with bfloat16 autocast (slow on CPUs without bf16 units)
 
 
 def _cpu_model() -> str:
@@ -137,6 +138,7 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
                 repeats=settings.repeats or 5,
                 matmul_size=settings.matmul_size,
                 device=device,
+                amp=settings.amp,
             )
     if "inference" in settings.only:
         from benchmarks.inference import run_inference

@@ -12,7 +12,12 @@ from aecore.cli import scaffold
 from aecore.cli.output import console
 from aecore.errors import UnknownComponentError, suggest
 
-app = typer.Typer(help="List, show and check installed plugins.", no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(
+    help="List, show and check installed plugins.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,
+)
 
 
 @app.command("list")

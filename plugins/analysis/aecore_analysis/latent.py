@@ -30,6 +30,7 @@ __all__ = [
     "interpolate",
     "is_variational",
     "plot_scatter",
+    "prior_of",
     "project_2d",
     "sample_codes",
     "to_display",
@@ -153,9 +154,17 @@ def fit_gaussian(codes: Tensor) -> GaussianFit:
     return GaussianFit(mean, cov, x.shape[0])
 
 
+def prior_of(model: Autoencoder) -> tuple[str, Any] | None:
+    """The model's first regularizer that offers ``sample_prior(n, generator)``, with its name."""
+    for name, reg in model.regularizers.items():
+        if callable(getattr(reg, "sample_prior", None)):
+            return name, reg
+    return None
+
+
 def is_variational(model: Autoencoder) -> bool:
-    """Whether the model has a prior to sample from: a regularizer named 'variational'."""
-    return any(r.name == "variational" for r in model.spec.regularizers)
+    """Whether the model has a prior to sample from (a regularizer with ``sample_prior``)."""
+    return prior_of(model) is not None
 
 
 def sample_codes(
@@ -163,16 +172,20 @@ def sample_codes(
 ) -> tuple[Tensor, str]:
     """``n`` codes to decode, and a sentence saying where they came from.
 
-    Variational models: z ~ N(0, I), the prior their KL term pulls codes
-    towards (the decoder takes z directly). Otherwise: draws from ``fit``,
-    the Gaussian fitted to the training codes, which must be given.
+    A model with a prior (a regularizer offering ``sample_prior``, such as
+    aecore-variational's N(0, I)): draws from it, and the decoder takes them
+    directly. Otherwise: draws from ``fit``, the Gaussian fitted to the
+    training codes, which must be given.
     """
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}.")
     generator = torch.Generator().manual_seed(seed)
-    if is_variational(model):
-        z = torch.randn(n, model.latent_dim, generator=generator)
-        return z, f"variational model: z ~ N(0, I) in {model.latent_dim} dimensions (the prior)"
+    found = prior_of(model)
+    if found is not None:
+        name, reg = found
+        z = reg.sample_prior(n, generator).reshape(n, model.latent_dim)
+        law = getattr(reg, "prior", "its prior")
+        return z, f"{name} model: z ~ {law} in {model.latent_dim} dimensions (the prior)"
     if fit is None:
         raise ValueError("a deterministic model needs the Gaussian fitted to its training codes")
     source = (

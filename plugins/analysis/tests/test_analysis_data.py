@@ -8,7 +8,6 @@ The codes and outputs the commands write are compared with the model's own
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 
 from aecore import checkpoint
 from aecore.cli import app
-from aecore.pca import components_for_variance, fit_pca, pca_metrics
+from aecore.pca import components_for_variance, fit_pca
 from aecore.sources import load_dataset
 
 
@@ -206,12 +205,7 @@ def test_train_on_csv_then_eval_reuses_the_stored_statistics(runner, tmp_path, m
 
 @pytest.mark.slow
 def test_pca_reference_figures_on_full_mnist(runner, real_mnist_dir):
-    data = load_dataset("mnist", real_mnist_dir)
-    pca = fit_pca(data.train)
-    assert pca_metrics(pca, data.test, 30)["sse_per_image"] == pytest.approx(13.866, abs=5e-4)
-    assert pca_metrics(pca, data.test, 154)["sse_per_image"] == pytest.approx(2.59, abs=5e-3)
-    assert components_for_variance(pca, 0.95) == 154
+    """The command's report; the figures themselves are checked in the core suite (aecore.pca)."""
     result = runner.invoke(app, ["pca", "--data", "mnist", "--data-dir", str(real_mnist_dir)])
     assert result.exit_code == 0, result.stderr
     assert "154 components explain 95% of the variance" in result.stdout
-    assert math.isclose(float(pca.explained_variance_ratio[:154].sum()), 0.95, abs_tol=1e-3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import aecore_tables
 from aecore.cli.app import app
 from aecore.errors import DataError
 from aecore.sources import load_dataset
@@ -153,51 +151,3 @@ def test_npy_tables(tmp_path):
     np.save(tmp_path / "flat.npy", np.arange(5.0))
     with pytest.raises(DataError, match=r"shape \(rows, columns\)"):
         load_dataset(f"npy:{tmp_path / 'flat.npy'}")
-
-
-def test_train_on_csv_then_eval_reuses_the_stored_statistics(runner, tmp_path, monkeypatch):
-    x, y = table(300, seed=1)
-    write_csv(
-        tmp_path / "t.csv", [[*r, int(c)] for r, c in zip(x, y, strict=True)], ["a", "b", "c", "d", "y"]
-    )
-    common = ["--data", "csv:t.csv?label=y", "--latent-dim", "2", "--epochs", "2", "-q", "--device", "cpu"]
-    base = ["train", "-e", "mlp", *common, "--set", "encoder.hidden=8"]
-    # mlp's default sigmoid output cannot fit standardised data: a one-line hint, nothing written
-    one_line_error(runner.invoke(app, [*base, "--out", "r0"]), "--set decoder.output_activation=none")
-    assert not (tmp_path / "r0").exists()
-    one_line_error(
-        runner.invoke(app, ["train", "-e", "conv", *common, "--out", "r0"]), "conv encoder", "(4,)"
-    )
-
-    trained = runner.invoke(app, [*base, "--set", "decoder.output_activation=none", "--out", "run"])
-    assert trained.exit_code == 0, trained.stderr
-    line = [s for s in trained.stdout.splitlines() if s.startswith("test: ")]
-    assert len(line) == 1 and "PSNR" not in line[0]
-
-    import aecore
-
-    meta = aecore.read_metadata(tmp_path / "run")
-    norm = meta["data"]["normalisation"]
-    assert norm["kind"] == "standardise" and norm["std"][3] == 1.0
-    assert meta["data"]["name"] == f"csv:{tmp_path / 't.csv'}?label=y" and meta["data"]["label"] == "y"
-
-    def no_recompute(*args, **kwargs):
-        raise AssertionError("statistics recomputed on reload")
-
-    monkeypatch.setattr(aecore_tables, "standardise_stats", no_recompute)
-    (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")  # the absolute path in the metadata finds the table
-    evaluated = runner.invoke(app, ["eval", "../run"])
-    assert evaluated.exit_code == 0, evaluated.stderr
-    assert [s for s in evaluated.stdout.splitlines() if s.startswith("test: ")] == line
-    assert "(60 rows)" in evaluated.stdout and "PCA (2 components)" in evaluated.stdout
-    assert "BCE" not in evaluated.stdout
-    encoded = runner.invoke(app, ["encode", "../run", "--out", "codes.csv"])
-    assert encoded.exit_code == 0, encoded.stderr
-    decoded = runner.invoke(app, ["decode", "../run", "codes.csv", "--out", "rows.csv", "--data-units"])
-    assert decoded.exit_code == 0, decoded.stderr
-    with open("rows.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["x0", "x1", "x2", "x3", "label"] and len(rows) == 60
-    assert not Path("rows.png").exists()  # tables get no image grid
-    assert float(rows[0]["x3"]) == pytest.approx(3.0, abs=0.5)  # back in the table's units

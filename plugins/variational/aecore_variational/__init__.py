@@ -83,6 +83,13 @@ class Variational(RegularizerBase):
             return mu
         return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
 
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` codes from the prior the KL term pulls codes towards: N(0, I) (aecore's optional
+        ``sample_prior`` protocol, which ``ae sample`` uses)."""
+        return torch.randn(n, self.latent_dim, generator=generator)
+
+    prior = "N(0, I)"
+
     def penalty(self, x: Tensor, z: Tensor, recon: Tensor, model: nn.Module) -> Tensor:
         mu, logvar = self._mu, self._logvar
         self._mu = self._logvar = None  # consumed: no graph is kept alive between batches
