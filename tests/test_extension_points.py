@@ -460,3 +460,47 @@ def test_backend_settings_come_from_set_and_are_recorded(tiny_data, tmp_path):
     assert training["backend_params"]["by_hand"] is False
     one_line_error(_run(tmp_path, "--set", "backend.onedn=x"), "unknown parameter 'backend.onedn'", "onednn")
     one_line_error(_run(tmp_path, "--backend", "none", "--set", "backend.by_hand=false"), "--backend none")
+
+
+HOOKS = """
+from aecore.hooks import hookimpl
+
+
+class Mismatched:
+    @hookimpl
+    def ae_epoch_end(self, run, epoch, metrics, extra):
+        raise AssertionError("never called: its arguments do not match the specification")
+
+
+class Misspelt:
+    @hookimpl
+    def ae_epoch_ends(self, run, epoch, metrics):
+        raise AssertionError("never called: no such hook")
+"""
+
+
+def test_hooks_that_do_not_match_the_specification_are_left_out_and_reported(make_dist, tiny_data, tmp_path):
+    make_dist(
+        "aefake-hooks",
+        {"aecore.hooks": {"mismatched": "aefake_hooks:Mismatched", "misspelt": "aefake_hooks:Misspelt"}},
+        modules={"aefake_hooks": HOOKS},
+    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = aecore.train(
+            encoder="mlp",
+            params={"encoder": {"hidden": (8,)}, "trainer": {"epochs": 1}},
+            data=tiny_data,
+            out=tmp_path / "run",
+            progress=False,
+        )
+    said = [str(w.message) for w in record if issubclass(w.category, registry.PluginWarning)]
+    assert [m for m in said if "'mismatched'" in m and "does not match the hook specification" in m]
+    assert [m for m in said if "'misspelt'" in m and "ae_epoch_ends" in m]  # not silently never called
+    assert result.checkpoint.exists()  # training ran without them
+    doctor = CliRunner().invoke(app, ["plugins", "doctor"], env={"COLUMNS": "300"})
+    assert doctor.exit_code == 1
+    named = {r[0] for r in table_rows(doctor.stdout)[1:]}
+    assert {"hook mismatched", "hook misspelt"} <= named
+    text = " ".join(doctor.stdout.split())
+    assert "extra" in text and "ae_epoch_ends" in text

@@ -114,13 +114,10 @@ def _check_hook(obj: Any) -> str | None:
     """Register the hook in a fresh manager: pluggy checks names and arguments against the specification."""
     import pluggy
 
-    from aecore.hooks import specs
+    from aecore.hooks.manager import check_plugin
 
-    pm = pluggy.PluginManager(specs.PROJECT)
-    pm.add_hookspecs(specs)
     try:
-        pm.register(obj() if isinstance(obj, type) else obj)
-        pm.check_pending()
+        check_plugin(obj() if isinstance(obj, type) else obj)
     except pluggy.PluginValidationError as exc:
         return f"its hooks do not match the hook specification ({exc}); see 'ae plugins show' of a hook."
     except Exception as exc:  # its constructor failed

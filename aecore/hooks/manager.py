@@ -33,6 +33,7 @@ def plugin_manager(
         try:
             obj = entry.load()
             plugin = obj() if isinstance(obj, type) else obj
+            check_plugin(plugin)
             pm.register(plugin, name=entry.qualified_name)
         except PluginLoadError as exc:
             registry.report_broken(entry, str(exc))
@@ -45,3 +46,12 @@ def plugin_manager(
     for plugin in extra:
         pm.register(plugin)
     return pm
+
+
+def check_plugin(plugin: object) -> None:
+    """Raise ``pluggy.PluginValidationError`` unless every hook ``plugin`` marks is a known hook
+    whose arguments the specification has (a misspelt hook would otherwise never be called)."""
+    scratch = pluggy.PluginManager(specs.PROJECT)
+    scratch.add_hookspecs(specs)
+    scratch.register(plugin)
+    scratch.check_pending()
