@@ -111,7 +111,6 @@ def model_spec(meta: Mapping[str, Any], path: Path) -> ModelSpec:
     model = meta["model"]
     try:
         spec = ModelSpec.from_dict(model)
-        spec.input_shape = tuple(spec.input_shape)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} has a malformed model description ({exc}).") from None
     problem = None

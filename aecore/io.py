@@ -14,7 +14,7 @@ from typing import Any
 
 from aecore.errors import CheckpointError
 
-__all__ = ["MAX_HEADER", "atomic_write_bytes", "read_header", "read_json_metadata"]
+__all__ = ["MAX_HEADER", "atomic_write_bytes", "read_header"]
 
 #: The largest safetensors header aecore reads (a hostile file may claim more).
 MAX_HEADER = 100 * 1024 * 1024
@@ -75,14 +75,3 @@ def read_header(path: Path) -> dict[str, Any]:
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: {size} bytes, header needs {8 + n + end}.")
     return header
-
-
-def read_json_metadata(path: Path, key: str) -> Any:
-    """The JSON document stored under ``key`` in a safetensors file's metadata, or None if absent."""
-    raw = read_header(path).get("__metadata__", {}).get(key)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} has metadata that is not valid JSON ({exc}).") from None

@@ -19,7 +19,7 @@ from aecore import registry
 from aecore.config import config_from_dict, config_to_dict, param, params_of
 from aecore.errors import ConfigError, suggest
 
-__all__ = ["ResolvedRun", "RunRequest", "resolve"]
+__all__ = ["FIXED_TARGETS", "ResolvedRun", "RunRequest", "resolve"]
 
 #: ``--set`` targets besides the regularizers' names.
 FIXED_TARGETS = ("encoder", "decoder", "trainer", "loss", "backend")

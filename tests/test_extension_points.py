@@ -166,6 +166,12 @@ class Refuses(SGDBackend):
 """
 
 
+def _small_train(data, out, **fields):
+    """One epoch of a small mlp on ``data``, written to ``out``, through the library."""
+    params = {"encoder": {"hidden": (8,)}, "trainer": {"epochs": 1}}
+    return aecore.train(encoder="mlp", params=params, data=data, out=out, progress=False, **fields)
+
+
 def _run(tmp_path, *args: str):
     return CliRunner().invoke(app, ["train", "-e", "mlp", "--set", "encoder.hidden=8", "-q", *args])
 
@@ -283,14 +289,7 @@ def test_a_backend_whose_probe_fails_steps_aside_with_one_notice(make_dist, tiny
         "aefake-sgd", {"aecore.backends": {"refuses": "aefake_sgd:Refuses"}}, modules={"aefake_sgd": BACKEND}
     )
     with pytest.warns(BackendNotice, match="torch.ops.imaginary is missing") as record:
-        result = aecore.train(
-            encoder="mlp",
-            params={"encoder": {"hidden": (8,)}, "trainer": {"epochs": 1}},
-            data=tiny_data,
-            backend="refuses",
-            out=tmp_path / "run",
-            progress=False,
-        )
+        result = _small_train(tiny_data, tmp_path / "run", backend="refuses")
     assert len([w for w in record if issubclass(w.category, BackendNotice)]) == 1
     assert aecore.read_metadata(result.checkpoint)["training"]["backend"] == "none"
 
@@ -339,13 +338,7 @@ def test_broken_plugins_of_every_kind_break_only_themselves(broken_kinds, tiny_d
     # auto skips the broken backend with one notice, and training goes on
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        result = aecore.train(
-            encoder="mlp",
-            params={"encoder": {"hidden": (8,)}, "trainer": {"epochs": 1}},
-            data=tiny_data,
-            out=tmp_path / "ok",
-            progress=False,
-        )
+        result = _small_train(tiny_data, tmp_path / "ok")
     said = [str(w.message) for w in record if issubclass(w.category, registry.PluginWarning)]
     assert len([m for m in said if "badbackend" in m]) == 1
     assert result.checkpoint.exists()
@@ -371,13 +364,7 @@ def test_broken_plugins_of_every_kind_break_only_themselves(broken_kinds, tiny_d
 def test_a_checkpoint_still_loads_after_a_second_mlp_distribution_is_installed(
     make_dist, encoder_source, tiny_data, tmp_path
 ):
-    trained = aecore.train(
-        encoder="mlp",
-        params={"encoder": {"hidden": (8,)}, "trainer": {"epochs": 1}},
-        data=tiny_data,
-        out=tmp_path / "run",
-        progress=False,
-    )
+    trained = _small_train(tiny_data, tmp_path / "run")
     x = tiny_data.test.batch(slice(0, 4))
     expected = trained.model.eval()(x)
     make_dist(
@@ -487,13 +474,7 @@ def test_hooks_that_do_not_match_the_specification_are_left_out_and_reported(mak
     )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        result = aecore.train(
-            encoder="mlp",
-            params={"encoder": {"hidden": (8,)}, "trainer": {"epochs": 1}},
-            data=tiny_data,
-            out=tmp_path / "run",
-            progress=False,
-        )
+        result = _small_train(tiny_data, tmp_path / "run")
     said = [str(w.message) for w in record if issubclass(w.category, registry.PluginWarning)]
     assert [m for m in said if "'mismatched'" in m and "does not match the hook specification" in m]
     assert [m for m in said if "'misspelt'" in m and "ae_epoch_ends" in m]  # not silently never called

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from aecore import registry
 from aecore.paths import cache_dir
@@ -86,12 +87,7 @@ def _helps(path: str) -> dict[str, str]:
         return {}
     key = f"{stat.st_size}:{stat.st_mtime_ns}"
     store = _cache_file()
-    try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
+    known = _known(store)
     entry = known.get(path)
     if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("helps"), dict):
         return entry["helps"]
@@ -105,6 +101,16 @@ def _helps(path: str) -> dict[str, str]:
     except OSError:
         pass  # a read-only cache only costs the next listing a parse
     return helps
+
+
+@functools.cache
+def _known(store: Path) -> dict[str, Any]:
+    """The cache file's contents, read once per process (every command's file shares it)."""
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _cache_file() -> Path:

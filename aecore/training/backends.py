@@ -19,10 +19,10 @@ import torch
 
 from aecore import registry
 from aecore.config import config_from_dict
-from aecore.errors import ConfigError, Notice, PluginLoadError, UnknownComponentError
+from aecore.errors import Notice, PluginLoadError
 from aecore.protocols import Backend
 
-__all__ = ["BackendNotice", "adam", "check_backend_name", "choose_backend"]
+__all__ = ["BackendNotice", "adam", "choose_backend"]
 
 
 class BackendNotice(Notice):
@@ -41,7 +41,7 @@ def choose_backend(
         return None, "none"
     if name != "auto":
         entry = registry.info("backend", name)
-        return _try(entry, device, explicit=True, params=params)
+        return _try(entry, device, params)
     for entry in registry.every("backend"):
         try:
             cls = entry.load()
@@ -50,14 +50,14 @@ def choose_backend(
             continue  # the next one may serve
         if device.type not in getattr(cls, "devices", (device.type,)):
             continue
-        backend, label = _try(entry, device, explicit=False, params=params)
+        backend, label = _try(entry, device, params)
         if backend is not None:
             return backend, label
     return None, "none"
 
 
 def _try(
-    entry: registry.PluginInfo, device: torch.device, *, explicit: bool, params: Mapping[str, Any] | None
+    entry: registry.PluginInfo, device: torch.device, params: Mapping[str, Any] | None
 ) -> tuple[Backend | None, str]:
     cls = entry.load()  # an explicitly named backend that cannot load is the user's error: it raises
     where = f"backend '{entry.name}' from {entry.dist} {entry.version}"
@@ -74,8 +74,8 @@ def _try(
             reason = f"its probe failed ({type(exc).__name__}: {exc})"
         if reason is None:
             return backend, entry.qualified_name
-    if explicit or devices is None or device.type in devices:
-        _notice(f"{where} steps aside: {reason}; training runs on plain autograd.")
+    # Under auto only backends that serve the device get here: any reason is worth a notice.
+    _notice(f"{where} steps aside: {reason}; training runs on plain autograd.")
     return None, "none"
 
 
@@ -100,12 +100,3 @@ def adam(params: Iterable[torch.Tensor], *, lr: float, weight_decay: float = 0.0
         return torch.optim.Adam(params, foreach=True, **options)
     except (RuntimeError, ValueError, TypeError):
         return torch.optim.Adam(params, **options)
-
-
-def check_backend_name(name: str) -> None:
-    """Fail early, before loading data, on a backend name that is not installed."""
-    if name not in ("auto", "none"):
-        try:
-            registry.info("backend", name)
-        except UnknownComponentError as exc:
-            raise ConfigError(f"{exc} Use --backend auto or none.") from None

@@ -34,7 +34,15 @@ from aecore.sources import load_dataset
 from aecore.state import read_resume, restore_rng, write_resume
 from aecore.training.backends import choose_backend
 
-__all__ = ["TrainResult", "keep_classes", "resolve_device", "resume", "split_validation", "train"]
+__all__ = [
+    "TrainResult",
+    "check_request",
+    "keep_classes",
+    "resolve_device",
+    "resume",
+    "split_validation",
+    "train",
+]
 
 METRICS_FILE = "metrics.json"
 
@@ -76,11 +84,7 @@ def train(
         raise ConfigError("pass either a RunRequest or its fields as keywords, not both.")
     elif dataset is not None:
         request = replace(request, data=None)  # the resume file must not claim a named source
-    plan = resolve(request)
-    build_loss(request.loss, plan.loss_params)  # fail on a bad name before loading anything
-    resolve_device(request.device)
-    if request.backend not in ("auto", "none"):
-        registry.info("backend", request.backend)
+    plan = check_request(request)  # every name and parameter, before loading anything
     if dataset is None:
         dataset = load_dataset(request.data, request.data_dir)
 
@@ -121,6 +125,30 @@ def resume(
     return _execute(
         request, resolve(request), data, lambda m, c: run_dir, progress=progress, hooks=hooks, state=state
     )
+
+
+def check_request(request: RunRequest) -> ResolvedRun:
+    """Resolve ``request`` and check that every part it names exists and takes the parameters given.
+
+    This is what :func:`train` finds out before it loads any data; a sweep or
+    a cross-validation asks it of every run before the first one trains.
+    Shapes are checked later, by :func:`aecore.compose`, once the data is known.
+    """
+    plan = resolve(request)
+    build_loss(request.loss, plan.loss_params)
+    resolve_device(request.device)
+    if request.backend not in ("auto", "none"):
+        registry.info("backend", request.backend)
+    trainer = registry.get("trainer", request.trainer)
+    config_from_dict(trainer.Config, plan.trainer_params, owner="trainer")
+    regularizers = {r.rpartition(":")[2]: r for r in plan.regularizers}
+    for target, given in plan.components.items():
+        kind, name = {
+            "encoder": ("encoder", plan.encoder),
+            "decoder": ("decoder", plan.decoder or plan.encoder),
+        }.get(target, ("regularizer", regularizers.get(target, target)))
+        config_from_dict(registry.get(kind, name).Config, given, owner=target)
+    return plan
 
 
 def _execute(

@@ -502,7 +502,8 @@ def cv_command(
 
     from rich.table import Table
 
-    from aecore_analysis.selection import FoldResult, check_request, cross_validate
+    from aecore.training import check_request
+    from aecore_analysis.selection import FoldResult, cross_validate
 
     check_request(request)
     dataset = _training_data(request.data, request.data_dir, train_size)

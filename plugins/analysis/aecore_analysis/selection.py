@@ -31,13 +31,14 @@ from typing import Any, get_args, get_origin
 import torch
 
 from aecore import registry
-from aecore.config import ParamSpec, config_from_dict, params_of
+from aecore.config import ParamSpec, params_of
 from aecore.data import Dataset, TensorData
 from aecore.errors import AecoreError, ConfigError, suggest
 from aecore.evaluate import EVAL_BATCH
 from aecore.losses import build_loss
 from aecore.model import Autoencoder, LossFn
 from aecore.request import FIXED_TARGETS, ResolvedRun, RunRequest, resolve
+from aecore.training.run import check_request
 
 __all__ = [
     "RUN_KEYS",
@@ -46,7 +47,6 @@ __all__ = [
     "GridAxis",
     "SweepPoint",
     "SweepResult",
-    "check_request",
     "cross_validate",
     "fold_indices",
     "grid_key",
@@ -154,8 +154,7 @@ def cross_validate(
     from aecore.training import train
     from aecore.training.run import keep_classes
 
-    check_request(request)
-    loss_fn = build_loss(request.loss, resolve(request).loss_params)
+    loss_fn = build_loss(request.loss, check_request(request).loss_params)
     data = dataset.train
     if request.classes is not None:
         data = keep_classes(data, request.classes, dataset.name)
@@ -256,7 +255,7 @@ def point_request(base: Mapping[str, Any], point: Mapping[str, str]) -> RunReque
     with the point's settings, each parsed by the declaration that owns it.
 
     A key that ``base`` already sets is refused: the sweep would silently
-    override it. The request is checked (:func:`check_request`), so a wrong
+    override it. The request is checked (:func:`aecore.training.check_request`), so a wrong
     name or value fails before anything trains.
     """
     values = {k: v for k, v in base.items() if k != "params"}
@@ -289,24 +288,6 @@ def point_request(base: Mapping[str, Any], point: Mapping[str, str]) -> RunReque
         label = ", ".join(f"{k}={v}" for k, v in point.items())
         raise type(exc)(f"--grid {label}: {exc}") from None
     return request
-
-
-def check_request(request: RunRequest) -> ResolvedRun:
-    """Resolve ``request`` and check that every part exists and takes the parameters given.
-
-    This is what :func:`aecore.training.train` finds out while it builds the
-    run; a sweep or a cross-validation asks it of every run before the first
-    one trains.
-    """
-    plan = resolve(request)
-    build_loss(request.loss, plan.loss_params)
-    trainer = registry.get("trainer", request.trainer)
-    config_from_dict(trainer.Config, plan.trainer_params, owner="trainer")
-    for target, given in plan.components.items():
-        owner = _config_of(plan, request.to_dict(), target)
-        if owner is not None:
-            config_from_dict(owner, given, owner=target)
-    return plan
 
 
 def _config_of(plan: ResolvedRun, values: Mapping[str, Any], target: str) -> type | None:
