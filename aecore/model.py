@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Autoencoder", "ComponentSpec", "LossFn", "ModelSpec", "code_shape"]
+__all__ = ["Autoencoder", "ComponentSpec", "LossFn", "ModelSpec", "code_shape", "split_code"]
 
 #: A reconstruction loss: ``loss(recon, target)``, averaged to a 0-d tensor.
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -104,10 +104,23 @@ class Autoencoder(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """The code of ``x``, after every regularizer's ``transform_code``."""
+        return self.encode_with_aux(x)[0]
+
+    def encode_with_aux(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """The code of ``x`` and, by regularizer name, what each ``transform_code`` returned beside it.
+
+        A regularizer whose ``transform_code`` returns a plain tensor has no
+        entry; one that returns ``(code, aux)`` has ``aux``, which its
+        ``penalty`` then receives (the quantiser's codebook vectors, the
+        Gaussian's mean and log-variance).
+        """
         z = self.encoder(x)
-        for reg in self.regularizers.values():
-            z = reg.transform_code(z)
-        return z
+        aux: dict[str, Any] = {}
+        for name, reg in self.regularizers.items():
+            z, extra, given = split_code(reg.transform_code(z))
+            if given:
+                aux[name] = extra
+        return z, aux
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
@@ -122,18 +135,37 @@ class Autoencoder(nn.Module):
         """The reconstruction loss and each regularizer's weighted penalty, by name.
 
         In training mode regularizers may corrupt the input first; the clean
-        ``x`` is always the target.
+        ``x`` is always the target. Each penalty gets the encoder's input, the
+        code the decoder received (after every ``transform_code``), the
+        reconstruction and the model, plus ``aux=`` when its own
+        ``transform_code`` returned ``(code, aux)``.
         """
         x_in = x
         if self.training:
             for reg in self.regularizers.values():
                 x_in = reg.transform_input(x_in)
-        z = self.encode(x_in)
+        z, aux = self.encode_with_aux(x_in)
         recon = self.decode(z)
         terms = {"recon": loss_fn(recon, x)}
         for name, reg in self.regularizers.items():
-            terms[name] = reg.penalty(x_in, z, recon, self)
+            if name in aux:
+                terms[name] = reg.penalty(x_in, z, recon, self, aux=aux[name])
+            else:
+                terms[name] = reg.penalty(x_in, z, recon, self)
         return terms
+
+
+def split_code(result: Any) -> tuple[Tensor, Any, bool]:
+    """``transform_code``'s result as (code, aux, whether an aux was given).
+
+    A transform returns either the new code or a pair ``(code, aux)``; a
+    tensor is never a pair, so the two cannot be confused.
+    """
+    if isinstance(result, tuple):
+        if len(result) != 2:
+            raise TypeError(f"transform_code must return a code or (code, aux), got a {len(result)}-tuple")
+        return result[0], result[1], True
+    return result, None, False
 
 
 def code_shape(component: nn.Module) -> tuple[int, ...]:

@@ -70,13 +70,25 @@ class Decoder(Protocol):
 class Regularizer(Protocol):
     """Adds a named penalty term to the loss, and may reshape the input or code.
 
-    ``penalty`` receives the (possibly corrupted) encoder input, the code
-    after every ``transform_code``, the reconstruction and the whole model;
-    it returns a scalar already multiplied by the regularizer's weight.
-    ``transform_input`` runs before encoding in training only (denoising
-    lives here; the clean batch stays the target). ``transform_code`` runs
-    between encoder and decoder, in training and evaluation (TopK and
-    variational codes live here).
+    ``transform_input(x)`` runs before encoding, in training only: denoising
+    lives here, and the clean batch stays the reconstruction target.
+
+    ``transform_code(z)`` runs between encoder and decoder, in training and
+    evaluation, in the order the regularizers were given: the first receives
+    the encoder's output, each later one the code so far. It returns the new
+    code, or a pair ``(code, aux)`` whose ``aux`` (anything: a tensor, a
+    tuple, a dict) is handed to this regularizer's own ``penalty``. TopK,
+    variational and quantised codes live here.
+
+    ``penalty(x, z, recon, model)`` receives the encoder's input (after every
+    ``transform_input``), ``z``: the code the decoder received, after every
+    ``transform_code`` (not the encoder's raw output), the reconstruction and
+    the whole model; when its ``transform_code`` returned ``(code, aux)``, it
+    is called as ``penalty(x, z, recon, model, aux=aux)``. A penalty that
+    needs the code before its own transform (a straight-through quantiser,
+    whose transformed code carries no gradient to the codebook) returns it in
+    ``aux``. It returns a 0-d tensor already multiplied by the regularizer's
+    weight.
     """
 
     config: Any
@@ -85,7 +97,7 @@ class Regularizer(Protocol):
 
     def transform_input(self, x: Tensor) -> Tensor: ...
 
-    def transform_code(self, z: Tensor) -> Tensor: ...
+    def transform_code(self, z: Tensor) -> Tensor | tuple[Tensor, Any]: ...
 
 
 @runtime_checkable

@@ -76,11 +76,17 @@ def check_regularizer(
 ) -> nn.Module:
     """Check penalty and transforms inside a small linear autoencoder; returns the regularizer.
 
-    The penalty must be a finite 0-d tensor: zero when the config's ``weight``
-    is 0, otherwise differentiable w.r.t. the code or the encoder (a
-    regularizer without a ``weight`` may instead return a constant zero).
+    ``transform_code`` must give a code of the same shape (alone or as the
+    first of ``(code, aux)``) in training and evaluation, and
+    ``transform_input`` must leave its argument alone. The penalty, computed
+    the way training computes it (:meth:`aecore.model.Autoencoder.loss_terms`),
+    must be a finite 0-d tensor: zero when the config's ``weight`` is 0, and
+    otherwise a gradient that reaches at least one of the model's parameters
+    (encoder, decoder or the regularizer's own); a penalty that moves nothing
+    trains nothing. A regularizer without a ``weight`` may instead return a
+    constant zero (a pure transform such as TopK or denoising).
     """
-    from aecore.model import Autoencoder, ComponentSpec, ModelSpec
+    from aecore.model import Autoencoder, ComponentSpec, ModelSpec, split_code
 
     input_shape, name = tuple(input_shape), cls.__name__
     with torch.random.fork_rng(devices=[]):
@@ -98,7 +104,12 @@ def check_regularizer(
         for training in (True, False):
             model.train(training)
             z = torch.randn(batch_size, latent_dim)
-            _expect_shape(reg.transform_code(z), z.shape, f"{name}.transform_code ({_mode(training)})")
+            what = f"{name}.transform_code ({_mode(training)})"
+            try:
+                code, _, _ = split_code(reg.transform_code(z))
+            except TypeError as exc:
+                raise AssertionError(f"{what}: {exc}") from exc
+            _expect_shape(code, z.shape, what)
         model.train()
         _expect_shape(reg.transform_input(x), x.shape, f"{name}.transform_input")
         assert torch.equal(x, clean), f"{name}.transform_input changed its argument in place"
@@ -108,9 +119,7 @@ def check_regularizer(
         assert torch.equal(targets[0], clean), f"with {name}, the loss did not target the clean input"
         assert "reg" in terms, f"loss_terms has no term for {name}"
 
-        x_in = reg.transform_input(x)
-        z = reg.transform_code(model.encoder(x_in))
-        penalty = reg.penalty(x_in, z, model.decoder(z), model)
+        penalty = terms["reg"]
         assert isinstance(penalty, Tensor) and penalty.dim() == 0, (
             f"{name}.penalty must return a 0-d tensor, got {penalty!r}"
         )
@@ -120,10 +129,17 @@ def check_regularizer(
             assert penalty.item() == 0, f"{name}.penalty is a constant {penalty.item()}, expected 0"
             return reg
         assert penalty.requires_grad, f"{name}.penalty (weight {weight}) carries no gradient"
-        grads = torch.autograd.grad(penalty, [z, *model.encoder.parameters()], allow_unused=True)
-        grads = [g for g in grads if g is not None]
-        assert all(torch.isfinite(g).all() for g in grads), f"{name}.penalty has a non-finite gradient"
-        assert any(g.abs().sum() > 0 for g in grads), f"{name}.penalty has no gradient w.r.t. code or encoder"
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(penalty, [p for _, p in named], allow_unused=True)
+        bad = [n for (n, _), g in zip(named, grads, strict=True) if g is not None and not torch.isfinite(g).all()]
+        assert not bad, f"{name}.penalty gives a non-finite gradient to {', '.join(bad)}"
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), (
+            f"{name}.penalty (weight {weight}) gives a zero gradient to every parameter of the model it is "
+            "composed into (encoder, decoder and its own), so it trains nothing. Its z is the code after "
+            "every transform_code; if it needs the code from before its own transform (a straight-through "
+            "estimator carries no gradient back through it), return (code, aux) from transform_code and "
+            "read penalty's aux= argument."
+        )
     return reg
 
 

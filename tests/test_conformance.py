@@ -238,6 +238,80 @@ def test_kit_rejects_a_broken_regularizer(cls, message):
         testing.check_regularizer(cls, input_shape=(4,))
 
 
+class StraightThroughQuantiser(RegularizerBase):
+    """A vector-quantisation code written against penalty's z alone: the bug the kit must catch.
+
+    z is the straight-through code ze + (q - ze).detach(), so ``z - ze`` carries no gradient
+    and the 'commitment' term below is about 1e-19 with zero gradients everywhere.
+    """
+
+    Config = WeightConfig
+
+    def __init__(self, config, *, latent_dim):
+        super().__init__(config, latent_dim=latent_dim)
+        self.codebook = torch.nn.Parameter(torch.randn(4, latent_dim))
+        self.last_raw = None
+
+    def quantise(self, ze):
+        return self.codebook[torch.cdist(ze, self.codebook).argmin(dim=1)]
+
+    def transform_code(self, z):
+        self.last_raw = z
+        return z + (self.quantise(z) - z).detach()
+
+    def penalty(self, x, z, recon, model):
+        return self.config.weight * (z - self.last_raw).pow(2).mean()
+
+
+class AuxQuantiser(StraightThroughQuantiser):
+    """The same quantiser through the (code, aux) protocol: it trains the codebook and the encoder."""
+
+    def transform_code(self, z):
+        q = self.quantise(z)
+        return z + (q - z).detach(), (z, q)
+
+    def penalty(self, x, z, recon, model, *, aux):
+        ze, q = aux
+        return self.config.weight * ((q - ze.detach()).pow(2).mean() + 0.25 * (ze - q.detach()).pow(2).mean())
+
+
+def test_kit_rejects_a_penalty_that_moves_no_parameter():
+    with pytest.raises(AssertionError, match="zero gradient to every parameter"):
+        testing.check_regularizer(StraightThroughQuantiser, input_shape=(4,))
+
+
+def test_a_penalty_gets_the_aux_its_transform_code_returned():
+    reg = testing.check_regularizer(AuxQuantiser, input_shape=(4,))
+    model = compose_toy(reg)
+    x = torch.rand(6, 4)
+    z, aux = model.encode_with_aux(x)
+    ze, q = aux["reg"]
+    assert torch.equal(ze, model.encoder(x))
+    torch.testing.assert_close(z, q)  # the code the decoder saw is q (straight through)
+    terms = model.train().loss_terms(x, lambda r, t: ((r - t) ** 2).mean())
+    terms["reg"].backward()
+    assert reg.codebook.grad.abs().sum() > 0  # the codebook learns from the aux term
+    assert model.encoder[1].weight.grad.abs().sum() > 0  # and so does the encoder (commitment)
+
+
+def test_transform_code_returning_a_triple_is_a_clear_error():
+    class Triple(AuxQuantiser):
+        def transform_code(self, z):
+            return z, z, z
+
+    with pytest.raises(AssertionError, match=r"code or \(code, aux\)"):
+        testing.check_regularizer(Triple, input_shape=(4,))
+
+
+def compose_toy(reg):
+    from aecore.model import Autoencoder, ComponentSpec, ModelSpec
+
+    toy = ComponentSpec("linear", "test", "0", {})
+    spec = ModelSpec((4,), reg.latent_dim, toy, toy, [ComponentSpec("reg", "test", "0", {})])
+    encoder = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(4, reg.latent_dim))
+    return Autoencoder(encoder, torch.nn.Linear(reg.latent_dim, 4), {"reg": reg}, spec)
+
+
 def test_kit_checks_that_loss_targets_the_clean_input(monkeypatch):
     from aecore.model import Autoencoder
 

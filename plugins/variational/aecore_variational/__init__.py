@@ -15,11 +15,11 @@ With the default MSE loss (a mean over pixels) the reconstruction term is
 small next to the KL; a weight around 1/(number of pixels), e.g. 1e-3 for
 MNIST, balances them like a sum-over-pixels loss would.
 
-The penalty needs mu and logvar, which the model does not pass to
-``penalty``: ``transform_code`` keeps them from its last call and
-``penalty`` consumes them, so the two must be called in that order, once per
-batch, as :meth:`aecore.model.Autoencoder.loss_terms` does. logvar is clamped
-to [-30, 20] so exp(logvar) neither overflows nor underflows.
+The penalty needs mu and logvar: ``transform_code`` returns them beside the
+code, as its auxiliary value, and the model hands them to ``penalty`` as
+``aux`` (aecore's ``(code, aux)`` protocol), so nothing is kept between
+calls. logvar is clamped to [-30, 20] so exp(logvar) neither overflows nor
+underflows.
 
 The head starts as the identity for mu (a trained encoder's code keeps its
 meaning) and with zero weights and bias for logvar (unit variance, the prior).
@@ -68,20 +68,18 @@ class Variational(RegularizerBase):
             self.head.weight.zero_()
             self.head.bias.zero_()
             self.head.weight[: self.latent_dim].copy_(torch.eye(self.latent_dim))
-        self._mu: Tensor | None = None
-        self._logvar: Tensor | None = None
 
     def moments(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, logvar) for encoder outputs ``h``; logvar clamped to ``LOGVAR_RANGE``."""
         mu, logvar = self.head(h).chunk(2, dim=1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
-    def transform_code(self, z: Tensor) -> Tensor:
+    def transform_code(self, z: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """A sample in training, the mean in evaluation; (mu, logvar) for the penalty."""
         mu, logvar = self.moments(z)
-        self._mu, self._logvar = mu, logvar
         if not self.training:
-            return mu
-        return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+            return mu, (mu, logvar)
+        return mu + (0.5 * logvar).exp() * torch.randn_like(mu), (mu, logvar)
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` codes from the prior the KL term pulls codes towards: N(0, I) (aecore's optional
@@ -90,17 +88,8 @@ class Variational(RegularizerBase):
 
     prior = "N(0, I)"
 
-    def penalty(self, x: Tensor, z: Tensor, recon: Tensor, model: nn.Module) -> Tensor:
-        mu, logvar = self._mu, self._logvar
-        self._mu = self._logvar = None  # consumed: no graph is kept alive between batches
-        if mu is None or logvar is None:
-            raise RuntimeError(
-                "variational.penalty needs the mean and log-variance of the same batch: call "
-                "transform_code (model.encode) first, as Autoencoder.loss_terms does."
-            )
-        if mu.shape[0] != z.shape[0]:
-            raise RuntimeError(
-                f"variational.penalty got a batch of {z.shape[0]} codes, but the last transform_code "
-                f"call saw {mu.shape[0]}; call them in pairs on the same batch."
-            )
+    def penalty(
+        self, x: Tensor, z: Tensor, recon: Tensor, model: nn.Module, *, aux: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        mu, logvar = aux
         return self.config.weight * gaussian_kl(mu, logvar)

@@ -72,34 +72,38 @@ def test_kl_matches_torch_distributions() -> None:
     torch.testing.assert_close(gaussian_kl(mu, logvar), expected)
 
 
-def test_penalty_is_weight_times_kl_of_the_last_transform_code() -> None:
+def test_penalty_is_weight_times_kl_of_the_aux_transform_code_returns() -> None:
     torch.manual_seed(1)
     reg = build(weight=0.25).train()
     h = torch.randn(6, 3)
-    z = reg.transform_code(h)
+    z, aux = reg.transform_code(h)
     mu, logvar = reg.moments(h)
-    penalty = reg.penalty(h, z, z, nn.Identity())
+    assert torch.equal(aux[0], mu) and torch.equal(aux[1], logvar)
+    penalty = reg.penalty(h, z, z, nn.Identity(), aux=aux)
     assert penalty.dim() == 0
     assert penalty.item() == pytest.approx(0.25 * gaussian_kl(mu, logvar).item(), rel=1e-6)
     assert gaussian_kl(mu, logvar).item() > 0.1  # a non-trivial distribution
 
 
-def test_penalty_without_transform_code_is_a_clear_error() -> None:
-    reg = build()
-    z = reg.transform_code(torch.randn(4, 3))
-    reg.penalty(z, z, z, nn.Identity())
-    with pytest.raises(RuntimeError, match="transform_code"):
-        reg.penalty(z, z, z, nn.Identity())  # the stash was consumed
-    reg.transform_code(torch.randn(5, 3))
-    with pytest.raises(RuntimeError, match="batch of 4"):
-        reg.penalty(z, z, z, nn.Identity())
+def test_the_model_hands_each_batch_its_own_moments() -> None:
+    """No state is kept on the regularizer between transform_code and penalty."""
+    torch.manual_seed(4)
+    model = compose("mlp", regularizers=["variational"], input_shape=(1, 4, 4), latent_dim=3)
+    reg = model.regularizers["variational"]
+    assert not [k for k, v in vars(reg).items() if isinstance(v, torch.Tensor)]
+    x = torch.rand(5, 1, 4, 4)
+    terms = model.train().loss_terms(x, lambda r, t: ((r - t) ** 2).mean())
+    mu, logvar = reg.moments(model.encoder(x))
+    assert terms["variational"].item() == pytest.approx(gaussian_kl(mu, logvar).item(), rel=1e-5)
+    terms["variational"].backward()
+    assert reg.head.weight.grad is not None and reg.head.weight.grad.abs().sum() > 0
 
 
 def test_eval_returns_mu_deterministically() -> None:
     torch.manual_seed(2)
     reg = build().eval()
     h = torch.randn(5, 3)
-    first, second = reg.transform_code(h), reg.transform_code(h)
+    (first, _), (second, _) = reg.transform_code(h), reg.transform_code(h)
     assert torch.equal(first, second)
     assert torch.equal(first, reg.moments(h)[0])
 
@@ -116,7 +120,7 @@ def test_training_samples_vary_with_mean_mu_and_variance_exp_logvar() -> None:
     torch.manual_seed(3)
     reg = build().train()
     h = torch.randn(1, 3).expand(40000, 3)
-    first, second = reg.transform_code(h), reg.transform_code(h)
+    (first, _), (second, _) = reg.transform_code(h), reg.transform_code(h)
     assert not torch.equal(first, second)
     mu, logvar = (t[0] for t in reg.moments(h[:1]))
     std = (0.5 * logvar).exp()
@@ -131,11 +135,11 @@ def test_logvar_is_clamped_so_nothing_overflows() -> None:
     with torch.no_grad():
         reg.head.bias.copy_(torch.tensor([0.0, 0.0, 500.0, -500.0]))
     h = torch.zeros(3, 2)
-    z = reg.transform_code(h)
+    z, aux = reg.transform_code(h)
     _, logvar = reg.moments(h)
     assert logvar.min().item() == LOGVAR_RANGE[0] and logvar.max().item() == LOGVAR_RANGE[1]
     assert torch.isfinite(z).all()
-    assert torch.isfinite(reg.penalty(h, z, z, nn.Identity()))
+    assert torch.isfinite(reg.penalty(h, z, z, nn.Identity(), aux=aux))
 
 
 def test_gradients_reach_the_head_and_the_encoder_in_a_composed_model() -> None:
