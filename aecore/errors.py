@@ -29,6 +29,16 @@ class AmbiguousComponentError(AecoreError, LookupError):
     """A name that two distributions both provide."""
 
 
+class HookError(AecoreError):
+    """A hook plugin raised during a run in strict mode (``strict_hooks``, ``AECORE_STRICT_HOOKS=1``)."""
+
+    exit_code = 1
+
+
+class HookWarning(Notice):
+    """A hook plugin raised during a run; it was disabled and the run went on."""
+
+
 class PluginLoadError(AecoreError, ImportError):
     """A plugin whose entry point could not be imported or is not a component."""
 

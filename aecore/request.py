@@ -73,6 +73,10 @@ class RunRequest:
     out: str | None = param(None, "Run directory (default: RUNS_ROOT/<components>, never reused).")
     runs_root: str = param("runs", "Where run directories go when --out is not given.")
     overwrite: bool = param(False, "Allow writing into a run directory that holds files.")
+    strict_hooks: bool = param(
+        False,
+        "End the run when a hook plugin raises, instead of disabling it (also AECORE_STRICT_HOOKS=1).",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:

@@ -34,7 +34,7 @@ class RichProgress:
         self._last_refresh = 0.0
 
     @hookimpl
-    def ae_train_start(self, run: Any, total_epochs: int, steps_per_epoch: int) -> None:
+    def ae_train_start(self, run: Any, total_epochs: int | None, steps_per_epoch: int | None) -> None:
         info = run.info
         regs = ", ".join(info.get("regularizers", [])) or "none"
         self.console.print(
@@ -56,7 +56,10 @@ class RichProgress:
             auto_refresh=False,
         )
         self.task = self.progress.add_task(
-            "epoch 1", total=total_epochs * steps_per_epoch, loss="-", rate="-"
+            "epoch 1",
+            total=total_epochs * steps_per_epoch if total_epochs and steps_per_epoch else None,
+            loss="-",
+            rate="-",
         )
         self.progress.start()
         self.progress.refresh()

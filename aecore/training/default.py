@@ -159,6 +159,10 @@ class DefaultTrainer:
     #: This trainer continues interrupted runs (see aecore.training.state).
     supports_resume = True
 
+    def schedule(self, model: Autoencoder, train: TensorData) -> tuple[int, int]:
+        """(epochs, steps per epoch): what ``ae_train_start`` announces."""
+        return self.config.epochs, math.ceil(len(train) / self.config.batch_size)
+
     def fit(
         self, model: Autoencoder, train: TensorData, val: TensorData, run: RunContext
     ) -> Mapping[str, float]:
@@ -203,7 +207,6 @@ class DefaultTrainer:
                 return dict(pos.metrics)
         started = time.perf_counter()
         first_epoch = pos.epoch
-        run.hooks.ae_train_start(run=run, total_epochs=cfg.epochs, steps_per_epoch=steps)
 
         def save_state(done: bool = False) -> None:
             if run.save_resume is not None:
@@ -243,6 +246,8 @@ class DefaultTrainer:
                     optimizer.step()
                     if cosine is not None:
                         cosine.step()
+                    with torch.no_grad():
+                        run.hooks.ae_after_step(run=run, model=model, epoch=epoch, step=step)
                     n = xb.shape[0]
                     for name, value in terms.items():  # running sums of each term, one in-place op each
                         if name in pos.sums:

@@ -24,6 +24,7 @@ from aecore.data import Dataset, TensorData
 from aecore.errors import ConfigError, RunDirectoryError
 from aecore.evaluate import reconstruction_metrics
 from aecore.hooks import hookimpl, plugin_manager
+from aecore.hooks.manager import HookFailure, check_plugin, strict_from_env
 from aecore.io import atomic_write_bytes
 from aecore.losses import build_loss
 from aecore.model import Autoencoder
@@ -56,6 +57,8 @@ class TrainResult:
     checkpoint: Path
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
+    #: Hook plugins that raised and were disabled: ``{"plugin", "hook", "error"}`` each.
+    hook_failures: list[dict[str, str]] = field(default_factory=list)
 
 
 def train(
@@ -209,6 +212,7 @@ def _run_job(
         params=plan.components,
     )
     _check_output_range(model, train_data)
+    _check_component_hooks(model)
     check = getattr(trainer, "check", None)
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
@@ -237,7 +241,14 @@ def _run_job(
         "backend_params": {} if backend is None else config_to_dict(backend.config),
         "request": request.to_dict(),
     }
-    pm = plugin_manager(hooks, exclude=() if progress else ("progress",), entry_points=job.is_main)
+    failures: list[HookFailure] = []
+    pm = plugin_manager(
+        hooks,
+        exclude=() if progress else ("progress",),
+        entry_points=job.is_main,
+        strict=request.strict_hooks or strict_from_env(),
+        failures=failures,
+    )
     history: list[dict[str, float]] = [] if state is None else list(state.history)
     pm.register(_HistoryRecorder(history))
     stored_request = {**request.to_dict(), "out": str(run_dir)}
@@ -295,8 +306,12 @@ def _run_job(
     model.to(device)
     if backend is not None:
         model = backend.prepare(model, device)
+    _register_component_hooks(pm, model)
 
+    schedule = getattr(trainer, "schedule", None)
+    total_epochs, steps_per_epoch = schedule(model, train_split) if callable(schedule) else (None, None)
     try:
+        pm.hook.ae_train_start(run=run, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
         final = dict(trainer.fit(model, train_split, val_split, run))
     except BaseException:
         pm.hook.ae_train_end(run=run, metrics={})  # lets displays and loggers close cleanly
@@ -308,12 +323,18 @@ def _run_job(
     test = reconstruction_metrics(model, dataset.test, device=device, part=part)
     final.update({f"test_{k}": v for k, v in test.items()})
     path = save_checkpoint(model, checkpoint.DEFAULT_NAME, final)
-    if job.is_main:
-        atomic_write_bytes(
-            run_dir / METRICS_FILE, json.dumps({"final": final, "history": history}, indent=2).encode()
-        )
+
+    def write_metrics() -> None:
+        if job.is_main:
+            record = {"final": final, "history": history, "hook_failures": [f.to_dict() for f in failures]}
+            atomic_write_bytes(run_dir / METRICS_FILE, json.dumps(record, indent=2).encode())
+
+    write_metrics()  # before ae_train_end, so a logger there can pick the file up
+    seen = len(failures)
     pm.hook.ae_train_end(run=run, metrics=dict(final))
-    return TrainResult(model, run_dir, path, final, history)
+    if len(failures) != seen:
+        write_metrics()  # a hook failed in ae_train_end itself
+    return TrainResult(model, run_dir, path, final, history, [f.to_dict() for f in failures])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -356,6 +377,36 @@ def split_validation(data: TensorData, fraction: float, seed: int) -> tuple[Tens
         return data, data.subset(torch.arange(0))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[n_val:]), data.subset(order[:n_val])
+
+
+def _components(model: Autoencoder) -> dict[str, tuple[Any, Any]]:
+    """Part name -> (module, its ComponentSpec), each module once."""
+    parts = {"encoder": (model.encoder, model.spec.encoder)}
+    if model.decoder is not model.encoder:
+        parts["decoder"] = (model.decoder, model.spec.decoder)
+    specs = {r.name: r for r in model.spec.regularizers}
+    parts.update({name: (module, specs[name]) for name, module in model.regularizers.items()})
+    return parts
+
+
+def _check_component_hooks(model: Autoencoder) -> None:
+    """A component's hook methods must match the specification: refused before anything is written."""
+    import pluggy
+
+    for part, (module, spec) in _components(model).items():
+        try:
+            check_plugin(module)
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError(
+                f"{part} '{spec.name}' from {spec.dist} has a hook method that does not match the hook "
+                f"specification: {exc}. Fix or update {spec.dist}."
+            ) from None
+
+
+def _register_component_hooks(pm: Any, model: Autoencoder) -> None:
+    """Let the model's own components take part in its run (``ae_after_step`` for constraints)."""
+    for part, (module, _) in _components(model).items():
+        pm.register(module, name=f"component:{part}")
 
 
 def _check_output_range(model: Autoencoder, data: TensorData) -> None:

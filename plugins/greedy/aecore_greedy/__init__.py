@@ -34,7 +34,6 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -168,20 +167,6 @@ def layer_slots(model: Autoencoder) -> list[Slot]:
     return [Slot(el, ea, dl, da) for (el, ea), (dl, da) in zip(encode, decode, strict=True)]
 
 
-class _StartedOnce:
-    """The hook relay with ``ae_train_start`` silenced: it was fired once for both phases."""
-
-    def __init__(self, relay: Any) -> None:
-        self._relay = relay
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._relay, name)
-
-    @staticmethod
-    def ae_train_start(**_: Any) -> list[Any]:
-        return []
-
-
 class GreedyTrainer:
     """Pretrains an autoencoder pair by pair, then fine-tunes it with the default trainer."""
 
@@ -194,25 +179,27 @@ class GreedyTrainer:
         self, model: Autoencoder, train: TensorData, val: TensorData, run: RunContext
     ) -> Mapping[str, float]:
         cfg = self.config
-        slots = layer_slots(model)
         if len(train) == 0:
             raise ConfigError("the training split is empty; use more data or a smaller --val-fraction.")
-        # One progress run for both phases: they share batch_size, so an epoch has the same steps.
-        run.hooks.ae_train_start(
-            run=run,
-            total_epochs=cfg.pretrain_epochs * len(slots) + cfg.epochs,
-            steps_per_epoch=math.ceil(len(train) / cfg.batch_size),
-        )
         pretrained = self.pretrain(model, train, run)
-        finetune = DefaultTrainer(cfg.finetune_config())
-        metrics = finetune.fit(model, train, val, dataclasses.replace(run, hooks=_StartedOnce(run.hooks)))
+        metrics = DefaultTrainer(cfg.finetune_config()).fit(model, train, val, run)
         return {**pretrained.metrics, **metrics}
+
+    def check(self, model: Autoencoder) -> None:
+        """Refuse a model whose layers cannot be paired up, before the run directory is made."""
+        layer_slots(model)
+
+    def schedule(self, model: Autoencoder, train: TensorData) -> tuple[int, int]:
+        """Both phases as one run: they share batch_size, so an epoch has the same steps."""
+        cfg = self.config
+        pairs = len(layer_slots(model)) if cfg.pretrain_epochs else 0
+        return cfg.pretrain_epochs * pairs + cfg.epochs, math.ceil(len(train) / cfg.batch_size)
 
     def pretrain(self, model: Autoencoder, train: TensorData, run: RunContext) -> Pretrained:
         """Train each pair on the codes of the pairs before it and copy it into ``model``.
 
         Fires ``ae_step_end`` and ``ae_epoch_end`` (with ``pretrain_pair``,
-        ``pretrain_epoch`` and ``pretrain_loss``), not ``ae_train_start``.
+        ``pretrain_epoch`` and ``pretrain_loss``); the core fires ``ae_train_start``.
         """
         cfg = self.config
         slots = layer_slots(model)

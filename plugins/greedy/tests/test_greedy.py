@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ def test_pretrain_copies_pairs_and_losses_decrease(small, tmp_path):
         assert losses[2] < losses[1] < losses[0], f"pair {i}: {losses}"
         assert result.metrics[f"pretrain_{i}_loss"] == losses[-1]
     assert [m["pretrain_pair"] for m in recorder.epochs] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
-    assert recorder.starts == []  # fit fires ae_train_start once, for both phases
+    assert recorder.starts == []  # the core fires ae_train_start, not the trainer
 
 
 def test_fine_tuning_starts_from_the_pretrained_weights(small, tmp_path, monkeypatch):
@@ -185,18 +186,20 @@ def test_fine_tuning_starts_from_the_pretrained_weights(small, tmp_path, monkeyp
 
 
 def test_metrics_keep_the_phases_apart_and_runs_repeat(small, tmp_path):
+    trainer_of_last_fit = _trainer(pretrain_epochs=2, epochs=2, batch_size=256)
+
     def fit():
         recorder = Recorder()
         model = _model()
-        trainer = _trainer(pretrain_epochs=2, epochs=2, batch_size=256)
-        metrics = trainer.fit(model, small.train, small.test, _run(tmp_path, recorder))
+        metrics = trainer_of_last_fit.fit(model, small.train, small.test, _run(tmp_path, recorder))
         return recorder, metrics, model
 
     recorder, metrics, model = fit()
     pairs = len(HIDDEN) + 1
     assert {f"pretrain_{i}_loss" for i in range(1, pairs + 1)} <= set(metrics)
     assert {"train_loss", "train_recon", "val_recon", "best_val_recon"} <= set(metrics)
-    assert recorder.starts == [(2 * pairs + 2, 8)]  # once, counting both phases; 2,000 / 256 -> 8 steps
+    assert recorder.starts == []  # the core announces the run, from schedule():
+    assert trainer_of_last_fit.schedule(model, small.train) == (2 * pairs + 2, 8)  # 2,000 / 256 -> 8 steps
     assert recorder.steps == (2 * pairs + 2) * 8
     pretrain = [m for m in recorder.epochs if "pretrain_pair" in m]
     finetune = [m for m in recorder.epochs if "train_loss" in m]
@@ -212,7 +215,9 @@ def test_metrics_keep_the_phases_apart_and_runs_repeat(small, tmp_path):
 
 def test_train_end_to_end_saves_a_loadable_checkpoint(small, tmp_path):
     out = tmp_path / "run"
+    recorder = Recorder()
     result = train(
+        hooks=[recorder],
         encoder="mlp",
         trainer="greedy",
         data=small,
@@ -230,6 +235,9 @@ def test_train_end_to_end_saves_a_loadable_checkpoint(small, tmp_path):
     assert meta["training"]["trainer"]["params"]["pretrain_epochs"] == 1
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [m.get("pretrain_pair") for m in history] == [1, 2, 3, None]
+    train_size = len(small.train) - round(len(small.train) * 0.1)  # the default validation share
+    # The core announced both phases once, with greedy's schedule: 3 pairs + 1 fine-tuning epoch.
+    assert recorder.starts == [(3 + 1, math.ceil(train_size / 256))]
 
     loaded = aecore.load(result.checkpoint)
     x = small.test.batch(slice(0, 16))
@@ -241,7 +249,8 @@ def test_train_end_to_end_saves_a_loadable_checkpoint(small, tmp_path):
 def test_no_pretraining_is_plain_fine_tuning(small, tmp_path):
     recorder = Recorder()
     trainer = _trainer(pretrain_epochs=0, epochs=1, batch_size=256)
-    metrics = trainer.fit(_model(), small.train, small.test, _run(tmp_path, recorder))
+    model = _model()
+    metrics = trainer.fit(model, small.train, small.test, _run(tmp_path, recorder))
     assert not any(k.startswith("pretrain") for k in metrics)
-    assert recorder.starts == [(1, 8)]
+    assert trainer.schedule(model, small.train) == (1, 8)
     assert len(recorder.epochs) == 1
