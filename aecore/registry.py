@@ -23,16 +23,25 @@ distributions (plus the built-ins).
 A plugin that fails to load is remembered in ``<cache dir>/plugin-status.json``
 (until it loads again), so ``ae plugins list`` can show it as broken without
 importing anything.
+
+:func:`register` (or the :func:`registered` context manager) adds an object
+in-process, as if an installed distribution published it, for notebooks and
+tests: listing, lookup, building, composition, the hook manager and the
+command table all see it. In-process plugins survive :func:`refresh` (they
+do not come from entry points), ignore the two environment variables (they
+were asked for explicitly), and are never recorded in the status file. One
+cannot take the (kind, distribution, name) of a plugin already present.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +63,9 @@ __all__ = [
     "info",
     "list_components",
     "refresh",
+    "register",
+    "registered",
+    "unregister",
 ]
 
 #: Kind -> entry-point group, for every kind.
@@ -164,11 +176,75 @@ def names(kind: str) -> list[str]:
 
 
 def refresh() -> None:
-    """Forget the entry-point scan and loaded objects (after installing plugins at run time)."""
-    _scan.cache_clear()
+    """Forget the entry-point scan and loaded objects (after installing plugins at run time).
+
+    Plugins added with :func:`register` are kept.
+    """
+    global _view
+    _entry_point_scan.cache_clear()
+    _view = None
     _loaded.clear()
     _warned.clear()
     importlib.invalidate_caches()
+
+
+def register(kind: str, name: str, obj: Any, *, dist: str = "local", version: str = "0") -> PluginInfo:
+    """Add ``obj`` as the ``kind`` plugin ``name`` of distribution ``dist``, in this process only.
+
+    Everything that finds plugins then finds it, as if an installed
+    distribution published it (timm's ``register_model``, for notebooks and
+    tests). ``obj`` gets the structural check a loaded entry point gets; an
+    invalid object, a malformed name, or a (kind, dist, name) that is
+    already present (installed or registered) raises :class:`PluginLoadError`.
+    Returns the metadata to pass to :func:`unregister`.
+    """
+    global _view
+    _check_kind(kind)
+    where = f"{kind} '{name}' from {dist} {version}"
+    if not isinstance(name, str) or not name.strip() or ":" in name or name != name.strip():
+        raise PluginLoadError(
+            f"cannot register {where}: a name is non-empty text without ':' or surrounding spaces."
+        )
+    dist = _normalise(dist)
+    if any(c.dist == dist and c.name == name for c in _scan().get(GROUPS[kind], ())):
+        raise PluginLoadError(
+            f"cannot register {where}: {dist} already provides {kind} '{name}'; choose another name or "
+            "dist (or unregister the one registered in-process first)."
+        )
+    problems = kinds.check(kind, obj)
+    if problems:
+        raise PluginLoadError(f"cannot register {where}: it is not a valid {kind}: {'; '.join(problems)}.")
+    entry = PluginInfo(kind, name, _target(obj), dist, str(version))
+    _local[entry] = obj
+    _view = None
+    return entry
+
+
+def unregister(info: PluginInfo) -> None:
+    """Remove a plugin added with :func:`register`; installed plugins cannot be removed this way."""
+    global _view
+    if info not in _local:
+        raise UnknownComponentError(
+            f"{info.kind} '{info.qualified_name}' was not registered in this process, so it cannot be "
+            "unregistered (uninstall its distribution instead)."
+        )
+    del _local[info]
+    _loaded.pop(info, None)
+    _warned.discard(info)
+    _view = None
+
+
+@contextlib.contextmanager
+def registered(
+    kind: str, name: str, obj: Any, *, dist: str = "local", version: str = "0"
+) -> Iterator[PluginInfo]:
+    """:func:`register` for the duration of a ``with`` block; yields the plugin's metadata."""
+    entry = register(kind, name, obj, dist=dist, version=version)
+    try:
+        yield entry
+    finally:
+        if _local.get(entry) is obj:
+            unregister(entry)
 
 
 def allowed_distributions() -> set[str] | None:
@@ -213,6 +289,9 @@ def report_broken(entry: PluginInfo, reason: str) -> None:
 
 _loaded: dict[PluginInfo, Any] = {}
 _warned: set[PluginInfo] = set()
+#: Plugins added with register(), and the merged view of them and the entry points (None: stale).
+_local: dict[PluginInfo, Any] = {}
+_view: dict[str, tuple[PluginInfo, ...]] | None = None
 
 
 def _check_kind(kind: str) -> str:
@@ -223,8 +302,30 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-@functools.cache
 def _scan() -> dict[str, tuple[PluginInfo, ...]]:
+    """Entry points by group, with the in-process plugins merged in (each shadowing its namesake)."""
+    global _view
+    found = _entry_point_scan()
+    if not _local:
+        return found
+    if _view is None:
+        merged = {g: {(c.dist, c.name): c for c in entries} for g, entries in found.items()}
+        for c in _local:
+            merged[GROUPS[c.kind]][(c.dist, c.name)] = c
+        _view = {g: tuple(sorted(v.values(), key=lambda c: (c.name, c.dist))) for g, v in merged.items()}
+    return _view
+
+
+def _target(obj: Any) -> str:
+    """``module:qualname`` of a registered function or class (what an entry point would name)."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        return f"{module}:{qualname}"
+    return f"<in-process {type(obj).__name__}>"
+
+
+@functools.cache
+def _entry_point_scan() -> dict[str, tuple[PluginInfo, ...]]:
     kind_of = {g: k for k, g in GROUPS.items()}
     found: dict[str, dict[tuple[str, str], PluginInfo]] = {g: {} for g in kind_of}
     allowed = allowed_distributions()
@@ -263,6 +364,8 @@ def _read_status() -> dict[str, dict[str, str]]:
 
 def _write_status(entry: PluginInfo, reason: str | None) -> None:
     """Remember (or forget) a failed load; best effort, never fails the caller."""
+    if entry in _local:
+        return  # an in-process plugin has no installed version to remember it by
     key = f"{entry.kind}:{entry.qualified_name}"
     record = _read_status()
     if reason is None and key not in record:
@@ -282,6 +385,8 @@ def _write_status(entry: PluginInfo, reason: str | None) -> None:
 
 
 def _load(entry: PluginInfo) -> Any:
+    if entry in _local:
+        return _local[entry]
     if entry in _loaded:
         return _loaded[entry]
     module_name, _, attr = entry.target.partition(":")

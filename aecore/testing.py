@@ -1,35 +1,75 @@
-"""Conformance checks for plugin authors to call from their own tests (no pytest needed).
+"""Conformance checks for every kind of plugin, to call from a plugin's own tests (no pytest needed).
 
-Each ``check_*`` builds a component the way aecore does, exercises what the
+Each ``check_*`` builds a plugin the way aecore does, exercises what the
 rest of aecore relies on, and raises ``AssertionError`` naming the problem,
 e.g. ``check_encoder(MyEncoder, input_shape=(3, 32, 32), params={"width": 16})``.
+
+* Components: :func:`check_encoder`, :func:`check_decoder`,
+  :func:`check_regularizer`, :func:`check_roundtrip`,
+  :func:`check_checkpoint_roundtrip`.
+* What surrounds them: :func:`check_trainer`, :func:`check_hook` and
+  :func:`check_backend` (each also trains for real, for a second or so),
+  :func:`check_loss`, :func:`check_dataset`, :func:`check_command`,
+  :func:`check_preset`.
+
+The core ships no architecture, so the checks that train use the kit's own
+:class:`LinearEncoder` and :class:`LinearDecoder` on :func:`tiny_dataset`,
+registered in-process as ``aecore-testing:linear`` for the duration of the
+check: they never depend on another plugin being installed. Those runs are
+strict (a hook that raises fails the check) and use no backend unless the
+backend is what is checked.
+
 Checks run under a fixed seed inside :func:`torch.random.fork_rng`, so they
 are reproducible and leave the caller's random state alone. They use ``assert``:
-do not run them under ``python -O``.
+do not run them under ``python -O``. :mod:`aecore.pytest_plugin` offers the
+same pieces as pytest fixtures.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import math
+import operator
+import os
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from aecore import kinds, protocols
-from aecore.config import config_from_dict, config_to_dict
+from aecore import kinds, protocols, registry
+from aecore.components import ImageComponent
+from aecore.config import config_from_dict, config_to_dict, param, params_of
+from aecore.data import UINT8_IMAGES, Dataset, TensorData
+from aecore.hooks import hookimpl
+
+if TYPE_CHECKING:
+    from aecore.model import Autoencoder, LossFn
+    from aecore.training import TrainResult
 
 __all__ = [
+    "LinearDecoder",
+    "LinearEncoder",
+    "check_backend",
     "check_checkpoint_roundtrip",
+    "check_command",
+    "check_dataset",
     "check_decoder",
     "check_encoder",
+    "check_hook",
+    "check_loss",
+    "check_preset",
     "check_regularizer",
     "check_roundtrip",
     "check_trainer",
+    "tiny_dataset",
 ]
 
 _SEED = 1234
@@ -39,7 +79,88 @@ _PROTOCOLS: dict[str, type] = {
     "decoder": protocols.Decoder,
     "regularizer": protocols.Regularizer,
     "trainer": protocols.Trainer,
+    "dataset": protocols.DataSource,
+    "backend": protocols.Backend,
 }
+
+#: The distribution the kit registers its own plugins under, in-process.
+KIT_DIST = "aecore-testing"
+#: The kit's linear autoencoder and the data it trains on in the checks that train.
+_TOY = f"{KIT_DIST}:linear"
+_TOY_SHAPE = (1, 8, 8)
+_TOY_LATENT = 4
+#: Tolerances for a backend's step against autograd (float32, summed in another order).
+_STEP_RTOL, _STEP_ATOL = 1e-3, 1e-6
+
+
+# -- the kit's own components and data ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    bias: bool = param(True, "Learn a bias.")
+
+
+class LinearEncoder(ImageComponent):
+    """One ``nn.Linear`` from the flattened input to the code: a real encoder with no plugin installed."""
+
+    Config = LinearConfig
+
+    def __init__(self, config: LinearConfig, *, input_shape: Sequence[int], latent_dim: int) -> None:
+        super().__init__(config, input_shape=tuple(input_shape), latent_dim=latent_dim)
+        size = math.prod(self.input_shape)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(size, self.latent_dim, bias=config.bias))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def layer_stack(self) -> list[tuple[nn.Linear, nn.Module]]:
+        """Its one layer, for layer-wise trainers (the optional ``layer_stack`` protocol)."""
+        return [(self.net[1], nn.Identity())]
+
+
+class LinearDecoder(ImageComponent):
+    """One ``nn.Linear`` from the code, a sigmoid and a reshape: outputs in (0, 1), like pixels."""
+
+    Config = LinearConfig
+
+    def __init__(self, config: LinearConfig, *, input_shape: Sequence[int], latent_dim: int) -> None:
+        super().__init__(config, input_shape=tuple(input_shape), latent_dim=latent_dim)
+        size = math.prod(self.input_shape)
+        self.net = nn.Sequential(
+            nn.Linear(self.latent_dim, size, bias=config.bias),
+            nn.Sigmoid(),
+            nn.Unflatten(1, self.input_shape),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+    def layer_stack(self) -> list[tuple[nn.Linear, nn.Module]]:
+        """Its one layer and the sigmoid after it (the optional ``layer_stack`` protocol)."""
+        return [(self.net[0], self.net[1])]
+
+
+def tiny_dataset(
+    n_train: int = 64, n_test: int = 16, shape: Sequence[int] = _TOY_SHAPE, *, seed: int = 0
+) -> Dataset:
+    """A small synthetic image set: uint8 pixels of a low-rank pattern, two classes; it trains in moments.
+
+    It draws from its own generator, so it is the same whatever the global random state.
+    """
+    shape = tuple(int(s) for s in shape)
+    n = n_train + n_test
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(n, 3, generator=g)
+    images = torch.sigmoid(2 * codes @ torch.randn(3, math.prod(shape), generator=g)).reshape(n, *shape)
+    x = (images * 255).round().to(torch.uint8)
+    y = (codes[:, 0] > 0).long()
+    train = TensorData(x[:n_train].clone(), y[:n_train].clone(), UINT8_IMAGES)
+    test = TensorData(x[n_train:].clone(), y[n_train:].clone(), UINT8_IMAGES)
+    return Dataset(KIT_DIST, train, test, {"name": KIT_DIST})
+
+
+# -- components ----------------------------------------------------------------
 
 
 def check_encoder(
@@ -131,7 +252,8 @@ def check_regularizer(
         assert penalty.requires_grad, f"{name}.penalty (weight {weight}) carries no gradient"
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(penalty, [p for _, p in named], allow_unused=True)
-        bad = [n for (n, _), g in zip(named, grads, strict=True) if g is not None and not torch.isfinite(g).all()]
+        pairs = zip(named, grads, strict=True)
+        bad = [n for (n, _), g in pairs if g is not None and not torch.isfinite(g).all()]
         assert not bad, f"{name}.penalty gives a non-finite gradient to {', '.join(bad)}"
         assert any(g is not None and g.abs().sum() > 0 for g in grads), (
             f"{name}.penalty (weight {weight}) gives a zero gradient to every parameter of the model it is "
@@ -141,11 +263,6 @@ def check_regularizer(
             "read penalty's aux= argument."
         )
     return reg
-
-
-def check_trainer(cls: type, *, params: Params = None) -> Any:
-    """Check that ``cls`` is a trainer whose ``Config`` builds and round-trips; returns an instance."""
-    return _build("trainer", cls, params)[0]
 
 
 def check_roundtrip(model: nn.Module, directory: str | Path | None = None) -> nn.Module:
@@ -188,6 +305,383 @@ def check_checkpoint_roundtrip(
 
     shape = {"input_shape": input_shape, "latent_dim": latent_dim}
     return check_roundtrip(compose(encoder, decoder, regularizers, params=params, **shape), tmp_path)
+
+
+# -- what surrounds the components ---------------------------------------------
+
+
+def check_trainer(cls: type, *, params: Params = None, directory: str | Path | None = None) -> TrainResult:
+    """Check a trainer's ``Config`` (it builds and round-trips through JSON), then train with it for real.
+
+    The class is registered in-process as ``aecore-testing:<class name>`` and
+    fits the kit's linear autoencoder on :func:`tiny_dataset` (2 epochs of
+    16 samples a batch where its ``Config`` has ``epochs`` and ``batch_size``
+    and ``params`` leaves them unset). It must return finite metrics, fire
+    ``ae_epoch_end`` with ``metrics["epoch"]`` counting 1, 2, ... (calls of
+    another phase, such as pretraining, may leave ``epoch`` out), change the
+    model's weights, and leave a model the final checkpoint holds exactly.
+    (The core fires ``ae_train_start`` and ``ae_train_end``; a trainer need not.)
+    Returns the run's result (the run goes into ``directory``, else a new temporary folder).
+    """
+    name = _name(cls)
+    what = f"trainer {name}"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        _build("trainer", cls, params)
+        accepted = {p.name for p in params_of(cls.Config)}
+        given = dict(params or {})
+        short = {k: v for k, v in (("epochs", 2), ("batch_size", 16)) if k in accepted and k not in given}
+        recorder = _Recorder()
+        with _kit_components(), registry.registered("trainer", name, cls, dist=KIT_DIST):
+            initial = _initial_state()
+            run = _train_tiny(
+                what,
+                [recorder],
+                directory,
+                trainer=f"{KIT_DIST}:{name}",
+                params={"trainer": {**short, **given}},
+            )
+            with run as result:
+                _expect_finite_metrics(result.metrics, what)
+                ends = recorder.calls.get("ae_epoch_end", [])
+                assert ends, (
+                    f"{what} never fired ae_epoch_end; call run.hooks.ae_epoch_end(...) after each epoch"
+                )
+                counted = [end["metrics"]["epoch"] for end in ends if "epoch" in end["metrics"]]
+                assert counted and counted == list(range(1, len(counted) + 1)), (
+                    f"{what} fired ae_epoch_end with metrics['epoch'] = {counted or 'never set'}; "
+                    "expected 1, 2, ... (one per epoch, counted from 1)"
+                )
+                trained = result.model.state_dict()
+                assert any(not torch.equal(v, trained[k].cpu()) for k, v in initial.items()), (
+                    f"{what} did not change the model's weights"
+                )
+                _expect_checkpoint(result, what)
+    return result
+
+
+def check_hook(plugin: object, *, epochs: int = 2, directory: str | Path | None = None) -> TrainResult:
+    """Check a hook plugin against the hook specification, then in a real run of ``epochs`` epochs.
+
+    ``plugin`` is what an ``aecore.hooks`` entry point names: an object, a
+    module, or a class (created with no arguments, as aecore does). It must
+    implement at least one hook, with the specification's argument names;
+    the run is strict, so a hook that raises fails the check, and every
+    hook the plugin implements must have been called in it. Returns the
+    run's result (the run goes into ``directory``, else a new temporary folder).
+    """
+    import pluggy
+
+    from aecore.hooks.manager import check_plugin, hook_names
+
+    name = _name(plugin)
+    what = f"hook plugin {name}"
+    try:
+        obj = plugin() if isinstance(plugin, type) else plugin
+    except Exception as exc:
+        raise AssertionError(
+            f"{what} cannot be created with no arguments ({type(exc).__name__}: {exc})"
+        ) from exc
+    try:
+        check_plugin(obj)
+    except pluggy.PluginValidationError as exc:
+        raise AssertionError(f"{what} does not match the hook specification: {exc}") from exc
+    implemented = hook_names(obj)
+    assert implemented, f"{what} implements no hook; mark its methods with @aecore.hooks.hookimpl"
+    recorder = _Recorder()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        run = _train_tiny(
+            what, [obj, recorder], directory, params={"trainer": {"epochs": epochs, "batch_size": 16}}
+        )
+        with run as result:
+            failures = getattr(result, "hook_failures", [])
+            assert not failures, f"{what} failed in a real training run: {failures}"
+            observed = hook_names(recorder)
+            silent = [h for h in implemented if h in observed and not recorder.calls.get(h)]
+            assert not silent, (
+                f"{what} implements {', '.join(silent)}, which a {epochs}-epoch run never called"
+            )
+    return result
+
+
+def check_backend(
+    cls: type, *, params: Params = None, device: str = "cpu", directory: str | Path | None = None
+) -> protocols.Backend:
+    """Check a backend on ``device``: probe, prepare, optimizer and step, then a real run with it.
+
+    ``probe`` must return None or a reason (a str); when it gives a reason
+    nothing more is checked. Otherwise ``prepare`` must return a working
+    :class:`~aecore.model.Autoencoder`, ``optimizer`` None or an optimizer
+    over exactly the parameters given, and ``step`` None or a function whose
+    loss terms and gradients match plain autograd on the kit's linear
+    autoencoder. Finally the class is registered in-process as
+    ``aecore-testing:<class name>`` and trains that model on
+    :func:`tiny_dataset` (in ``directory``, else a new temporary folder):
+    the run must use it and give finite metrics. Returns the backend built
+    for the checks.
+    """
+    from aecore.composition import compose
+    from aecore.model import Autoencoder
+
+    name = _name(cls)
+    what = f"backend {name}"
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(_SEED)
+        backend, _ = _build("backend", cls, params)
+        reason = backend.probe(dev)
+        assert reason is None or isinstance(reason, str), (
+            f"{what}.probe must return None (it serves {dev}) or a reason (a str), got {reason!r}"
+        )
+        if reason is not None:
+            return backend
+        with _kit_components():
+            model = compose(_TOY, input_shape=_TOY_SHAPE, latent_dim=_TOY_LATENT).to(dev)
+            prepared = backend.prepare(model, dev)
+            assert isinstance(prepared, Autoencoder), (
+                f"{what}.prepare must return an aecore Autoencoder, got {type(prepared).__name__}"
+            )
+            x = torch.rand(5, *_TOY_SHAPE, device=dev)
+            with torch.no_grad():
+                out = prepared.eval()(x)
+            _expect_shape(out, x.shape, f"a model prepared by {what}")
+            assert torch.isfinite(out).all(), f"a model prepared by {what} gives non-finite outputs"
+            prepared.train()
+            trainable = [p for p in prepared.parameters() if p.requires_grad]
+            optimizer = backend.optimizer(trainable, lr=1e-3, weight_decay=0.0)
+            if optimizer is not None:
+                assert isinstance(optimizer, torch.optim.Optimizer), (
+                    f"{what}.optimizer must return None or a torch.optim.Optimizer, "
+                    f"got {type(optimizer).__name__}"
+                )
+                held = [p for group in optimizer.param_groups for p in group["params"]]
+                assert len(held) == len(trainable) and {id(p) for p in held} == {id(p) for p in trainable}, (
+                    f"{what}.optimizer holds {len(held)} tensors, "
+                    f"not exactly the {len(trainable)} parameters given"
+                )
+            loss_fn = torch.nn.functional.mse_loss
+            step = backend.step(prepared, loss_fn)
+            if step is not None:
+                assert callable(step), (
+                    f"{what}.step must return None or a function, got {type(step).__name__}"
+                )
+                _compare_step(step, prepared, loss_fn, x, what)
+
+        recorder = _Recorder()
+        with registry.registered("backend", name, cls, dist=KIT_DIST):
+            backend_params = {"backend": dict(params)} if params else {}
+            run = _train_tiny(
+                what,
+                [recorder],
+                directory,
+                backend=f"{KIT_DIST}:{name}",
+                device=device,
+                params=backend_params,
+            )
+            with run as result:
+                _expect_finite_metrics(result.metrics, what)
+                used = {start["backend"] for start in recorder.calls.get("ae_train_start", [])}
+                assert used == {f"{KIT_DIST}:{name}"}, (
+                    f"{what} stepped aside in a real run on {dev} although its probe passed"
+                )
+    return backend
+
+
+def check_loss(loss: Any, *, params: Params = None) -> LossFn:
+    """Check a reconstruction loss: a function, or a class with a ``Config`` built from ``params``.
+
+    On float inputs in (0, 1) of shapes ``(N, 1, 8, 8)`` and ``(N, 5)`` it
+    must return a finite 0-d tensor with a finite, non-zero gradient with
+    respect to the reconstruction, leave its arguments alone, be a mean over
+    the batch (the batch repeated twice costs what the batch does) and cost
+    no more for a perfect reconstruction than for a perturbed one. Returns
+    the loss function (the built instance, for a class).
+    """
+    name = _name(loss)
+    problems = kinds.check("loss", loss)
+    assert not problems, f"{name} is not a valid loss: {'; '.join(problems)}"
+    if isinstance(loss, type):
+        config = config_from_dict(loss.Config, dict(params or {}), owner=name)
+        _check_config_roundtrip(config, name)
+        fn = loss(config)
+        assert callable(fn), f"an instance of {name} cannot be called"
+    else:
+        assert not params, f"{name} is a function, so it takes no parameters; give it a class with a Config"
+        fn = loss
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        for shape in ((4, *_TOY_SHAPE), (4, 5)):
+            what = f"{name} on inputs of shape {shape}"
+            recon, target = (0.05 + 0.9 * torch.rand(shape) for _ in range(2))
+            given, aim = recon.clone().requires_grad_(True), target.clone()
+            try:
+                value = fn(given, aim)
+            except Exception as exc:
+                raise AssertionError(f"{what} fails ({type(exc).__name__}: {exc})") from exc
+            assert isinstance(value, Tensor) and value.dim() == 0, (
+                f"{what} must return a 0-d tensor, got {_describe(value)}"
+            )
+            assert value.is_floating_point() and torch.isfinite(value), f"{what} gives {value.item()}"
+            assert torch.equal(given.detach(), recon) and torch.equal(aim, target), (
+                f"{what} changed its arguments in place"
+            )
+            assert value.requires_grad, f"{what} carries no gradient to the reconstruction"
+            (grad,) = torch.autograd.grad(value, given)
+            assert torch.isfinite(grad).all(), f"{what} gives a non-finite gradient"
+            assert grad.abs().sum() > 0, f"{what} gives a zero gradient: it trains nothing"
+            with torch.no_grad():
+                twice = fn(torch.cat([recon, recon]), torch.cat([target, target]))
+                assert torch.allclose(twice, value.detach(), rtol=1e-4, atol=1e-7), (
+                    f"{name} is not a mean over the batch: the batch repeated twice costs "
+                    f"{float(twice):.6g}, the batch alone {float(value):.6g}; average rather than sum, "
+                    "so that the loss (and the learning rate that suits it) does not depend on the batch size"
+                )
+                perturbed = (target + 0.2 * torch.randn(shape)).clamp(0.01, 0.99)
+                perfect, imperfect = float(fn(target, target)), float(fn(perturbed, target))
+                assert perfect <= imperfect + 1e-6 * abs(imperfect), (
+                    f"{name} costs a perfect reconstruction {perfect:.6g}, more than a perturbed one "
+                    f"({imperfect:.6g})"
+                )
+    return fn
+
+
+def check_dataset(
+    cls: type,
+    location: str | None = None,
+    *,
+    params: Params = None,
+    data_dir: str | Path | None = None,
+) -> Dataset:
+    """Check a data source: it builds from its ``Config`` and loads a well-formed, deterministic dataset.
+
+    ``load`` must return a :class:`~aecore.data.Dataset` whose train and test
+    splits are non-empty :class:`~aecore.data.TensorData` of the same sample
+    shape, with labels (if any) one per sample and a JSON-serialisable
+    normalisation and spec (checkpoints record them). Loading twice gives the
+    same tensors, and so does reloading with the training split's
+    normalisation (as a trained model reloads its data). ``locate``, if
+    defined, returns a str; ``files``, a list of paths. Returns the dataset.
+    """
+    name = _name(cls)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        source, _ = _build("dataset", cls, params)
+        takes_location = bool(getattr(cls, "takes_location", False))
+        assert takes_location or location is None, (
+            f"{name} takes no location (set takes_location = True on it to take one), but one was given"
+        )
+        assert location is not None or not takes_location, f"{name} takes a location; pass one to the check"
+        root = Path(data_dir).expanduser() if data_dir is not None else None
+        locate = getattr(source, "locate", None)
+        if location is not None and callable(locate):
+            located = locate(location, root)
+            assert isinstance(located, str), f"{name}.locate returned {type(located).__name__}, not a str"
+            location = located
+        files = getattr(source, "files", None)
+        if callable(files):
+            listed = files(location, data_dir=root)
+            assert isinstance(listed, list) and all(isinstance(p, str | os.PathLike) for p in listed), (
+                f"{name}.files must return a list of paths, got {listed!r}"
+            )
+        dataset = _load_data(source, name, location, root, None)
+        _expect_dataset(dataset, name)
+        assert _same_dataset(dataset, _load_data(source, name, location, root, None)), (
+            f"{name} loads different data each time; loading must be deterministic (seed any random split)"
+        )
+        recorded = json.loads(json.dumps(dataset.train.normalisation))  # as a checkpoint holds it
+        assert _same_dataset(dataset, _load_data(source, name, location, root, recorded)), (
+            f"{name} loaded with normalisation={recorded} (its own, as a trained model records it) gives "
+            "different data; a model must get back the data it was trained on"
+        )
+    return dataset
+
+
+def check_command(command: Any, *, name: str = "cmd") -> Any:
+    """Check an ``ae`` subcommand: a function or a ``typer.Typer`` that becomes a working command.
+
+    It must convert as aecore converts it (:func:`aecore.cli.app.to_click`),
+    ``NAME --help`` must exit 0 with some text, and a function defined in a
+    source file must have a one-line help that ``ae --help`` can read from
+    that file without importing it (its docstring). Returns the Click command.
+    """
+    from aecore.cli.app import to_click
+    from aecore.cli.help import source_help
+
+    what = f"command {_name(command)}"
+    problems = kinds.check("command", command)
+    assert not problems, f"{what} is not a valid command: {'; '.join(problems)}"
+    try:
+        click_command = to_click(command, name)
+    except Exception as exc:
+        raise AssertionError(f"{what} cannot be made a command ({type(exc).__name__}: {exc})") from exc
+    code, output = _invoke(click_command, name, ["--help"])
+    assert code == 0, f"{what}: '{name} --help' exits with {code}: {output.strip()}"
+    assert output.strip(), f"{what}: '{name} --help' prints nothing"
+    if inspect.isfunction(command) and "<locals>" not in command.__qualname__ and _source_file(command):
+        assert source_help(f"{command.__module__}:{command.__qualname__}"), (
+            f"{what} has no one-line help that 'ae --help' can read from its source without importing it; "
+            "give the function a docstring"
+        )
+    return click_command
+
+
+def check_preset(preset: Any, *, input_shape: Sequence[int] | None = None) -> Autoencoder:
+    """Check a preset: its components are installed, its parameters fit their ``Config``, and it composes.
+
+    The model is composed on ``input_shape`` (default: the preset's own);
+    on the preset's own shape, a set ``reference_params`` must equal the
+    model's parameter count. Returns the composed model.
+    """
+    from aecore.composition import compose_preset
+    from aecore.errors import AecoreError
+
+    problems = kinds.check("preset", preset)
+    assert not problems, f"not a valid preset: {'; '.join(problems)}"
+    what = f"preset {preset.encoder!r}" + (f" ({preset.description})" if preset.description else "")
+    assert isinstance(preset.latent_dim, int) and preset.latent_dim > 0, (
+        f"{what} has latent_dim {preset.latent_dim!r}; it must be a positive integer"
+    )
+    try:
+        encoder = registry.info("encoder", preset.encoder)
+        decoder_name = preset.decoder or (
+            f"{encoder.dist}:{encoder.name}" if ":" in preset.encoder else encoder.name
+        )
+        parts = {"encoder": encoder, "decoder": registry.info("decoder", decoder_name)}
+        parts.update({r.rpartition(":")[2]: registry.info("regularizer", r) for r in preset.regularizers})
+    except AecoreError as exc:
+        raise AssertionError(f"{what} names a component that cannot be found: {exc}") from exc
+    for target, values in preset.params.items():
+        assert isinstance(values, Mapping), (
+            f"{what} gives {target} parameters that are not a table: {values!r}"
+        )
+        if target == "trainer":
+            continue  # they apply where the chosen trainer has them
+        assert target in parts, (
+            f"{what} sets parameters for '{target}', which is not one of its components "
+            f"({', '.join(['trainer', *parts])})"
+        )
+        try:
+            config_from_dict(parts[target].load().Config, dict(values), owner=target)
+        except AecoreError as exc:
+            raise AssertionError(f"{what} has {target} parameters that do not fit: {exc}") from exc
+    shape = tuple(input_shape) if input_shape is not None else tuple(preset.input_shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        try:
+            model = compose_preset(replace(preset, input_shape=shape))
+        except AecoreError as exc:
+            raise AssertionError(f"{what} does not compose on input {shape}: {exc}") from exc
+        if preset.reference_params is not None and shape == tuple(preset.input_shape):
+            count = model.num_parameters()
+            assert count == preset.reference_params, (
+                f"{what} gives {count:,} parameters on {shape}, but its reference_params says "
+                f"{preset.reference_params:,}"
+            )
+        with torch.no_grad():
+            out = model.eval()(torch.rand(2, *shape))
+        assert torch.isfinite(out).all(), f"{what} gives non-finite outputs"
+    return model
 
 
 # -- internals ---------------------------------------------------------------
@@ -269,3 +763,248 @@ def _expect_shape(t: Any, shape: Sequence[int], what: str) -> None:
 
 def _mode(training: bool) -> str:
     return "train mode" if training else "eval mode"
+
+
+class _Recorder:
+    """A second hook plugin beside the one under check: notes which hooks fired, and with what."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[dict[str, Any]]] = {}
+
+    def _note(self, hook: str, **values: Any) -> None:
+        self.calls.setdefault(hook, []).append(values)
+
+    @hookimpl
+    def ae_train_start(self, run: Any, total_epochs: Any, steps_per_epoch: Any) -> None:
+        self._note("ae_train_start", backend=run.info.get("backend"))
+
+    @hookimpl
+    def ae_after_step(self, run: Any, model: Any, epoch: int, step: int) -> None:
+        self._note("ae_after_step", epoch=epoch, step=step)
+
+    @hookimpl
+    def ae_step_end(self, run: Any, epoch: int, step: int, batch_size: int, loss: Any) -> None:
+        self._note("ae_step_end", epoch=epoch, step=step)
+
+    @hookimpl
+    def ae_epoch_end(self, run: Any, epoch: int, metrics: Mapping[str, float]) -> None:
+        self._note("ae_epoch_end", epoch=epoch, metrics=dict(metrics))
+
+    @hookimpl
+    def ae_checkpoint_saved(self, run: Any, path: Any, metrics: Mapping[str, float]) -> None:
+        self._note("ae_checkpoint_saved", path=Path(path))
+
+    @hookimpl
+    def ae_train_end(self, run: Any, metrics: Mapping[str, float]) -> None:
+        self._note("ae_train_end", metrics=dict(metrics))
+
+
+@contextlib.contextmanager
+def _kit_components() -> Iterator[None]:
+    """The kit's linear encoder and decoder, registered in-process unless they already are."""
+    with contextlib.ExitStack() as stack:
+        for kind, cls in (("encoder", LinearEncoder), ("decoder", LinearDecoder)):
+            if not any(c.dist == KIT_DIST and c.name == "linear" for c in registry.every(kind)):
+                stack.enter_context(registry.registered(kind, "linear", cls, dist=KIT_DIST))
+        yield
+
+
+def _initial_state() -> dict[str, Tensor]:
+    """The weights a tiny run starts from: ``train`` composes under ``torch.manual_seed(seed)``, seed 0."""
+    from aecore.composition import compose
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = compose(_TOY, input_shape=_TOY_SHAPE, latent_dim=_TOY_LATENT)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def _train_tiny(
+    what: str, hooks: Sequence[object], directory: str | Path | None, **fields: Any
+) -> Iterator[TrainResult]:
+    """A strict two-epoch run of the kit's linear autoencoder on :func:`tiny_dataset`.
+
+    ``fields`` override the request's. Without a ``directory`` the run goes
+    into a new temporary folder, kept when the check passes (so that its
+    files can be read from the result) and removed when it fails.
+    """
+    from aecore.training import train
+
+    scratch = None if directory is not None else Path(tempfile.mkdtemp(prefix="aecore-check-"))
+    out = Path(directory) if scratch is None else scratch / "run"
+    request: dict[str, Any] = {
+        "encoder": _TOY,
+        "latent_dim": _TOY_LATENT,
+        "trainer": "aecore:default",
+        "loss": "aecore:mse",
+        "backend": "none",
+        "device": "cpu",
+        "seed": 0,
+        "strict_hooks": True,
+        "params": {"trainer": {"epochs": 2, "batch_size": 16}},
+        **fields,
+    }
+    try:
+        with _kit_components():
+            try:
+                result = train(
+                    data=tiny_dataset(), out=str(out), progress=False, hooks=list(hooks), **request
+                )
+            except Exception as exc:
+                raise AssertionError(
+                    f"{what} failed in a real training run ({type(exc).__name__}: {exc})"
+                ) from exc
+            yield result
+    except BaseException:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def _expect_finite_metrics(metrics: Mapping[str, Any], what: str) -> None:
+    bad = {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+    }
+    assert metrics, f"{what} returned no metrics"
+    assert not bad, f"{what} returned metrics that are not finite numbers: {bad}"
+
+
+def _expect_checkpoint(result: TrainResult, what: str) -> None:
+    from aecore.checkpoint import load
+
+    assert result.checkpoint.is_file(), f"{what}: no checkpoint was written at {result.checkpoint}"
+    saved, trained = load(result.checkpoint).state_dict(), result.model.state_dict()
+    same = saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k].cpu()) for k in saved)
+    assert same, f"{what}: the final checkpoint does not hold the trained model's weights"
+
+
+def _compare_step(step: Any, model: Autoencoder, loss_fn: LossFn, x: Tensor, what: str) -> None:
+    """A backend's step against plain autograd on the same batch: loss terms and every ``.grad``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    before = [p.detach().clone() for _, p in named]
+    model.zero_grad(set_to_none=True)
+    try:
+        terms = step(x)
+    except Exception as exc:
+        raise AssertionError(f"{what}.step's function fails ({type(exc).__name__}: {exc})") from exc
+    if terms is None:
+        return  # this batch is left to autograd
+    assert isinstance(terms, Mapping), f"{what}.step's function must return loss terms by name or None"
+    grads = [None if p.grad is None else p.grad.detach().clone() for _, p in named]
+    assert all(torch.equal(b, p.detach()) for b, (_, p) in zip(before, named, strict=True)), (
+        f"{what}.step's function changed the weights; it sets gradients, the optimizer steps"
+    )
+    model.zero_grad(set_to_none=True)
+    reference = model(x, loss_fn=loss_fn)
+    functools.reduce(operator.add, reference.values()).backward()
+    assert set(terms) == set(reference), (
+        f"{what}.step gives loss terms {sorted(terms)}, but the model's are {sorted(reference)}"
+    )
+    for key, value in reference.items():
+        assert _close(terms[key], value), (
+            f"{what}.step gives loss term '{key}' = {float(terms[key]):.6g}; "
+            f"autograd gives {float(value):.6g}"
+        )
+    for (pname, p), grad in zip(named, grads, strict=True):
+        assert grad is not None or p.grad is None, f"{what}.step leaves no gradient on '{pname}'"
+        if p.grad is not None:
+            assert _close(grad, p.grad), (
+                f"{what}.step's gradient of '{pname}' differs from autograd's (largest difference "
+                f"{(grad - p.grad).abs().max().item():.3g})"
+            )
+    model.zero_grad(set_to_none=True)
+
+
+def _close(a: Any, b: Tensor) -> bool:
+    if not isinstance(a, Tensor) or a.shape != b.shape:
+        return False
+    return torch.allclose(a.detach().float(), b.detach().float(), rtol=_STEP_RTOL, atol=_STEP_ATOL)
+
+
+def _load_data(
+    source: Any, name: str, location: str | None, root: Path | None, normalisation: Any
+) -> Dataset:
+    try:
+        return source.load(location, data_dir=root, normalisation=normalisation)
+    except Exception as exc:
+        raise AssertionError(f"{name}.load fails ({type(exc).__name__}: {exc})") from exc
+
+
+def _expect_dataset(dataset: Any, name: str) -> None:
+    assert isinstance(dataset, Dataset), (
+        f"{name}.load returned {type(dataset).__name__}, not an aecore Dataset"
+    )
+    assert isinstance(dataset.name, str), f"{name}.load gave a dataset whose name is not a str"
+    for split in ("train", "test"):
+        data = getattr(dataset, split)
+        what = f"{name}'s {split} split"
+        assert isinstance(data, TensorData), f"{what} is a {type(data).__name__}, not a TensorData"
+        assert len(data) > 0, f"{what} is empty"
+        if data.y is not None:
+            assert len(data.y) == len(data), f"{what} has {len(data)} samples but {len(data.y)} labels"
+        try:
+            json.dumps(data.normalisation)
+        except (TypeError, ValueError) as exc:
+            raise AssertionError(f"{what} has a normalisation a checkpoint cannot store: {exc}") from exc
+        sample = data.batch(slice(0, min(4, len(data))))
+        assert sample.is_floating_point() and torch.isfinite(sample).all(), (
+            f"{what} gives batches that are not finite floats"
+        )
+    assert dataset.train.shape == dataset.test.shape, (
+        f"{name}'s samples are shaped {dataset.train.shape} in train but {dataset.test.shape} in test"
+    )
+    try:
+        json.dumps(dataset.spec)
+    except (TypeError, ValueError) as exc:
+        raise AssertionError(f"{name}'s dataset spec cannot be stored in a checkpoint: {exc}") from exc
+
+
+def _same_dataset(a: Dataset, b: Dataset) -> bool:
+    return all(_same_split(getattr(a, s), getattr(b, s)) for s in ("train", "test"))
+
+
+def _same_split(a: TensorData, b: TensorData) -> bool:
+    if a.normalisation != b.normalisation or (a.y is None) != (b.y is None):
+        return False
+    return _same_tensor(a.x, b.x) and (a.y is None or _same_tensor(a.y, b.y))
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a, b) or (a.is_floating_point() and bool(torch.isclose(a, b, 0, 0, True).all()))
+
+
+def _invoke(command: Any, name: str, args: Sequence[str]) -> tuple[int, str]:
+    """Run a Click command as the ``ae`` group would, output captured: (exit code, stdout)."""
+    from typer.testing import CliRunner
+
+    with CliRunner().isolation() as streams:
+        try:
+            command.main(args=list(args), prog_name=name, standalone_mode=True)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        output = streams[0].getvalue().decode(errors="replace")
+    return code, output
+
+
+def _source_file(obj: Any) -> str | None:
+    try:
+        return inspect.getsourcefile(obj)
+    except TypeError:
+        return None
+
+
+def _name(obj: Any) -> str:
+    name = getattr(obj, "__name__", None)
+    return name if isinstance(name, str) else type(obj).__name__
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"

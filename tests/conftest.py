@@ -65,18 +65,6 @@ def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ["AECORE_CACHE_DIR"] = previous
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _torch_threads() -> None:
-    """One intra-op thread (override with AECORE_TEST_THREADS).
-
-    The models here are tiny: on a small shared machine several OpenMP threads
-    fighting over two cores make a step up to 50 times slower, never faster.
-    """
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("AECORE_TEST_THREADS", "1")))
-
-
 @pytest.fixture
 def encoder_source() -> Callable[[str], str]:
     """``encoder_source(tag)``: source of a module with a valid encoder class ``FakeEncoder``."""

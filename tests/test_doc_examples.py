@@ -4,11 +4,14 @@ Each page's ```python blocks run in order, in one namespace, in a fresh
 directory. A block whose first line is a comment naming a file
 (``# my_ae_plugin/__init__.py``) is written to that file instead, in a folder
 put on ``sys.path``, so later blocks can import the plugin the page builds.
-Functions named ``test_*`` that a page defines are called at the end.
+Functions named ``test_*`` that a page defines are called at the end, with
+pytest fixtures for their arguments (``ae_tiny_dataset``, ``tmp_path``, ...),
+as pytest would call them in a plugin's own tests.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 import types
@@ -27,7 +30,7 @@ def _pages_with_examples() -> list[Path]:
 
 
 @pytest.mark.parametrize("page", _pages_with_examples(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_python_examples_run(page, tmp_path, monkeypatch):
+def test_python_examples_run(page, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     files = tmp_path / "src"
     files.mkdir()
@@ -49,7 +52,8 @@ def test_python_examples_run(page, tmp_path, monkeypatch):
             exec(compile(code, f"{page.name} (block {number})", "exec"), namespace)
         for name, value in list(namespace.items()):
             if name.startswith("test_") and callable(value):
-                value()
+                fixtures = {arg: request.getfixturevalue(arg) for arg in inspect.signature(value).parameters}
+                value(**fixtures)
     finally:
         written = {p.name for p in files.iterdir()} | {p.stem for p in files.iterdir()}
         for name in set(sys.modules) - before:  # the page's own plugin must not leak into other tests

@@ -259,3 +259,13 @@ class BadHookRegularizer(UnitNormDecoderColumns):
     @hookimpl
     def ae_after_step(self, run, model, epoch, step, optimizer):
         pass
+
+
+def test_hooks_are_listed_looked_up_and_shown_like_any_plugin(fresh_registry):
+    from aecore import registry
+
+    assert "progress" in [c.name for c in registry.list_components("hook")]
+    assert registry.info("hook", "progress").dist == "aecore"
+    shown = CliRunner().invoke(app, ["plugins", "show", "progress"])
+    assert shown.exit_code == 0, shown.stderr
+    assert "ae_train_start" in shown.stdout and "ae_epoch_end" in shown.stdout

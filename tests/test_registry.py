@@ -399,3 +399,106 @@ def test_hook_entry_point_is_called_by_a_real_training_run(make_dist, tiny_data,
     assert saved[-1] == ("saved", "model.safetensors", True)
     assert calls[-1] == ("end", True)
     assert result.checkpoint.exists()
+
+
+# -- in-process registration --------------------------------------------------------------
+
+
+def test_a_registered_encoder_is_found_built_and_composed_like_an_installed_one(fresh_registry):
+    import torch
+
+    from aecore.composition import compose
+    from aecore.testing import LinearDecoder, LinearEncoder
+
+    with (
+        registry.registered("encoder", "lin", LinearEncoder, dist="note_book", version="1.2") as enc,
+        registry.registered("decoder", "lin", LinearDecoder, dist="note_book") as dec,
+    ):
+        assert (enc.kind, enc.name, enc.dist, enc.version) == ("encoder", "lin", "note-book", "1.2")
+        assert enc.target == "aecore.testing:LinearEncoder"
+        assert enc in registry.list_components("encoder") and enc in registry.list_components(pattern="l?n")
+        assert list(registry.every("decoder")).count(dec) == 1
+        assert registry.info("encoder", "note-book:lin") == enc
+        assert registry.find("lin") == [enc, dec]
+        assert registry.get("encoder", "lin") is LinearEncoder
+        built = registry.build("encoder", "lin", {"bias": "false"}, input_shape=(1, 4, 4), latent_dim=3)
+        assert built.net[1].bias is None and built.latent_dim == 3
+
+        model = compose("lin", input_shape=(1, 4, 4), latent_dim=3)  # its decoder of the same name
+        assert (model.spec.encoder.dist, model.spec.decoder.qualified_name) == ("note-book", "note-book:lin")
+        assert model(torch.rand(2, 1, 4, 4)).shape == (2, 1, 4, 4)
+
+        registry.refresh()  # a registration is not an entry point: it stays
+        assert registry.get("decoder", "note-book:lin") is LinearDecoder
+    assert "lin" not in registry.names("encoder") + registry.names("decoder")
+    with pytest.raises(UnknownComponentError, match="unknown encoder 'lin'"):
+        registry.info("encoder", "lin")
+
+
+def test_register_and_unregister_a_loss(fresh_registry):
+    from aecore.losses import build_loss
+
+    def halved(recon, target):
+        return ((recon - target) ** 2).mean() / 2
+
+    info = registry.register("loss", "halved", halved)
+    assert info.qualified_name == "local:halved"
+    assert build_loss("halved") is halved
+    registry.unregister(info)
+    with pytest.raises(UnknownComponentError):
+        build_loss("halved")
+    with pytest.raises(UnknownComponentError, match="not registered in this process"):
+        registry.unregister(info)
+    with pytest.raises(UnknownComponentError, match="not registered in this process"):
+        registry.unregister(registry.info("trainer", "default"))  # an installed plugin stays
+    assert registry.get("trainer", "default").__name__ == "DefaultTrainer"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "obj", "problem"),
+    [
+        ("encoder", "bad", dict, "it has no 'Config' dataclass"),
+        ("loss", "bad", 42, "cannot be called"),
+        ("preset", "bad", {"encoder": "mlp"}, "not an aecore Preset"),
+        ("loss", "a:b", abs, "without ':'"),
+        ("loss", " padded", abs, "without ':' or surrounding spaces"),
+    ],
+)
+def test_an_invalid_registration_is_refused_in_one_line(fresh_registry, kind, name, obj, problem):
+    before = registry.list_components()
+    with pytest.raises(PluginLoadError, match=re.escape(problem)) as caught:
+        registry.register(kind, name, obj)
+    assert "\n" not in str(caught.value)
+    assert registry.list_components() == before
+
+
+def test_a_registration_cannot_take_a_name_already_present(fresh_registry):
+    from aecore.testing import LinearEncoder
+
+    with registry.registered("encoder", "lin", LinearEncoder):
+        with pytest.raises(PluginLoadError, match="local already provides encoder 'lin'"):
+            registry.register("encoder", "lin", LinearEncoder)
+        with registry.registered("encoder", "lin", LinearEncoder, dist="other") as other:
+            assert [c.dist for c in registry.duplicates()[("encoder", "lin")]] == ["local", "other"]
+            with pytest.raises(AmbiguousComponentError, match="'local:lin' or 'other:lin'"):
+                registry.info("encoder", "lin")
+            assert registry.info("encoder", "other:lin") == other
+    with pytest.raises(PluginLoadError, match="already provides"):  # nor an installed one's
+        registry.register("trainer", "default", registry.get("trainer", "default"), dist="aecore")
+    assert registry.info("trainer", "default").target == "aecore.training.default:DefaultTrainer"
+
+
+def test_a_registered_hook_joins_every_run_until_it_is_unregistered(fresh_registry):
+    from aecore.hooks import hookimpl, plugin_manager
+
+    class Counter:
+        calls = 0
+
+        @hookimpl
+        def ae_train_end(self, run, metrics):
+            Counter.calls += 1
+
+    with registry.registered("hook", "counter", Counter):
+        plugin_manager(exclude=("progress",)).hook.ae_train_end(run=None, metrics={})
+    plugin_manager(exclude=("progress",)).hook.ae_train_end(run=None, metrics={})
+    assert Counter.calls == 1

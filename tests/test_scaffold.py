@@ -14,11 +14,27 @@ import pytest
 from helpers import one_line_error, table_rows
 from typer.testing import CliRunner
 
+from aecore import kinds, registry
 from aecore.cli import app
 from aecore.cli import output as cli_output
 from aecore.cli.scaffold import KINDS, scaffold_plugin
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: What each kind's entry point names, for a plugin called 'tiny-<first three letters of the kind>'.
+ENTRY_TARGETS = {
+    "encoder": "TinyEncEncoder",
+    "decoder": "TinyDecDecoder",
+    "regularizer": "TinyRegRegularizer",
+    "trainer": "TinyTraTrainer",
+    "hook": "TinyHooHook",
+    "preset": "tiny_pre_preset",  # an object
+    "command": "tiny_com_command",  # a function
+    "dataset": "TinyDatSource",
+    "loss": "TinyLosLoss",
+    "backend": "TinyBacBackend",
+}
+ALL_KINDS = "encoder, decoder, regularizer, trainer, hook, preset, command, dataset, loss, backend"
 
 
 @pytest.fixture
@@ -40,6 +56,11 @@ def run(args: list[str], timeout: float = 300, **kwargs) -> subprocess.Completed
 # -- what is generated -------------------------------------------------------------------------
 
 
+def test_every_kind_has_a_scaffold():
+    assert list(KINDS) == list(kinds.KINDS)
+    assert {k: spec.group for k, spec in KINDS.items()} == {k: spec.group for k, spec in kinds.KINDS.items()}
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_generated_plugin_passes_its_own_tests(tmp_path, kind):
     target, written = scaffold_plugin(f"tiny-{kind[:3]}", kind, tmp_path)
@@ -54,8 +75,14 @@ def test_generated_plugin_passes_its_own_tests(tmp_path, kind):
     pyproject = (target / "pyproject.toml").read_text()
     assert f'name = "aecore-tiny-{kind[:3]}"' in pyproject
     assert f'[project.entry-points."{KINDS[kind].group}"]' in pyproject
-    assert f'tiny-{kind[:3]} = "aecore_{slug}:Tiny' in pyproject
+    assert f'tiny-{kind[:3]} = "aecore_{slug}:{ENTRY_TARGETS[kind]}"' in pyproject
+    assert 'usefixtures = ["ae_one_thread"]' in pyproject
+    readme = (target / "README.md").read_text()
+    for line in KINDS[kind].try_it.format(name=f"tiny-{kind[:3]}").splitlines():
+        assert f"\n{line}\n" in readme  # in the README's code block, a line of its own
+    assert ("## Parameters" in readme) == KINDS[kind].has_config
 
+    # Its pyproject.toml asks for fixtures of aecore's pytest plugin, which installing aecore registers.
     proc = run(
         [sys.executable, "-m", "pytest", str(target / "tests"), "-q", "-p", "no:cacheprovider"],
         cwd=target,
@@ -87,6 +114,32 @@ def test_cli_new_writes_the_plugin_and_says_what_next(runner, tmp_path):
     )
     assert f"pip install -e {Path('out') / 'aecore-codenorm'}" in result.stdout
     assert "ae train --encoder mlp --reg codenorm" in result.stdout
+
+
+def test_cli_new_prints_every_line_that_tries_it(runner, tmp_path):
+    result = runner.invoke(app, ["plugins", "new", "sumry", "--kind", "command"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "  ae train --encoder mlp --epochs 1 --out runs/sumry-try" in lines
+    assert lines[-1] == "  ae sumry runs/sumry-try/model.safetensors"
+    text = (tmp_path / "aecore-sumry" / "aecore_sumry" / "__init__.py").read_text()
+    assert "def sumry_command(checkpoint: ModelArg) -> None:" in text
+
+
+def test_generated_command_is_listed_from_its_source(runner, tmp_path, monkeypatch):
+    """'ae --help' lists the generated command with its docstring's first line, read from its source."""
+    target, _ = scaffold_plugin("sumry", "command", tmp_path)
+    monkeypatch.syspath_prepend(str(target))
+    try:
+        from aecore_sumry import sumry_command
+
+        with registry.registered("command", "sumry", sumry_command):
+            result = runner.invoke(app, ["--help"])
+    finally:
+        sys.modules.pop("aecore_sumry", None)
+    assert result.exit_code == 0, result.stderr
+    listed = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("sumry ")]
+    assert listed and " ".join(listed[0][1:4]) == "Summarise a checkpoint", result.stdout
 
 
 def test_cli_new_with_own_distribution_name(runner, tmp_path):
@@ -123,7 +176,7 @@ def test_unknown_or_missing_kind(runner, tmp_path):
         runner.invoke(app, ["plugins", "new", "tiny", "--kind", "encodr"]),
         "unknown plugin kind 'encodr'",
         "Did you mean: encoder",
-        "encoder, decoder, regularizer, trainer",
+        f"Choose one of: {ALL_KINDS}.",
     )
     one_line_error(runner.invoke(app, ["plugins", "new", "tiny"]), "--kind")
     assert list(tmp_path.iterdir()) == []
@@ -175,6 +228,7 @@ def test_new_help_does_not_import_torch():
     )
     proc = run([sys.executable, "-c", code], timeout=60)
     assert "--kind" in proc.stdout
+    assert "trainer, hook, preset, command, dataset, loss or backend." in " ".join(proc.stdout.split())
     assert proc.stderr.strip().splitlines()[-1] == "HEAVY", proc.stderr
 
 

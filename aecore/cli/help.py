@@ -26,7 +26,7 @@ from typing import Any
 from aecore import registry
 from aecore.paths import cache_dir
 
-__all__ = ["command_help", "module_file"]
+__all__ = ["command_help", "module_file", "source_help"]
 
 
 def command_help(entry: registry.PluginInfo, broken: dict[str, str] | None = None) -> str:
@@ -39,10 +39,14 @@ def command_help(entry: registry.PluginInfo, broken: dict[str, str] | None = Non
     )
     if reason is not None:
         return f"(broken: {reason})"
-    module, _, attr = entry.target.partition(":")
+    return source_help(entry.target) or f"(from {entry.dist} {entry.version})"
+
+
+def source_help(target: str) -> str | None:
+    """The one-line help of ``module:attribute`` as its source file gives it, or None if it gives none."""
+    module, _, attr = target.partition(":")
     path = module_file(module.strip())
-    text = _helps(str(path)).get(attr.strip()) if path is not None else None
-    return text or f"(from {entry.dist} {entry.version})"
+    return _helps(str(path)).get(attr.strip()) if path is not None else None
 
 
 def module_file(module: str) -> Path | None:

@@ -1,8 +1,14 @@
-"""``ae plugins new``: scaffold a plugin distribution that installs, trains and passes its tests.
+"""``ae plugins new``: scaffold a plugin distribution that installs, works and passes its tests.
 
-The files come from ``aecore/templates/plugin/*.tmpl`` (package data),
-filled in with :class:`string.Template`. Nothing here imports torch: the
-generated code does, once it is installed and used.
+Every kind of plugin has a scaffold (encoder, decoder, regularizer, trainer,
+hook, preset, command, dataset, loss and backend), each a small working
+example of its kind whose tests use the conformance kit
+(:mod:`aecore.testing`). The files come from
+``aecore/templates/plugin/*.tmpl`` (package data), filled in with
+:class:`string.Template`: ``<kind>.py.tmpl`` and ``test_<kind>.py.tmpl``
+for the code and its tests, ``readme_<kind>.md.tmpl`` (or
+``readme_component.md.tmpl``) for the README's kind-specific part. Nothing
+here imports torch: the generated code does, once it is installed and used.
 """
 
 from __future__ import annotations
@@ -35,26 +41,93 @@ class ScaffoldError(AecoreError):
 @dataclass(frozen=True)
 class _Kind:
     group: str
-    suffix: str  # class-name suffix
-    try_it: str  # an 'ae train' line using the new component
-    set_target: str  # TARGET in --set TARGET.PARAM=VALUE
+    suffix: str  # ends the class's name, or (starting with '_') the function's or object's name
+    try_it: str  # 'ae' lines (one per line) that use the new plugin
+    settings: str = ""  # how users set its Config's fields; empty for kinds without a Config
+    readme: str = "component"  # readme_<readme>.md.tmpl: the README's kind-specific part
+    dependencies: tuple[str, ...] = ("aecore>=0.1,<0.2", "torch>=2.2")
 
+    @property
+    def has_config(self) -> bool:
+        return bool(self.settings)
+
+    def target(self, name: str) -> str:
+        """What the entry point names: ``TinyConvEncoder``, or ``tiny_sum_command`` for a function."""
+        if self.suffix.startswith("_"):
+            slug = name.replace("-", "_")
+            return slug if slug.endswith(self.suffix) else slug + self.suffix  # never a keyword
+        return _class_name(name, self.suffix)
+
+
+_CORE = "aecore>=0.1,<0.2"
+_TRY_RUN = "ae train --encoder mlp --epochs 1 --out runs/{name}-try"
 
 KINDS: dict[str, _Kind] = {
     "encoder": _Kind(
-        "aecore.encoders", "Encoder", "ae train --encoder {name} --decoder mlp --epochs 1", "encoder"
+        "aecore.encoders",
+        "Encoder",
+        "ae train --encoder {name} --decoder mlp --epochs 1",
+        "--set encoder.NAME=VALUE",
     ),
     "decoder": _Kind(
-        "aecore.decoders", "Decoder", "ae train --encoder mlp --decoder {name} --epochs 1", "decoder"
+        "aecore.decoders",
+        "Decoder",
+        "ae train --encoder mlp --decoder {name} --epochs 1",
+        "--set decoder.NAME=VALUE",
     ),
     "regularizer": _Kind(
         "aecore.regularizers",
         "Regularizer",
         "ae train --encoder mlp --reg {name} --set {name}.weight=1e-2 --epochs 1",
-        "{name}",
+        "--set {name}.NAME=VALUE",
     ),
     "trainer": _Kind(
-        "aecore.trainers", "Trainer", "ae train --encoder mlp --trainer {name} --epochs 1", "trainer"
+        "aecore.trainers",
+        "Trainer",
+        "ae train --encoder mlp --trainer {name} --epochs 1",
+        "--set trainer.NAME=VALUE",
+    ),
+    "hook": _Kind(
+        "aecore.hooks",
+        "Hook",
+        f"{_TRY_RUN}\ncat runs/{{name}}-try/{{name}}.jsonl",
+        readme="hook",
+        dependencies=(_CORE,),
+    ),
+    "preset": _Kind(
+        "aecore.presets",
+        "_preset",
+        "ae presets\nae train --preset {name} --epochs 1",
+        readme="preset",
+        dependencies=(_CORE, "aecore-mlp>=0.1,<0.2"),
+    ),
+    "command": _Kind(
+        "aecore.commands",
+        "_command",
+        f"{_TRY_RUN}\nae {{name}} runs/{{name}}-try/model.safetensors",
+        readme="command",
+        dependencies=(_CORE,),
+    ),
+    "dataset": _Kind(
+        "aecore.datasets",
+        "Source",
+        'ae train --encoder mlp --data "{name}?rows=500" --epochs 1',
+        "--data '{name}?NAME=VALUE&NAME=VALUE'",
+        readme="dataset",
+    ),
+    "loss": _Kind(
+        "aecore.losses",
+        "Loss",
+        "ae train --encoder mlp --loss {name} --set loss.delta=0.5 --epochs 1",
+        "--set loss.NAME=VALUE",
+        readme="loss",
+    ),
+    "backend": _Kind(
+        "aecore.backends",
+        "Backend",
+        "ae train --encoder mlp --backend {name} --epochs 1",
+        "--set backend.NAME=VALUE",
+        readme="backend",
     ),
 }
 
@@ -63,7 +136,16 @@ _DESCRIPTIONS = {
     "decoder": "A minimal aecore decoder: one linear layer, a sigmoid, and the input's shape.",
     "regularizer": "A minimal aecore regularizer: a small L2 penalty on the code.",
     "trainer": "A minimal aecore trainer: Adam over shuffled mini-batches, with validation and hooks.",
+    "hook": "A minimal aecore hook: each epoch's metrics as one JSON line in the run directory.",
+    "preset": "A minimal aecore preset: a small fully connected model recipe over aecore-mlp.",
+    "command": "A minimal aecore command: a checkpoint's summary, read from its header alone.",
+    "dataset": "A minimal aecore data source: a seeded synthetic table with a few hidden factors.",
+    "loss": "A minimal aecore loss: Huber (smooth L1), quadratic for small errors and linear for large.",
+    "backend": "A minimal aecore backend: plain autograd on CPU and CUDA, with AdamW as its optimizer.",
 }
+
+#: The kinds a --kind help text names, in order.
+_KIND_LIST = ", ".join(list(KINDS)[:-1]) + f" or {list(KINDS)[-1]}"
 
 
 def check_name(name: str) -> str:
@@ -127,14 +209,18 @@ def scaffold_plugin(
         "slug": slug,
         "package": f"aecore_{slug}",
         "dist": dist,
-        "cls": _class_name(name, spec.suffix),
+        "attr": spec.target(name),  # templates say cls for a class, obj for a function or object
         "kind": kind,
         "group": spec.group,
         "entry_key": name,
         "description": _DESCRIPTIONS[kind],
         "try_it": spec.try_it.format(name=name),
-        "set_target": spec.set_target.format(name=name),
+        "settings": spec.settings.format(name=name),
+        "dependencies": ", ".join(f'"{d}"' for d in spec.dependencies),
     }
+    values["cls"] = values["obj"] = values["attr"]
+    values["usage"] = render(f"readme_{spec.readme}.md.tmpl", values)
+    values["parameters"] = render("readme_parameters.md.tmpl", values) if spec.has_config else ""
     files = {
         "pyproject.toml": "pyproject.toml.tmpl",
         "README.md": "README.md.tmpl",
@@ -209,7 +295,7 @@ def new_command(
             metavar="NAME", help="Component name, e.g. 'tinyconv': what 'ae train' and 'ae plugins' call it."
         ),
     ],
-    kind: Annotated[str, typer.Option("--kind", "-k", help="encoder, decoder, regularizer or trainer.")],
+    kind: Annotated[str, typer.Option("--kind", "-k", help=f"{_KIND_LIST}.")],
     directory: Annotated[
         Path, typer.Option("--dir", help="Folder to create the distribution's folder in.")
     ] = Path("."),
@@ -221,7 +307,7 @@ def new_command(
         bool, typer.Option(help="Write into an existing non-empty folder, replacing the generated files.")
     ] = False,
 ) -> None:
-    """Create a ready-to-install plugin: pyproject.toml, a working minimal component, README and tests.
+    """Create a ready-to-install plugin of any kind: pyproject.toml, working code, README and tests.
 
     The package is aecore_NAME; its tests use aecore's conformance kit (aecore.testing).
     """
@@ -229,5 +315,5 @@ def new_command(
     lines = [f"created {kind} '{name}' in {target}:"]
     lines += [f"  {path.relative_to(target)}" for path in written]
     lines += ["next:", f"  pip install -e {target}", f"  pytest {target / 'tests'}"]
-    lines.append(f"  {KINDS[kind].try_it.format(name=name)}")
+    lines += [f"  {line}" for line in KINDS[kind].try_it.format(name=name).splitlines()]
     typer.echo("\n".join(lines))  # plain text: paths stay whole for copying

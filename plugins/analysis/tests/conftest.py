@@ -1,4 +1,4 @@
-"""Fixtures of the aecore-analysis tests: private cache, one torch thread, named data, models trained once.
+"""Fixtures of the aecore-analysis tests: private cache, named data, models trained once.
 
 The commands reload a model's data by the name its checkpoint records, so
 the small datasets here are real data sources: a throwaway distribution
@@ -152,17 +152,6 @@ def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("AECORE_CACHE_DIR", None)
     else:
         os.environ["AECORE_CACHE_DIR"] = previous
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster than several contending for a small machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("AECORE_TEST_THREADS", "1")))
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", autouse=True)

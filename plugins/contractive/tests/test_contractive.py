@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,15 +14,6 @@ from aecore.config import config_from_dict
 from aecore.errors import ConfigError
 from aecore.testing import check_regularizer
 from aecore_contractive import Contractive, ContractiveConfig, jacobian_frobenius_sq
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and immune to OpenMP contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fd_jacobian_sq(encoder: nn.Module, x: Tensor, eps: float = 1e-6) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -16,15 +14,6 @@ from aecore_conv import ConvDecoder, ConvEncoder, stage_sizes, transpose_padding
 
 SMALL = {"channels": [8, 16]}
 REFERENCE = {"conv-simple": (3136, 225), "conv-deep": (576, 83_905), "conv-strided": (128, 840_577)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and immune to OpenMP contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(

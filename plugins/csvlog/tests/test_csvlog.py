@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,15 +20,6 @@ from aecore.training import train
 from aecore_csvlog import CHECKPOINTS_FILE, METRICS_FILE, CsvLogger, CsvLogWarning, read_rows
 
 SMALL = {"encoder": {"hidden": [32]}, "trainer": {"epochs": 2, "batch_size": 100}}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and immune to OpenMP contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

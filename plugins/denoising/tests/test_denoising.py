@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor
@@ -13,15 +11,6 @@ from aecore.config import config_from_dict
 from aecore.errors import ConfigError
 from aecore.testing import check_regularizer
 from aecore_denoising import Denoising, DenoisingConfig, corrupt
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and immune to OpenMP contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(**params: object) -> Denoising:

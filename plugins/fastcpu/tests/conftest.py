@@ -1,4 +1,4 @@
-"""Fixtures of the aecore-fastcpu tests: one torch thread, a private cache, fresh probes, models, data."""
+"""Fixtures of the aecore-fastcpu tests: a private cache, fresh probes, models, data."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ from aecore.composition import compose
 from aecore.data import Dataset
 from aecore.model import Autoencoder
 from aecore_fastcpu import probes
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread() -> None:
-    """The models here are tiny, and the machine is shared: one intra-op thread."""
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

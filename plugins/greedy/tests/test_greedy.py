@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,15 +29,6 @@ from aecore_greedy import GreedyTrainer, GreedyTrainerConfig, layer_slots
 HIDDEN = (64, 32)
 LATENT = 8
 SHAPE = (1, 28, 28)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: one thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +87,9 @@ def _run(tmp_path: Path, *hooks: object, seed: int = 0) -> RunContext:
 
 
 def test_config_extends_the_default_trainer():
-    trainer = check_trainer(GreedyTrainer, params={"pretrain_epochs": 2, "pretrain_lr": 0.01, "epochs": 3})
+    result = check_trainer(GreedyTrainer, params={"pretrain_epochs": 1, "pretrain_lr": 0.01, "epochs": 2})
+    assert [m["epoch"] for m in result.history if "epoch" in m] == [1, 2]
+    trainer = _trainer(pretrain_epochs=2, pretrain_lr=0.01, epochs=3)
     assert isinstance(trainer.config, DefaultTrainerConfig)
     finetune = trainer.config.finetune_config()
     assert type(finetune) is DefaultTrainerConfig
@@ -254,3 +248,50 @@ def test_no_pretraining_is_plain_fine_tuning(small, tmp_path):
     assert not any(k.startswith("pretrain") for k in metrics)
     assert trainer.schedule(model, small.train) == (1, 8)
     assert len(recorder.epochs) == 1
+
+
+class TwoLayerEncoder(torch.nn.Module):
+    """Not aecore-mlp's: any encoder that offers layer_stack() can be pretrained."""
+
+    @dataclass(frozen=True)
+    class Config:
+        width: int = 12
+
+    def __init__(self, config, *, input_shape, latent_dim):
+        super().__init__()
+        self.config, self.input_shape, self.latent_dim = config, tuple(input_shape), latent_dim
+        size = math.prod(self.input_shape)
+        self.net = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(size, config.width),
+            torch.nn.ReLU(),
+            torch.nn.Linear(config.width, latent_dim),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+    def layer_stack(self):
+        return [(self.net[1], self.net[2]), (self.net[3], torch.nn.Identity())]
+
+
+class NoStack(TwoLayerEncoder):
+    layer_stack = None
+
+
+def test_greedy_pretrains_any_encoder_that_offers_layer_stack_and_refuses_others(small, tmp_path):
+    from aecore import registry
+
+    params = {"decoder": {"hidden": (12,)}, "trainer": {"pretrain_epochs": 1, "epochs": 1, "batch_size": 256}}
+    with registry.registered("encoder", "twolayer", TwoLayerEncoder):
+        result = train(
+            encoder="twolayer", decoder="mlp", trainer="greedy", data=small, latent_dim=LATENT,
+            params=params, out=tmp_path / "run", progress=False,
+        )  # fmt: skip
+    assert {"pretrain_1_loss", "pretrain_2_loss", "test_mse_per_pixel"} <= set(result.metrics)
+    with registry.registered("encoder", "nostack", NoStack), pytest.raises(ConfigError, match="layer_stack"):
+        train(
+            encoder="nostack", decoder="mlp", trainer="greedy", data=small, latent_dim=LATENT,
+            params=params, out=tmp_path / "refused", progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "refused").exists()  # refused before the run directory was made

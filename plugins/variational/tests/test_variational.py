@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from aecore.config import config_from_dict
 from aecore.errors import ConfigError
 from aecore.testing import check_regularizer, check_roundtrip
 from aecore_variational import LOGVAR_RANGE, Variational, VariationalConfig, gaussian_kl
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and immune to OpenMP contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(latent_dim: int = 3, **params: object) -> Variational:
