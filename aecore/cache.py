@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from aecore.data import Dataset, TensorData
+from aecore.errors import DataError
 from aecore.paths import cache_dir
 
 __all__ = ["cache_key", "cached_dataset"]
@@ -83,7 +84,10 @@ def _read(path: Path) -> Dataset | None:
         for split in ("train", "test"):
             y = tensors.get(f"{split}.y")
             splits[split] = TensorData(tensors[f"{split}.x"], y, meta["normalisation"][split])
-    except (OSError, KeyError, ValueError, SafetensorError):
+        if not isinstance(meta["name"], str) or not isinstance(meta["spec"], dict):
+            return None
+    # Anything odd in a cache file (ours, but on disk) means: prepare the data again.
+    except (OSError, KeyError, ValueError, TypeError, RecursionError, SafetensorError, DataError):
         return None
     return Dataset(meta["name"], splits["train"], splits["test"], meta["spec"])
 

@@ -4,10 +4,20 @@
 through the registry, checks that their shapes fit with a dry run, and
 records a :class:`~aecore.model.ModelSpec` that checkpoints store and
 :func:`aecore.load` rebuilds from.
+
+Before anything is allocated, the components are built on torch's ``meta``
+device (shapes, no memory) and their parameters and buffers counted: a model
+of more than :data:`MAX_ELEMENTS` values (2**32 by default, 16 GB as
+float32; ``AECORE_MAX_MODEL_ELEMENTS`` sets another bound) is refused in one
+line naming the size settings, instead of failing to allocate. Checkpoints
+are rebuilt through :func:`compose`, so loading one is bounded the same way.
+A component that cannot be built on ``meta`` is built for real, unbounded.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +30,12 @@ from aecore.errors import ConfigError, ShapeError
 from aecore.model import Autoencoder, ComponentSpec, ModelSpec, code_shape
 from aecore.presets import Preset
 
-__all__ = ["compose", "compose_preset"]
+__all__ = ["MAX_ELEMENTS", "MAX_ELEMENTS_ENV", "compose", "compose_preset", "max_elements"]
+
+#: The most parameter and buffer values a composed model may hold, unless the environment says otherwise.
+MAX_ELEMENTS = 2**32
+MAX_ELEMENTS_ENV = "AECORE_MAX_MODEL_ELEMENTS"
+_INT64_MAX = 2**63 - 1
 
 
 def compose(
@@ -47,6 +62,17 @@ def compose(
         raise ShapeError(f"latent size must be positive, got {latent_dim}; pass e.g. --latent-dim 32.")
     if not input_shape or any(s <= 0 for s in input_shape):
         raise ShapeError(f"input shape {input_shape} is not valid; every dimension must be positive.")
+    limit = max_elements()
+    if latent_dim > limit:
+        raise ShapeError(
+            f"latent size {latent_dim} is more than the {limit:,} values a model may hold "
+            f"({MAX_ELEMENTS_ENV} sets the bound); pass e.g. --latent-dim 32."
+        )
+    if math.prod(input_shape) > limit:
+        raise ShapeError(
+            f"input shape {_shape(input_shape)} has more than the {limit:,} values a model may take "
+            f"({MAX_ELEMENTS_ENV} sets the bound); use smaller samples."
+        )
     reg_infos = [registry.info("regularizer", r) for r in regularizers]
     reg_names = [r.name for r in reg_infos]
     if len(set(reg_names)) != len(reg_names):
@@ -75,9 +101,14 @@ def compose(
         dec_params = {**{k: v for k, v in enc_params.items() if k in shared}, **dec_params}
 
     shape = {"input_shape": input_shape, "latent_dim": latent_dim}
-    enc = _build(enc_info, enc_params, "encoder", **shape)
-    dec = _build(dec_info, dec_params, "decoder", **shape)
-    regs = {i.name: _build(i, params.get(i.name, {}), i.name, latent_dim=latent_dim) for i in reg_infos}
+    parts = [
+        _Part(enc_info, enc_params, "encoder", shape),
+        _Part(dec_info, dec_params, "decoder", shape),
+        *(_Part(i, params.get(i.name, {}), i.name, {"latent_dim": latent_dim}) for i in reg_infos),
+    ]
+    _check_size(parts, input_shape, latent_dim, limit)
+    enc, dec, *reg_modules = (part.build() for part in parts)
+    regs = {i.name: m for i, m in zip(reg_infos, reg_modules, strict=True)}
     spec = ModelSpec(
         input_shape=input_shape,
         latent_dim=latent_dim,
@@ -106,10 +137,97 @@ def _qualified(name: str) -> bool:
     return ":" in name
 
 
-def _build(info: registry.PluginInfo, values: Mapping[str, Any], owner: str, **context: Any) -> nn.Module:
-    cls = info.load()
-    config = config_from_dict(cls.Config, values, owner=owner)
-    return cls(config, **context)
+def max_elements() -> int:
+    """The most parameter and buffer values a model may hold: ``$AECORE_MAX_MODEL_ELEMENTS``, else 2**32."""
+    text = os.environ.get(MAX_ELEMENTS_ENV, "").strip()
+    if not text:
+        return MAX_ELEMENTS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 1 <= value <= _INT64_MAX and value == int(value)):
+        raise ConfigError(
+            f"{MAX_ELEMENTS_ENV}={text} is not a count of values; set a whole number such as 1e10, "
+            "or unset it for the default (2**32)."
+        )
+    return int(value)
+
+
+class _Part:
+    """One component to build: its plugin, validated config and the shape context it is built in."""
+
+    def __init__(
+        self, info: registry.PluginInfo, values: Mapping[str, Any], owner: str, context: dict
+    ) -> None:
+        self.info, self.owner, self.context = info, owner, context
+        self.cls = info.load()
+        self.config = config_from_dict(self.cls.Config, values, owner=owner)
+        self.meta_failed = False
+
+    def count(self) -> tuple[int, int] | None:
+        """(values, bytes) of its parameters and buffers, built on the meta device; None if it cannot be."""
+        try:
+            with torch.device("meta"):
+                module = self.cls(self.config, **self.context)
+            tensors = [*module.parameters(), *module.buffers()]
+            return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
+        except Exception:  # a plugin may do anything in __init__, or be lazy: built for real, unbounded
+            self.meta_failed = True
+            return None
+
+    def build(self) -> nn.Module:
+        try:
+            return self.cls(self.config, **self.context)
+        except (RuntimeError, MemoryError) as exc:
+            if not self.meta_failed:
+                raise
+            # The sizes overflowed even the meta device: say which settings, not torch's allocator.
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"{self.owner} '{self.info.name}' could not be built with {self.settings()} ({detail}); "
+                "choose smaller sizes."
+            ) from None
+
+    def settings(self) -> str:
+        """Its whole-number settings (the ones that size a network), e.g. ``hidden=512,256``."""
+        values = {
+            k: v
+            for k, v in config_to_dict(self.config).items()
+            if _whole(v) or (isinstance(v, list) and v and all(map(_whole, v)))
+        }
+        shown = ", ".join(
+            f"{self.owner}.{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in values.items()
+        )
+        return shown or f"{self.owner} defaults"
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape))
+
+
+def _check_size(parts: list[_Part], input_shape: tuple[int, ...], latent_dim: int, limit: int) -> None:
+    """Refuse, before allocating, a model of more than ``limit`` values (see the module doc)."""
+    counts = [(part, part.count()) for part in parts]
+    known = [(part, c) for part, c in counts if c is not None]
+    total = sum(c[0] for _, c in known)
+    if total <= limit:
+        return
+    size = sum(c[1] for _, c in known)
+    largest = sorted(known, key=lambda pc: -pc[1][0])
+    each = "; ".join(
+        f"{part.owner} '{part.info.name}' {c[0]:,} ({part.settings()})" for part, c in largest if c[0]
+    )
+    raise ConfigError(
+        f"the model would hold {total:,} parameter and buffer values ({size / 1e9:,.1f} GB), more than "
+        f"the {limit:,} allowed ({MAX_ELEMENTS_ENV} sets the bound): {each}; with latent_dim={latent_dim}, "
+        f"input_shape={_shape(input_shape)}. Choose smaller sizes."
+    )
 
 
 def _spec(info: registry.PluginInfo, component: Any) -> ComponentSpec:

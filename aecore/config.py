@@ -10,6 +10,14 @@ importing torch.
 Supported field types: ``int``, ``float``, ``bool``, ``str``,
 ``typing.Literal[...]``, ``tuple[int | float | str, ...]``,
 ``dict[str, ...]`` (JSON tables) and ``X | None`` of any of those.
+
+Numbers are checked wherever they come from (text, JSON, Python): a float
+must be finite, an integer must fit a signed 64-bit integer (what torch
+takes), and either must lie within the field's ``minimum`` / ``maximum``
+when :func:`param` declares them (for a tuple, each item). An ``int`` field
+named ``seed`` or ending in ``_seed`` is a random seed: unless it declares
+bounds of its own, it must lie in ``[0, 2**63)``, which every random
+generator torch and numpy have accepts.
 """
 
 from __future__ import annotations
@@ -26,10 +34,20 @@ from typing import Any, Literal, get_args, get_origin
 
 from aecore.errors import ConfigError, suggest
 
-__all__ = ["ParamSpec", "config_from_dict", "config_to_dict", "param", "params_of", "parse_value"]
+__all__ = [
+    "ParamSpec",
+    "config_from_dict",
+    "config_to_dict",
+    "convert_value",
+    "param",
+    "params_of",
+    "parse_value",
+]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+#: The integers a config may hold: a signed 64-bit integer, as torch stores them.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 def param(
@@ -38,6 +56,8 @@ def param(
     *,
     flags: tuple[str, ...] = (),
     repeat: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
     """A config field with a default and a one-line help text.
 
@@ -45,8 +65,10 @@ def param(
     from the dataclass (``ae train`` from the run request): the option names
     (default ``--field-name``), and whether the option may be given several
     times (a tuple field), instead of once with comma-separated items.
+    ``minimum`` and ``maximum`` bound a number field (inclusive; for a tuple
+    of numbers, every item), however the value is given.
     """
-    metadata = {"help": help, "flags": flags, "repeat": repeat}
+    metadata = {"help": help, "flags": flags, "repeat": repeat, "minimum": minimum, "maximum": maximum}
     if isinstance(default, dict | list | set):  # a fresh copy for every instance
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -62,6 +84,15 @@ class ParamSpec:
     help: str
     flags: tuple[str, ...] = ()
     repeat: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        """(lowest, highest) allowed number, either None for no bound of its own (see the module doc)."""
+        if self.minimum is None and self.maximum is None and _is_seed(self.name, self.type):
+            return 0, INT_MAX
+        return self.minimum, self.maximum
 
     @property
     def type_name(self) -> str:
@@ -97,6 +128,8 @@ def params_of(config_cls: type) -> list[ParamSpec]:
                 f.metadata.get("help", ""),
                 tuple(f.metadata.get("flags", ())),
                 bool(f.metadata.get("repeat", False)),
+                f.metadata.get("minimum"),
+                f.metadata.get("maximum"),
             )
         )
     return specs
@@ -104,7 +137,18 @@ def params_of(config_cls: type) -> list[ParamSpec]:
 
 def parse_value(spec: ParamSpec, text: str) -> Any:
     """Parse a command-line string (``"32,64"``, ``"relu"``, ``"1e-3"``) for ``spec``."""
-    return _parse(spec.type, text.strip(), spec.name)
+    return _parse(spec.type, text.strip(), spec.name, spec.bounds)
+
+
+def convert_value(spec: ParamSpec, value: Any, *, name: str | None = None) -> Any:
+    """``value`` for ``spec``: a string parsed as on the command line, else a JSON value checked.
+
+    Raises :class:`ConfigError` naming ``name`` (default: the parameter's own).
+    """
+    where = spec.name if name is None else name
+    if isinstance(value, str) and spec.type is not str:
+        return _parse(spec.type, value.strip(), where, spec.bounds)
+    return _coerce(spec.type, value, where, spec.bounds)
 
 
 def config_from_dict(config_cls: type, values: Mapping[str, Any], *, owner: str = "") -> Any:
@@ -123,11 +167,7 @@ def config_from_dict(config_cls: type, values: Mapping[str, Any], *, owner: str 
             raise ConfigError(
                 f"unknown parameter '{where}{key}'.{suggest(str(key), specs)} Known parameters: {known}."
             )
-        spec = specs[key]
-        if isinstance(value, str) and spec.type is not str:
-            kwargs[key] = _parse(spec.type, value.strip(), where + key)
-        else:
-            kwargs[key] = _coerce(spec.type, value, where + key)
+        kwargs[key] = convert_value(specs[key], value, name=where + key)
     missing = [n for n, s in specs.items() if s.required and n not in kwargs]
     if missing:
         raise ConfigError(f"missing required parameter(s): {', '.join(where + m for m in missing)}.")
@@ -175,18 +215,44 @@ def _type_name(tp: Any) -> str:
     return f"{name} or none" if optional else name
 
 
+Bounds = tuple[float | None, float | None]
+_NO_BOUNDS: Bounds = (None, None)
+
+
+def _is_seed(name: str, tp: Any) -> bool:
+    return (name == "seed" or name.endswith("_seed")) and _unwrap_optional(tp)[0] is int
+
+
 def _bad(name: str, tp: Any, value: Any, detail: str = "") -> ConfigError:
     extra = f" ({detail})" if detail else ""
-    return ConfigError(f"bad value {value!r} for '{name}': expected {_type_name(tp)}{extra}.")
+    shown = repr(value)
+    if len(shown) > 40:  # a number of a thousand digits is not worth repeating whole
+        shown = f"{shown[:20]}...{shown[-8:]}"
+    return ConfigError(f"bad value {shown} for '{name}': expected {_type_name(tp)}{extra}.")
 
 
-def _number(base: type, value: Any, name: str) -> Any:
+def _number(base: type, value: Any, name: str, bounds: Bounds) -> Any:
+    """``value`` (already of type ``base``) once it is finite, fits int64 and lies within ``bounds``."""
     if base is float and not math.isfinite(value):
         raise _bad(name, base, value, "a finite number")
+    low, high = bounds
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise _bad(name, base, value, _range(low, high))
+    if base is int and not INT_MIN <= value <= INT_MAX:
+        raise _bad(name, base, value, f"{_range(INT_MIN, INT_MAX)}, a 64-bit integer")
     return value
 
 
-def _parse(tp: Any, text: str, name: str) -> Any:
+def _range(low: float | None, high: float | None) -> str:
+    def show(v: float) -> str:
+        return "2**63-1" if v == INT_MAX else "-2**63" if v == INT_MIN else f"{v:g}"
+
+    if low is not None and high is not None:
+        return f"from {show(low)} to {show(high)}"
+    return f"at least {show(low)}" if low is not None else f"at most {show(high)}"  # type: ignore[arg-type]
+
+
+def _parse(tp: Any, text: str, name: str, bounds: Bounds = _NO_BOUNDS) -> Any:
     base, optional = _unwrap_optional(tp)
     if optional and text.lower() in {"none", "null", ""}:
         return None
@@ -195,9 +261,12 @@ def _parse(tp: Any, text: str, name: str) -> Any:
         item_type = get_args(base)[0]
         parts = [p for p in text.replace(" ", "").strip("()[]").split(",") if p]
         try:
-            return tuple(_parse(item_type, p, name) for p in parts)
+            items = tuple(_parse(item_type, p, name) for p in parts)
         except ConfigError:
             raise _bad(name, base, text, "comma-separated, e.g. 32,64") from None
+        if item_type in (int, float):  # well formed; a number out of bounds is named on its own
+            return tuple(_number(item_type, v, name, bounds) for v in items)
+        return items
     if origin is Literal:
         for choice in get_args(base):
             if str(choice) == text:
@@ -211,15 +280,16 @@ def _parse(tp: Any, text: str, name: str) -> Any:
         raise _bad(name, base, text, "use true or false")
     if base in (int, float):
         try:
-            return _number(base, base(text), name)
+            number = base(text)
         except (ValueError, OverflowError):
             raise _bad(name, base, text) from None
+        return _number(base, number, name, bounds)
     if base is str:
         return text
     raise ConfigError(f"parameter '{name}' cannot be given as text; set it from Python or a config file.")
 
 
-def _coerce(tp: Any, value: Any, name: str) -> Any:
+def _coerce(tp: Any, value: Any, name: str, bounds: Bounds = _NO_BOUNDS) -> Any:
     base, optional = _unwrap_optional(tp)
     if value is None:
         if optional:
@@ -232,7 +302,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         if not isinstance(value, list | tuple):
             raise _bad(name, tp, value)
         item_type = get_args(base)[0]
-        return tuple(_coerce(item_type, v, name) for v in value)
+        return tuple(_coerce(item_type, v, name, bounds) for v in value)
     if origin is dict:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
             raise _bad(name, tp, value, "a table with text keys")
@@ -250,13 +320,17 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         raise _bad(name, base, value)
     if base is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _number(int, int(value), name, bounds)
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            return _number(int, int(value), name, bounds)
         raise _bad(name, base, value)
     if base is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return _number(float, float(value), name)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond any float
+                raise _bad(name, base, value, "a finite number") from None
+            return _number(float, number, name, bounds)
         raise _bad(name, base, value)
     if base is str:
         if isinstance(value, str):

@@ -63,6 +63,24 @@ class RunDirectoryError(AecoreError, FileExistsError):
     """A run directory that already holds work we would overwrite."""
 
 
+class RunLockedError(RunDirectoryError):
+    """A run directory that another run (or resume) is writing to right now."""
+
+
+class FileSystemError(AecoreError, OSError):
+    """A path that cannot be written or read: read-only, full, missing, not a folder, not permitted.
+
+    ``errno`` and ``filename`` are those of the operating system's error.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for close matches, or an empty string."""
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=n, cutoff=0.5)

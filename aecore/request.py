@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aecore import registry
-from aecore.config import config_from_dict, config_to_dict, param, params_of
+from aecore.config import config_from_dict, config_to_dict, convert_value, param, params_of
 from aecore.errors import ConfigError, suggest
 
 __all__ = ["FIXED_TARGETS", "ResolvedRun", "RunRequest", "resolve"]
@@ -141,18 +141,23 @@ def resolve(request: RunRequest) -> ResolvedRun:
     backend_params = dict(params.pop("backend", {}))
     if backend_params and request.backend == "none":
         raise ConfigError("--set backend.* configures a backend, but --backend none trains without one.")
+    trainer_specs = {p.name: p for p in params_of(registry.get("trainer", request.trainer).Config)}
     for name in SHORTCUTS:
         value = getattr(request, name)
         if value is None:
             continue
-        if name in trainer_params and str(trainer_params[name]) != str(value):
-            raise ConfigError(
-                f"--{name.replace('_', '-')} {value} and --set trainer.{name}={trainer_params[name]} "
-                "disagree; give one of them."
-            )
+        if name in trainer_params:
+            given = trainer_params[name]
+            if name in trainer_specs:  # parsed first: a bad value is named as such, and 1e-3 is 0.001
+                given = convert_value(trainer_specs[name], given, name=f"trainer.{name}")
+            if given != value:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {value} and --set trainer.{name}={trainer_params[name]} "
+                    f"both set the trainer's {name}; give only one of them."
+                )
         trainer_params[name] = value
     # A preset's trainer settings apply where the chosen trainer has them; explicit ones always do.
-    accepted = {p.name for p in params_of(registry.get("trainer", request.trainer).Config)}
+    accepted = set(trainer_specs)
     trainer_params = {**{k: v for k, v in preset_trainer.items() if k in accepted}, **trainer_params}
     return ResolvedRun(
         encoder=encoder,

@@ -26,6 +26,7 @@ from aecore import registry
 from aecore.cache import cached_dataset
 from aecore.config import config_from_dict, config_to_dict, params_of
 from aecore.data import Dataset
+from aecore.data.tensors import check_normalisation
 from aecore.errors import ConfigError, DataError
 
 __all__ = ["DEFAULT_DATA", "load_dataset", "parse_data"]
@@ -73,7 +74,7 @@ def load_dataset(
     if location is not None and callable(getattr(source, "locate", None)):
         location = source.locate(location, root)
     canonical = _canonical(name, location, source.config)
-    norm = None if normalisation is None else dict(normalisation)
+    norm = None if normalisation is None else check_normalisation(normalisation)  # a DataError if odd
 
     def build() -> Dataset:
         dataset = source.load(location, data_dir=root, normalisation=norm)

@@ -421,5 +421,126 @@ def test_missing_tensor(saved, tmp_path):
     del tensors[next(k for k in tensors if k.startswith("decoder."))]
     path = tmp_path / "missing.safetensors"
     _rewrite(path, meta, tensors)
-    with pytest.raises(CheckpointError, match=r"weights do not match its metadata: .*Missing key"):
+    with pytest.raises(CheckpointError, match=r"weights do not match its metadata: .*which the file lacks"):
         aecore.load(path)
+
+
+# -- every field checked before anything is built (issue 15) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda m: m.update(data="embedded"), "malformed 'data' entry"),
+        (lambda m: m["data"].update(name=5), "data.name 5"),
+        (lambda m: m["data"].update(classes=["x"]), "data.classes"),
+        (lambda m: m["data"].update(classes=[True]), "data.classes"),
+        (lambda m: m["data"].update(data_dir=["a"]), "data.data_dir"),
+        (lambda m: m["data"].update(normalisation=[1]), "data.normalisation"),
+        (lambda m: m["data"]["normalisation"].update(divisor="x"), "divisor"),
+        (lambda m: m["data"]["normalisation"].update(divisor=0), "divisor"),
+        (lambda m: m["data"]["normalisation"].update(mean=["a"]), "mean"),
+        (lambda m: m["data"]["normalisation"].update(mean=[0.0] * 3), "mean has shape (3,)"),
+        (lambda m: m["data"]["normalisation"].update(std=[[0.0] * 28] * 28), "std"),
+        (lambda m: m["training"].update(trainer="default"), "training.trainer"),
+        (lambda m: m["training"].update(seed="3"), "training.seed"),
+        (lambda m: m["metrics"].update(test_mse="low"), "metrics.test_mse"),
+        (lambda m: m["versions"].update(torch=[2]), "versions.torch"),
+        (lambda m: m["model"].update(latent_dim=4.7), "latent_dim 4.7 is not a positive integer"),
+        (lambda m: m["model"].update(latent_dim=10**12), "latent_dim 1,000,000,000,000"),
+        (lambda m: m["model"].update(input_shape=[10**6] * 3), "input_shape"),
+    ],
+)
+def test_metadata_fields_are_checked_by_type_and_range(saved, tmp_path, edit, fragment):
+    tensors, meta = _parts(saved)
+    edit(meta)
+    path = tmp_path / "edited.safetensors"
+    _rewrite(path, meta, tensors)
+    _expect_error(path, fragment)
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda m: m["model"]["decoder"]["params"].update(hidden=[10**5]), "check decoder.hidden [100000]"),
+        (lambda m: m["model"].update(latent_dim=2**20), "check latent_dim 1048576"),
+    ],
+)
+def test_a_huge_size_in_the_metadata_is_refused_before_allocating_naming_the_field(
+    saved, tmp_path, monkeypatch, edit, fragment
+):
+    tensors, meta = _parts(saved)
+    edit(meta)
+    path = tmp_path / "huge.safetensors"
+    _rewrite(path, meta, tensors)
+    built, real = [], checkpoint._rebuild
+
+    def rebuild(spec):
+        built.append(torch.empty(0).device.type)  # where a build would allocate its tensors
+        return real(spec)
+
+    monkeypatch.setattr(checkpoint, "_rebuild", rebuild)
+    with pytest.raises(CheckpointError, match="weights do not match its metadata") as excinfo:
+        aecore.load(path)
+    assert fragment in str(excinfo.value)
+    assert built == ["meta"]  # only the allocation-free build ran
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            lambda t: t.update({k: v.double() for k, v in t.items() if k.startswith("encoder.")}),
+            "stored as F64",
+        ),
+        (
+            lambda t: t.update({k: v.long() for k, v in t.items() if k.startswith("decoder.")}),
+            "stored as I64",
+        ),
+        (lambda t: t.update(extra=torch.zeros(2)), "the file has 'extra'"),
+        (
+            lambda t: t.update({k: v * float("nan") for k, v in t.items() if k.endswith("bias")}),
+            "NaN or infinite",
+        ),
+    ],
+)
+def test_stored_tensors_must_be_the_described_models(saved, tmp_path, change, fragment):
+    tensors, meta = _parts(saved)
+    change(tensors)
+    path = tmp_path / "changed.safetensors"
+    _rewrite(path, meta, tensors)
+    with pytest.raises(CheckpointError, match=re.escape(fragment)):
+        aecore.load(path)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": ["1"], "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]},  # offsets that hold one value, not two
+        {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},  # a gap before the tensor
+    ],
+)
+def test_header_entries_are_checked_one_by_one(tmp_path, entry):
+    raw = json.dumps({"w": entry}).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 8)
+    _expect_error(path, "not a safetensors file")
+
+
+def test_inspect_shows_metadata_text_as_text_never_as_markup(saved, tmp_path):
+    from typer.testing import CliRunner
+
+    from aecore.cli import app
+
+    tensors, meta = _parts(saved)
+    meta["model"]["encoder"]["name"] = "[/x]"
+    meta["data"]["name"] = "[bold]embedded[/bold]"
+    meta["metrics"]["[/y]"] = 1.0
+    path = tmp_path / "markup.safetensors"
+    _rewrite(path, meta, tensors)
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "[/x]" in result.stdout and "[bold]embedded[/bold]" in result.stdout

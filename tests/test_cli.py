@@ -139,18 +139,37 @@ def test_train_without_encoder(runner, fresh_registry):
         (["--set", "encoder.hidden"], ["--set expects TARGET.PARAM=VALUE"]),
         (["--epochs", "0"], ["epochs must be at least 1"]),
         (["--lr", "-1"], ["lr must be positive"]),
-        (["--epochs", "many"], ["'--epochs'", "ae train --help"]),
-        (["--bogus"], ["No such option: --bogus"]),
+        (["--epochs", "many"], ["--epochs", "many", "ae train --help"]),  # Click's words are its own
+        (["--bogus"], ["--bogus", "ae train --help"]),
         (["--loss", "huber"], ["unknown loss 'huber'", "bce, l1, mse"]),
         (["--device", "tpu"], ["unknown device 'tpu'"]),
         (["--val-fraction", "1.5"], ["--val-fraction must be in [0, 1)"]),
         (["--latent-dim", "0"], ["--latent-dim must be at least 1"]),
         (["--data", "cifar"], ["unknown dataset 'cifar'"]),
+        # sizes that cannot be allocated, seeds torch cannot take: refused naming the setting
+        (["--latent-dim", "1000000000000"], ["latent size 1000000000000", "AECORE_MAX_MODEL_ELEMENTS"]),
+        (["--set", "encoder.hidden=99999999999"], ["encoder.hidden=99999999999", "GB", "latent_dim=32"]),
+        (["--seed", str(2**64)], ["'seed'", "2**63-1"]),
+        (["--seed", "-1"], ["'seed'", "from 0"]),
+        (["--data", "csv:none.csv?seed=99999999999999999999999"], ["'csv.seed'", "2**63-1"]),
+        # wrong values: parsed wherever they come from, and one setting given once
+        (["--set", "trainer.min_delta=nan"], ["'trainer.min_delta'", "finite"]),
+        (["--set", "trainer.lr=inf"], ["'trainer.lr'", "finite"]),
+        (["--epochs", "1", "--set", "trainer.epochs=garbage"], ["bad value 'garbage' for 'trainer.epochs'"]),
+        (["--epochs", "1", "--set", "trainer.epochs=3"], ["--epochs 1", "trainer.epochs=3", "only one"]),
     ],
 )
 def test_train_bad_options_are_one_line(runner, fresh_registry, tmp_path, args, fragments):
     result = runner.invoke(app, ["train", "-e", "mlp", "-q", *args])
     one_line_error(result, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("latent", ["0", "-1"])
+def test_a_preset_does_not_replace_a_latent_size_below_one(runner, fresh_registry, tmp_path, latent):
+    one_line_error(
+        runner.invoke(app, ["train", "--preset", "conv-simple", "--latent-dim", latent, "-q"]), "latent-dim"
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -208,7 +227,7 @@ def test_interrupt_exits_130_without_traceback(runner, monkeypatch):
 
 
 def test_eval_needs_a_path(runner):
-    one_line_error(runner.invoke(app, ["eval"]), "Missing argument")
+    one_line_error(runner.invoke(app, ["eval"]), "PATH", "ae eval --help")
 
 
 # -- top level ---------------------------------------------------------------------------------
@@ -232,7 +251,7 @@ def test_unknown_command(runner):
 def test_a_group_alone_prints_its_help(runner, args):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.startswith(f"Usage: {' '.join(['ae', *args])} [OPTIONS] COMMAND")
+    assert result.stdout == runner.invoke(app, [*args, "--help"]).stdout
 
 
 def test_command_table_comes_from_entry_points_and_lists_without_importing(make_dist, tmp_path):

@@ -256,3 +256,113 @@ def test_model_spec_round_trips_through_a_dict():
     assert spec.input_shape == MNIST and isinstance(spec.input_shape, tuple)
     assert spec.regularizers[0].params["kind"] == "kl"
     assert spec.regularizers[0].params == config_to_dict(model.regularizers["sparse"].config)
+
+
+# -- sizes that cannot be allocated are refused before anything is allocated -----------
+
+
+def _recording_encoder(made: list[str], *, meta_ok: bool = True):
+    """An encoder class that records the device each instance's weights were made on."""
+    from dataclasses import dataclass
+
+    from aecore.components import ImageComponent
+    from aecore.config import param
+
+    @dataclass(frozen=True)
+    class WidthConfig:
+        width: int = param(4, "Hidden width.")
+
+    class Recording(ImageComponent):
+        Config = WidthConfig
+
+        def __init__(self, config, *, input_shape, latent_dim):
+            super().__init__(config, input_shape=input_shape, latent_dim=latent_dim)
+            if not meta_ok:
+                torch.zeros(1).item()  # a value read in __init__: impossible on the meta device
+            n = 1
+            for s in self.input_shape:
+                n *= s
+            self.body = nn.Sequential(nn.Linear(n, config.width), nn.Linear(config.width, latent_dim))
+            made.append(self.body[0].weight.device.type)
+
+        def forward(self, x):
+            return self.body(x.flatten(1))
+
+    return Recording
+
+
+def test_a_latent_size_too_large_to_allocate_is_refused_in_one_line():
+    for latent in (10**12, 10**30):
+        with pytest.raises(ShapeError) as excinfo:
+            compose("mlp", input_shape=MNIST, latent_dim=latent)
+        message = str(excinfo.value)
+        assert f"latent size {latent}" in message and "AECORE_MAX_MODEL_ELEMENTS" in message
+        assert "\n" not in message
+
+
+def test_a_model_too_large_to_allocate_is_refused_naming_its_size_settings():
+    with pytest.raises(ConfigError) as excinfo:
+        compose("mlp", input_shape=MNIST, latent_dim=32, params={"encoder": {"hidden": "99999999999"}})
+    message = str(excinfo.value)
+    for fragment in ("encoder.hidden=99999999999", "decoder.hidden=99999999999", "latent_dim=32"):
+        assert fragment in message
+    assert "input_shape=1×28×28" in message and " GB" in message and "AECORE_MAX_MODEL_ELEMENTS" in message
+    assert "\n" not in message
+
+
+def test_the_bound_is_checked_on_the_meta_device_before_a_real_build(monkeypatch):
+    from aecore import registry
+
+    made: list[str] = []
+    with registry.registered("encoder", "recording", _recording_encoder(made)):
+        monkeypatch.setenv("AECORE_MAX_MODEL_ELEMENTS", "1000")
+        with pytest.raises(ConfigError, match=r"encoder 'recording' .*encoder\.width=64"):
+            compose("recording", "mlp", input_shape=MNIST, latent_dim=4, params={"encoder": {"width": 64}})
+        assert made == ["meta"]  # counted without allocating; never built for real
+        monkeypatch.setenv("AECORE_MAX_MODEL_ELEMENTS", "1e6")
+        model = compose("recording", "mlp", input_shape=MNIST, latent_dim=4, params={"encoder": {"width": 8}})
+    assert made == ["meta", "meta", "cpu"]
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "1.5", "nan", "inf", "1e30"])
+def test_a_bad_bound_in_the_environment_is_refused_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv("AECORE_MAX_MODEL_ELEMENTS", value)
+    with pytest.raises(ConfigError, match="AECORE_MAX_MODEL_ELEMENTS"):
+        compose("mlp", input_shape=(6,), latent_dim=2)
+
+
+def test_a_component_that_cannot_be_built_on_meta_is_built_for_real():
+    from aecore import registry
+
+    made: list[str] = []
+    with registry.registered("encoder", "realonly", _recording_encoder(made, meta_ok=False)):
+        model = compose("realonly", "mlp", input_shape=MNIST, latent_dim=4)
+        assert made == ["cpu"] and model(torch.zeros(2, *MNIST)).shape == (2, *MNIST)
+        # sizes that overflow even the meta device's arithmetic still fail in one line, naming them
+        with pytest.raises(ConfigError, match=r"encoder 'realonly' could not be built with encoder\.width="):
+            compose("realonly", "mlp", input_shape=MNIST, latent_dim=4, params={"encoder": {"width": 2**62}})
+
+
+def test_counting_on_meta_changes_no_random_numbers():
+    from aecore import registry
+
+    torch.manual_seed(7)
+    model = compose("mlp", input_shape=(6,), latent_dim=3, params={"encoder": {"hidden": "5"}})
+    torch.manual_seed(7)
+    alone = registry.build("encoder", "mlp", {"hidden": "5"}, input_shape=(6,), latent_dim=3)
+    for (name, a), (_, b) in zip(model.encoder.state_dict().items(), alone.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_loading_a_checkpoint_is_bounded_the_same_way(tmp_path, monkeypatch):
+    from aecore import checkpoint
+    from aecore.errors import AecoreError
+
+    model = compose("mlp", input_shape=(6,), latent_dim=3, params={"encoder": {"hidden": "5"}})
+    path = tmp_path / "model.safetensors"
+    checkpoint.save(model, path, data={"name": "embedded"}, metrics={})
+    assert checkpoint.load(path).num_parameters() == model.num_parameters()
+    monkeypatch.setenv("AECORE_MAX_MODEL_ELEMENTS", "10")
+    with pytest.raises(AecoreError, match="AECORE_MAX_MODEL_ELEMENTS"):
+        checkpoint.load(path)

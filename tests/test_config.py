@@ -233,3 +233,174 @@ def test_config_to_dict_skips_non_init_fields():
         b: int = dataclasses.field(init=False, default=0)
 
     assert config_to_dict(WithDerived()) == {"a": 1}
+
+
+# -- numbers: finite, within int64, within declared bounds ---------------------------
+
+
+@dataclass(frozen=True)
+class Numbers:
+    count: int = param(3, "Any whole number.")
+    seed: int = param(0, "A seed: [0, 2**63) by its name.")
+    split_seed: int | None = param(None, "Another seed, by its name.")
+    width: int = param(8, "Declared bounds.", minimum=1, maximum=4096)
+    sizes: tuple[int, ...] = param((4,), "Each item bounded.", minimum=1)
+    rate: float = param(0.5, "A bounded float.", minimum=0.0, maximum=1.0)
+    free: float = param(1.0, "Any finite float.")
+    table: dict[str, int] = param({}, "Whole numbers by name.")
+
+
+INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("count", INT64_MAX + 1),
+        ("count", -(2**63) - 1),
+        ("count", 10**40),
+        ("seed", -1),
+        ("seed", 2**63),
+        ("seed", 2**64),  # beyond what torch.manual_seed takes
+        ("split_seed", -5),
+        ("width", 0),
+        ("width", 4097),
+        ("sizes", [4, 0]),
+        ("sizes", [2**63]),
+        ("rate", 1.5),
+        ("rate", -0.1),
+        ("free", float("nan")),
+        ("free", float("inf")),
+        ("free", -float("inf")),
+        ("free", 10**400),  # an int beyond any float
+    ],
+)
+@pytest.mark.parametrize("given_as", ["json", "text"])
+def test_numbers_out_of_range_are_refused_however_they_are_given(key, value, given_as):
+    if given_as == "text":
+        value = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    with pytest.raises(ConfigError) as excinfo:
+        config_from_dict(Numbers, {key: value}, owner="trainer")
+    message = str(excinfo.value)
+    assert f"'trainer.{key}'" in message and "\n" not in message and len(message) < 200
+
+
+def test_whole_numbers_in_a_table_fit_int64_too():
+    with pytest.raises(ConfigError, match=r"'table\.a'"):
+        config_from_dict(Numbers, {"table": {"a": 2**70}})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("count", INT64_MAX, INT64_MAX),
+        ("count", -(2**63), -(2**63)),
+        ("seed", 0, 0),
+        ("seed", INT64_MAX, INT64_MAX),
+        ("split_seed", None, None),
+        ("width", 1, 1),
+        ("width", 4096, 4096),
+        ("sizes", [1, 4096], (1, 4096)),
+        ("rate", 0.0, 0.0),
+        ("rate", 1, 1.0),
+        ("free", -1e300, -1e300),
+        ("table", {"a": 3}, {"a": 3}),
+    ],
+)
+def test_numbers_at_the_bounds_are_accepted(key, value, expected):
+    assert getattr(config_from_dict(Numbers, {key: value}), key) == expected
+    if not isinstance(value, dict | type(None)):
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        assert getattr(config_from_dict(Numbers, {key: text}), key) == expected
+
+
+def test_bounds_are_part_of_the_spec():
+    specs = {s.name: s for s in params_of(Numbers)}
+    assert specs["width"].bounds == (1, 4096)
+    assert specs["seed"].bounds == (0, INT64_MAX)
+    assert specs["split_seed"].bounds == (0, INT64_MAX)
+    assert specs["count"].bounds == (None, None)  # int64 still applies, as to every int
+    with pytest.raises(ConfigError):
+        parse_value(specs["width"], "0")
+    assert parse_value(specs["width"], "7") == 7
+
+
+def test_a_seed_out_of_range_fails_before_torch_sees_it():
+    import torch
+
+    from aecore.request import RunRequest
+
+    for seed in (2**63, 2**64, -1):
+        with pytest.raises(ConfigError, match="'seed'"):
+            RunRequest.from_values({"encoder": "mlp", "seed": seed})
+    torch.Generator().manual_seed(RunRequest.from_values({"seed": INT64_MAX}).seed)  # the top one works
+
+
+def test_a_malformed_number_says_expected_and_a_non_finite_one_says_finite():
+    with pytest.raises(ConfigError) as excinfo:
+        config_from_dict(Numbers, {"free": "nan"}, owner="trainer")
+    assert "finite" in str(excinfo.value)
+    with pytest.raises(ConfigError) as excinfo:
+        config_from_dict(Numbers, {"sizes": "4,0"})
+    assert "at least 1" in str(excinfo.value) and "comma-separated" not in str(excinfo.value)
+    with pytest.raises(ConfigError) as excinfo:
+        config_from_dict(Numbers, {"count": "9" * 500})
+    assert len(str(excinfo.value)) < 200  # a huge number is not repeated whole
+
+
+# -- the run request: a shortcut and --set trainer.X are one setting -------------------
+
+
+@pytest.mark.parametrize(
+    ("shortcut", "given", "value"),
+    [
+        ("epochs", 1, "3"),
+        ("epochs", 1, 3),
+        ("batch_size", 64, "128"),
+        ("lr", 0.001, "0.01"),
+    ],
+)
+def test_a_shortcut_and_a_set_item_that_disagree_are_refused(fresh_registry, shortcut, given, value):
+    from aecore.request import RunRequest, resolve
+
+    request = RunRequest.from_values(
+        {"encoder": "mlp", shortcut: given, "params": {"trainer": {shortcut: value}}}
+    )
+    with pytest.raises(ConfigError) as excinfo:
+        resolve(request)
+    message = str(excinfo.value)
+    assert f"--{shortcut.replace('_', '-')}" in message and f"trainer.{shortcut}" in message
+    assert "give only one" in message
+
+
+@pytest.mark.parametrize(
+    ("shortcut", "given", "value"), [("epochs", 1, "1"), ("epochs", 2, 2), ("lr", 0.001, "1e-3")]
+)
+def test_a_shortcut_and_a_set_item_that_agree_are_one_setting(fresh_registry, shortcut, given, value):
+    from aecore.request import RunRequest, resolve
+
+    request = RunRequest.from_values(
+        {"encoder": "mlp", shortcut: given, "params": {"trainer": {shortcut: value}}}
+    )
+    assert resolve(request).trainer_params[shortcut] == given
+
+
+@pytest.mark.parametrize("value", ["garbage", "nan", "1.5", str(2**63)])
+def test_a_set_item_beside_its_shortcut_is_parsed_not_compared_as_text(fresh_registry, value):
+    from aecore.request import RunRequest, resolve
+
+    request = RunRequest.from_values(
+        {"encoder": "mlp", "epochs": 1, "params": {"trainer": {"epochs": value}}}
+    )
+    with pytest.raises(ConfigError) as excinfo:
+        resolve(request)
+    assert "bad value" in str(excinfo.value) and "'trainer.epochs'" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("latent", [0, -3])
+def test_a_latent_size_below_one_is_refused_even_with_a_preset(fresh_registry, latent):
+    from aecore.request import RunRequest
+
+    for extra in ({"encoder": "mlp"}, {"preset": "conv-simple"}):
+        with pytest.raises(ConfigError, match="latent-dim"):
+            RunRequest.from_values({**extra, "latent_dim": latent})

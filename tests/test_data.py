@@ -133,13 +133,13 @@ def test_idx_reads_a_hand_made_file(tmp_path):
 @pytest.mark.parametrize(
     ("payload", "fragment"),
     [
-        (_idx(bytes(10), (2, 3, 2)), "truncated or padded: 26 bytes, header says 28"),
-        (_idx(bytes(14), (2, 3, 2)), "truncated or padded"),
+        (_idx(bytes(10), (2, 3, 2)), "truncated: 26 bytes where its header declares 28"),
+        (_idx(bytes(14), (2, 3, 2)), "padded"),
         (_idx(bytes(12), (2, 3, 2), magic=b"\x00\x00\x0d"), "bad magic number"),  # float data
         (_idx(bytes(12), (2, 3, 2), magic=b"\x08\x03\x00"), "bad magic number"),
         (b"PK\x03\x04not idx at all", "bad magic number"),
         (b"\x00\x00", "bad magic number"),
-        (b"", "bad magic number"),
+        (b"", "is empty"),
     ],
 )
 def test_idx_rejects_malformed_files(tmp_path, payload, fragment):

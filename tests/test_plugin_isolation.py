@@ -7,6 +7,7 @@ object that does not satisfy its protocol.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -139,3 +140,108 @@ def test_help_always_works_even_with_broken_plugins(broken_trio, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout
+
+
+# -- a broken plugin is said once, in one line ---------------------------------------------
+
+
+def _env(site) -> dict[str, str]:
+    """This process's environment with ``site`` first on the path and no entry-point walk switched."""
+    env = {k: v for k, v in os.environ.items() if k not in WALK_SWITCHES}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def _ae(site, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python -m aecore ARGS`` (the ``ae`` command itself) in a fresh process with ``site`` on its path."""
+    return subprocess.run(
+        [sys.executable, "-m", "aecore", *args],
+        capture_output=True,
+        text=True,
+        env=_env(site),
+        timeout=timeout,
+    )
+
+
+WALK_SWITCHES = ("TORCH_DEVICE_BACKEND_AUTOLOAD", "TRITON_BACKENDS_IN_TREE")
+
+
+def test_a_broken_plugin_the_user_asked_for_is_one_line_in_all(runner, broken_trio, tmp_path):
+    for args in (
+        ["train", "--encoder", "raises", "--decoder", "mlp", "-q"],
+        ["train", "--encoder", "mlp", "--decoder", "invalid", "-q"],
+        ["plugins", "show", "missing"],
+    ):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "r")] if args[0] == "train" else args)
+        assert result.exit_code == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    site = next(p for p in sys.path if p.endswith("site"))
+    proc = _ae(site, "train", "--encoder", "raises", "--decoder", "mlp", "-q", "--out", str(tmp_path / "p"))
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "aefake-raises" in lines[0], proc.stderr
+    assert not (tmp_path / "p").exists()
+
+
+# -- any installed distribution's metadata may be broken -------------------------------------
+
+
+def _broken_metadata(site) -> dict[str, str]:
+    """Two unrelated distributions whose entry_points.txt breaks importlib.metadata; folder -> file."""
+    files = {}
+    for folder, text in (
+        ("aefake_latin1-2.0.dist-info", b"[console_scripts]\nlatin = caf\xe9:main\n"),
+        ("aefake_noequals-1.0.dist-info", b"[console_scripts]\nrun the thing\n"),
+    ):
+        path = site / folder
+        path.mkdir()
+        (path / "METADATA").write_bytes(b"Metadata-Version: 2.1\nName: x\nVersion: 1\n")
+        (path / "entry_points.txt").write_bytes(text)
+        files[folder] = str(path / "entry_points.txt")
+    return files
+
+
+def test_plugins_list_survives_any_distributions_metadata(runner, tmp_path, monkeypatch, fresh_registry):
+    for var in WALK_SWITCHES:  # unset now, restored after (reading the broken files sets them)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    site = tmp_path / "site"
+    site.mkdir()
+    files = _broken_metadata(site)
+    (site / "aefake_flat-1.0.dist-info").write_text("a file, not a folder")
+    monkeypatch.syspath_prepend(str(site))
+    registry.refresh()
+    result = runner.invoke(app, ["plugins", "list"])
+    assert result.exit_code == 0, result.stderr
+    assert {"mlp", "conv", "train"} <= {r[1] for r in table_rows(result.stdout)[1:]}
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3 and all(line.startswith("warning: ") for line in lines), result.stderr
+    for file in [*files.values(), str(site / "aefake_flat-1.0.dist-info")]:
+        assert sum(file in line for line in lines) == 1, (file, lines)
+
+
+@pytest.mark.slow
+def test_training_survives_metadata_that_breaks_importlib_metadata(tmp_path):
+    """In a real process: torch and triton walk every entry point, and would fail on these files."""
+    site = tmp_path / "site"
+    site.mkdir()
+    files = _broken_metadata(site)
+    broken = subprocess.run(
+        [sys.executable, "-c", "import importlib.metadata as m; m.entry_points(group='x')"],
+        capture_output=True,
+        env=_env(site),
+        timeout=60,
+    )
+    assert broken.returncode != 0  # what any tool walking entry points meets here
+    out = tmp_path / "run"
+    proc = _ae(
+        site, "train", "-e", "mlp", "--set", "encoder.hidden=8", "--epochs", "1", "-q", "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "model.safetensors").exists()
+    lines = proc.stderr.splitlines()
+    assert all(line.startswith("warning: ") for line in lines), proc.stderr
+    for file in files.values():
+        assert sum(file in line for line in lines) == 1, (file, lines)
+    plugins = _ae(site, "plugins", "list")
+    assert plugins.returncode == 0 and "mlp" in plugins.stdout

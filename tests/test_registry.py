@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import sys
 import warnings
@@ -10,6 +11,7 @@ import warnings
 import pytest
 
 from aecore import registry
+from aecore.entry_points import MetadataWarning
 from aecore.errors import (
     AecoreError,
     AmbiguousComponentError,
@@ -294,7 +296,7 @@ def test_entry_points_are_read_as_importlib_metadata_reads_them():
     assert ours == theirs and any(group == "aecore.encoders" for _, _, group, _, _ in ours)
 
 
-def test_entry_point_files_parse_like_ini(tmp_path):
+def test_entry_point_files_parse_like_ini(tmp_path, no_walk_switches):
     from aecore.entry_points import read_entry_points
 
     folder = tmp_path / "Demo_Plugin-2.1.dist-info"
@@ -306,11 +308,174 @@ def test_entry_point_files_parse_like_ini(tmp_path):
         "  wide = demo.enc:Wide [extra]\n; another comment\nnarrow=demo.enc:Narrow\n"
     )
     (tmp_path / "other-1.0.dist-info").mkdir()  # no entry_points.txt at all
-    records = read_entry_points("aecore.", path=[str(tmp_path)])
+    with pytest.warns(MetadataWarning) as said:
+        records = read_entry_points("aecore.", path=[str(tmp_path)])
     assert [(r.dist, r.version, r.group, r.name, r.value) for r in records] == [
         ("demo.plugin", "2.1.0", "aecore.encoders", "wide", "demo.enc:Wide [extra]"),
         ("demo.plugin", "2.1.0", "aecore.encoders", "narrow", "demo.enc:Narrow"),
     ]
+    # importlib.metadata takes only '#' for a comment (a ';' line in a group breaks it), so it is said
+    (warning,) = said
+    assert "demo.plugin 2.1.0" in str(warning.message) and "line 7" in str(warning.message)
+
+
+# -- any distribution's metadata may be broken; discovery survives it ----------------------
+
+#: The libraries whose own entry-point walks are turned off when a file would break them.
+WALK_SWITCHES = ("TORCH_DEVICE_BACKEND_AUTOLOAD", "TRITON_BACKENDS_IN_TREE")
+
+
+@pytest.fixture
+def no_walk_switches(monkeypatch):
+    """The walk switches unset now and restored after the test (reading broken metadata sets them)."""
+    for var in WALK_SWITCHES:
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+
+
+def _dist_info(site, folder: str, *, metadata: bytes | None, entry_points: bytes | None):
+    path = site / folder
+    path.mkdir()
+    if metadata is not None:
+        (path / "METADATA").write_bytes(metadata)
+    if entry_points is not None:
+        (path / "entry_points.txt").write_bytes(entry_points)
+    return path
+
+
+GOOD_METADATA = b"Metadata-Version: 2.1\nName: aefake-odd\nVersion: 1.2\n"
+GOOD_LINE = b"[aecore.encoders]\ngood = aefake_odd:Good\n"
+
+#: case -> (METADATA, entry_points.txt, the file the warning names, whether importlib.metadata fails on it,
+#: whether the good entry is still read)
+MALFORMED = {
+    "entry points not UTF-8": (
+        GOOD_METADATA,
+        GOOD_LINE + b"bad = \xff\xfe:x\n",
+        "entry_points.txt",
+        True,
+        False,
+    ),
+    "unrelated group not UTF-8": (
+        GOOD_METADATA,
+        b"[console_scripts]\nodd = \xe9t\xe9:main\n",
+        "entry_points.txt",
+        True,
+        False,
+    ),
+    "line without '='": (GOOD_METADATA, GOOD_LINE + b"just words\n", "entry_points.txt", True, True),
+    "unrelated line without '='": (
+        GOOD_METADATA,
+        GOOD_LINE + b"[console_scripts]\nno equals here\n",
+        "entry_points.txt",
+        True,
+        True,
+    ),
+    "header without ]": (  # before any group: importlib.metadata ignores it, and its entries
+        GOOD_METADATA,
+        b"[aecore.decoders\nx = y:z\n" + GOOD_LINE,
+        "entry_points.txt",
+        False,
+        True,
+    ),
+    "header without ] inside a group": (  # importlib.metadata takes it for an entry, and fails
+        GOOD_METADATA,
+        GOOD_LINE + b"[aecore.decoders\nx = y:z\n",
+        "entry_points.txt",
+        True,
+        True,
+    ),
+    "empty name": (GOOD_METADATA, GOOD_LINE + b"= aefake_odd:X\n", "entry_points.txt", False, True),
+    "empty target": (GOOD_METADATA, GOOD_LINE + b"odd =\n", "entry_points.txt", False, True),
+    "METADATA without Name": (b"Metadata-Version: 2.1\nVersion: 1.2\n", GOOD_LINE, "METADATA", False, True),
+    "METADATA without Version": (b"Name: aefake-odd\n", GOOD_LINE, "METADATA", False, True),
+    "METADATA not UTF-8": (b"Name: aefake-\xff\n", GOOD_LINE, "METADATA", False, True),
+    "no METADATA": (None, GOOD_LINE, "aefake_odd-1.2.dist-info", False, True),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_metadata_is_said_in_one_line_and_the_rest_still_read(
+    tmp_path, monkeypatch, no_walk_switches, case
+):
+    from aecore.entry_points import read_entry_points
+
+    metadata, entry_points, named, breaks_importlib, good_read = MALFORMED[case]
+    folder = _dist_info(tmp_path, "aefake_odd-1.2.dist-info", metadata=metadata, entry_points=entry_points)
+    _dist_info(
+        tmp_path,
+        "aefake_fine-1.0.dist-info",
+        metadata=b"Name: aefake-fine\nVersion: 1.0\n",
+        entry_points=b"[aecore.encoders]\nfine = aefake_fine:Fine\n",
+    )
+    for module in ("torch", "triton"):  # as in a fresh `ae` process, before either is imported
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        records = read_entry_points("aecore.", path=[str(tmp_path)])
+    switched = {var: os.environ.get(var) for var in WALK_SWITCHES}
+    (warning,) = [w for w in said if issubclass(w.category, MetadataWarning)]
+    message = str(warning.message)
+    assert "aefake_odd" in message or "aefake-odd" in message
+    assert str(folder) in message and named in message and "\n" not in message
+    assert "Reinstall or uninstall" in message
+    names = {r.name for r in records}
+    assert "fine" in names  # the other distribution is untouched
+    assert ("good" in names) == good_read
+    assert not {"", "odd", "bad", "x"} & names
+    # what breaks importlib.metadata (and so torch's and triton's own walks) is what turns those off
+    try:
+        for dist in importlib.metadata.distributions(path=[str(tmp_path)]):
+            dist.entry_points  # noqa: B018 - reading them is the test
+        importlib_fails = False
+    except Exception:
+        importlib_fails = True
+    assert importlib_fails == breaks_importlib
+    expected = {"TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "TRITON_BACKENDS_IN_TREE": "1"}
+    assert switched == (expected if breaks_importlib else dict.fromkeys(WALK_SWITCHES))
+
+
+def test_walk_switches_the_user_set_or_of_imported_libraries_are_left_alone(
+    tmp_path, monkeypatch, no_walk_switches
+):
+    from aecore.entry_points import read_entry_points
+
+    _dist_info(tmp_path, "aefake_odd-1.2.dist-info", metadata=GOOD_METADATA, entry_points=b"[x]\nnope\n")
+    assert "torch" in sys.modules
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
+    monkeypatch.setenv("TRITON_BACKENDS_IN_TREE", "0")  # the user's choice
+    with pytest.warns(MetadataWarning):
+        read_entry_points("aecore.", path=[str(tmp_path)])
+    assert "TORCH_DEVICE_BACKEND_AUTOLOAD" not in os.environ  # torch is imported already
+    assert os.environ["TRITON_BACKENDS_IN_TREE"] == "0"
+
+
+def test_a_dist_info_that_is_a_file_is_said_and_skipped(tmp_path):
+    from aecore.entry_points import read_entry_points
+
+    (tmp_path / "aefake_flat-1.0.dist-info").write_text("not a folder")
+    (tmp_path / "aefake_old-1.0.egg-info").write_text("Name: aefake-old\n")  # an old install's PKG-INFO
+    with pytest.warns(MetadataWarning) as said:
+        assert read_entry_points("aecore.", path=[str(tmp_path)]) == []
+    (warning,) = said
+    assert "aefake_flat-1.0.dist-info" in str(warning.message) and "a file" in str(warning.message)
+
+
+def test_the_registry_lists_everything_else_beside_broken_metadata(make_dist, no_walk_switches):
+    make_dist("aefake-ok", {ENC: {"okay": "aefake_ok:FakeEncoder"}})
+    site = next(p for p in sys.path if p.endswith("site"))
+    from pathlib import Path
+
+    _dist_info(
+        Path(site),
+        "aefake_bytes-1.0.dist-info",
+        metadata=GOOD_METADATA,
+        entry_points=b"[aecore.encoders]\n\xff = x:y\n",
+    )
+    registry.refresh()
+    with pytest.warns(MetadataWarning, match="aefake_bytes"):
+        names = registry.names("encoder")
+    assert {"okay", "mlp", "conv"} <= set(names)
 
 
 def test_default_trainer_is_listed_as_aecore(fresh_registry):

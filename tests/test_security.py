@@ -77,3 +77,30 @@ def test_metadata_that_is_not_an_aecore_document_is_refused(tmp_path):
     path.write_bytes(save({"w": torch.zeros(1)}, metadata={"aecore": json.dumps(["not", "a", "table"])}))
     with pytest.raises(CheckpointError, match="not an aecore checkpoint"):
         checkpoint.load(path)
+
+
+def test_deeply_nested_json_is_refused_not_a_recursion_error(tmp_path):
+    nested = "[" * 200_000 + "]" * 200_000
+    path = tmp_path / "nested.safetensors"
+    path.write_bytes(save({"w": torch.zeros(1)}, metadata={"aecore": nested}))
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        checkpoint.load(path)
+    raw = ('{"a": ' + nested + "}").encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(CheckpointError, match="unreadable header"):
+        checkpoint.load(path)
+
+
+def test_a_checkpoint_is_compared_with_its_header_before_its_weights_are_read(tmp_path, monkeypatch):
+    """A description whose tensors differ from the header's is refused without reading a weight."""
+    from aecore.composition import compose
+
+    model = compose("mlp", input_shape=(6,), latent_dim=3, params={"encoder": {"hidden": (4,)}})
+    path = checkpoint.save(model, tmp_path / "model.safetensors")
+    meta = json.loads(checkpoint.read_header(path)["__metadata__"]["aecore"])
+    meta["model"]["latent_dim"] = 5
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path.write_bytes(save(state, metadata={"aecore": json.dumps(meta)}))
+    monkeypatch.setattr(checkpoint, "st_load", lambda data: pytest.fail("the weights were read"))
+    with pytest.raises(CheckpointError, match="check latent_dim 5"):
+        checkpoint.load(path)

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from aecore import registry
+from aecore.cli import interrupts
 from aecore.cli.help import command_help
 from aecore.cli.output import fail_line, warning_line
 from aecore.errors import AecoreError, AmbiguousComponentError, Notice, UnknownComponentError, suggest
+from aecore.paths import report_failure
 
 __all__ = ["AeGroup", "app", "main", "to_click"]
 
@@ -97,29 +100,49 @@ class AeGroup(TyperGroup):
         try:
             rv = super().main(args, prog_name, **extra)
         except AecoreError as exc:
-            fail_line(str(exc))
-            sys.exit(exc.exit_code)
+            _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            fail_line("interrupted.")
-            sys.exit(130)
+            _fail("interrupted.", 130)
         except typer.Abort:
-            fail_line("aborted.")
-            sys.exit(1)
+            _fail("aborted.", 1)
         except Exception as exc:
+            if isinstance(exc, OSError) and _file_system_fault(exc):  # a full disk, a read-only folder...
+                from aecore.io import file_system_error
+
+                _fail(str(file_system_error(exc, action="use")), 2)
             if not _is_usage_error(exc):
+                if report_failure("".join(traceback.format_exception(exc)), 1):  # under --nproc
+                    sys.exit(1)
                 raise
             if type(exc).__name__ == "NoArgsIsHelpError":  # `ae` or `ae plugins` alone: the help
                 typer.echo(exc.ctx.get_help())  # type: ignore[attr-defined]
                 sys.exit(0)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            fail_line(f"{exc.format_message()}{hint}")  # type: ignore[attr-defined]
-            sys.exit(getattr(exc, "exit_code", 2))
+            _fail(f"{exc.format_message()}{hint}", getattr(exc, "exit_code", 2))  # type: ignore[attr-defined]
         finally:
             warnings.showwarning = previous
         if rv == 130:  # Typer turns Ctrl-C into exit code 130 before we see it
-            fail_line("interrupted.")
+            _fail("interrupted.", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Leave with ``message`` as one line on stderr."""
+    _say(message, code)
+    sys.exit(code)
+
+
+def _say(message: str, code: int) -> None:
+    """``message`` as one line on stderr; in a process of ``ae train --nproc``, for the launcher to print."""
+    if not report_failure(interrupts.fail_text(message), code):
+        fail_line(message)
+
+
+def _file_system_fault(exc: OSError) -> bool:
+    from aecore.io import FILE_SYSTEM_ERRNOS
+
+    return exc.errno in FILE_SYSTEM_ERRNOS
 
 
 def _is_usage_error(exc: BaseException) -> bool:
@@ -183,5 +206,28 @@ app.callback()(_root)
 
 
 def main() -> None:
-    """Console-script entry point for ``ae``."""
-    app()
+    """Console-script entry point for ``ae``: Ctrl-C at any moment is one line and exit code 130."""
+    interrupts.begin_command()
+    code = 130
+    try:
+        try:
+            app()
+            code = 0
+        except SystemExit as exc:
+            code = _exit_status(exc)
+        finally:
+            interrupts.command_over()  # from here on, Ctrl-C ends the process at once
+    except KeyboardInterrupt:  # one that came after the command's own handling
+        _say("interrupted.", 130)
+        code = 130
+    code = interrupts.end_command(code)
+    if interrupts.console_process():
+        interrupts.exit_process(code)
+    sys.exit(code)
+
+
+def _exit_status(exc: SystemExit) -> int:
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    sys.stderr.write(f"{exc.code}\n")  # sys.exit("message"), as Python would print it
+    return 1

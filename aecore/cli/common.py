@@ -9,6 +9,7 @@ plugins.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -71,9 +72,29 @@ def load_model_and_data(
 
 
 def output_file(out: Path | None, default: Path, overwrite: bool) -> Path:
-    """Where to write an artefact: ``out`` or ``default``; refuses to replace a file unless told to."""
+    """Where to write an artefact: ``out`` or ``default``; refuses to replace a file unless told to.
+
+    The folder is made if need be and tried with a scratch file, so a
+    read-only, missing or full place, or a file where a folder should be,
+    is a one-line :class:`~aecore.errors.FileSystemError` now, before any
+    work, rather than a crash at the end.
+    """
+    import tempfile
+
+    from aecore.io import FILE_SYSTEM_ERRNOS, file_system_error
+
     target = out if out is not None else default
+    if target.is_dir():
+        raise RunDirectoryError(f"{target} is a folder; choose a file name for --out.")
     if target.exists() and not overwrite:
         raise RunDirectoryError(f"{target} already exists; pass --overwrite or choose another --out.")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as exc:
+        if exc.errno not in FILE_SYSTEM_ERRNOS:
+            raise
+        raise file_system_error(exc, target, fix="choose another --out") from exc
     return target

@@ -77,13 +77,15 @@ def eval_command(
             console.print("PCA baseline skipped: too many features or too few training samples.")
     _print_table(metrics, baseline, min(model.latent_dim, math.prod(dataset.test.shape)))
     if target is not None:
-        with target.open("w") as f:
-            f.write("metric,model,pca,ratio\n")
-            for key, value in metrics.items():
-                other = baseline.get(key)
-                pca_cell = "" if other is None else f"{other:.9g}"
-                ratio = f"{value / other:.9g}" if other and key in _RATIO_KEYS else ""
-                f.write(f"{key},{value:.9g},{pca_cell},{ratio}\n")
+        from aecore.io import atomic_write_bytes
+
+        rows = ["metric,model,pca,ratio"]
+        for key, value in metrics.items():
+            other = baseline.get(key)
+            pca_cell = "" if other is None else f"{other:.9g}"
+            ratio = f"{value / other:.9g}" if other and key in _RATIO_KEYS else ""
+            rows.append(f"{key},{value:.9g},{pca_cell},{ratio}")
+        atomic_write_bytes(target, "".join(f"{row}\n" for row in rows).encode())  # all or nothing
         console.print(f"wrote {target}")
 
 

@@ -29,6 +29,7 @@ def inspect_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """What a checkpoint holds: components, data, training, versions, metrics, module tree and sizes."""
+    from rich.markup import escape
     from rich.table import Table
     from rich.tree import Tree
 
@@ -49,16 +50,15 @@ def inspect_command(
     input_size = math.prod(spec.input_shape)
     ratio = input_size / spec.latent_dim
 
-    console.print(f"[bold]{path}[/bold]  format {meta.get('format_version')}")
+    console.print(f"[bold]{escape(str(path))}[/bold]  format {meta.get('format_version')}")
     comps = Table(title="components")
     for col in ("role", "name", "dist", "version", "parameters", "settings"):
         comps.add_column(col, justify="right" if col == "parameters" else "left")
     roles = [("encoder", spec.encoder, "encoder"), ("decoder", spec.decoder, "decoder")]
     roles += [("regularizer", r, r.name) for r in spec.regularizers]
     for role, comp, key in roles:
-        comps.add_row(
-            role, comp.name, comp.dist, comp.version, f"{counts.get(key, 0):,}", _settings(comp.params)
-        )
+        cells = (role, comp.name, comp.dist, comp.version, f"{counts.get(key, 0):,}", _settings(comp.params))
+        comps.add_row(*map(escape, cells))
     console.print(comps)
 
     facts = Table(show_header=False, title="model")
@@ -71,17 +71,17 @@ def inspect_command(
     facts.add_row("parameters" if loaded is not None else "stored values (weights not loaded)", f"{total:,}")
     data = meta.get("data", {})
     norm = data.get("normalisation") if isinstance(data.get("normalisation"), dict) else {}
-    facts.add_row("data", f"{data.get('name')} ({_normalisation(norm)})")
+    facts.add_row("data", escape(f"{data.get('name')} ({_normalisation(norm)})"))
     if isinstance(data.get("classes"), list):
         facts.add_row("trained on classes", ", ".join(map(str, data["classes"])))
     training = meta.get("training", {})
     trainer = training.get("trainer") if isinstance(training.get("trainer"), dict) else {}
     params = trainer.get("params") if isinstance(trainer.get("params"), dict) else {}
-    facts.add_row("trainer", f"{trainer.get('name')} {_settings(params)}")
+    facts.add_row("trainer", escape(f"{trainer.get('name')} {_settings(params)}"))
     for key in ("preset", "loss", "seed", "val_fraction", "device", "backend"):
         if training.get(key) is not None:
-            facts.add_row(key, str(training[key]))
-    facts.add_row("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))
+            facts.add_row(key, escape(str(training[key])))
+    facts.add_row("versions", escape(", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())))
     console.print(facts)
 
     metrics = meta.get("metrics", {})
@@ -90,7 +90,7 @@ def inspect_command(
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in metrics.items():
-            table.add_row(str(key), f"{value:.6g}" if isinstance(value, float) else str(value))
+            table.add_row(escape(str(key)), f"{value:.6g}" if isinstance(value, float) else str(value))
         console.print(table)
 
     tree = None
@@ -107,7 +107,7 @@ def inspect_command(
             add(shown, child)
         console.print(shown)
     else:
-        console.print(f"module tree unavailable: {note}")
+        console.print(f"module tree unavailable: {escape(note)}")
     if target is not None:
         report = {
             "path": str(path),
@@ -160,8 +160,12 @@ def _module_tree(module: Any, name: str) -> dict[str, Any]:
 
 
 def _label(node: dict[str, Any]) -> str:
+    from rich.markup import escape
+
     extra = f" ({node['repr']})" if node["repr"] and not node["children"] else ""
-    return f"[bold]{node['name']}[/bold]: {node['type']}{extra} · {node['parameters']:,} params"
+    return (
+        f"[bold]{escape(node['name'])}[/bold]: {escape(node['type'] + extra)} · {node['parameters']:,} params"
+    )
 
 
 def _settings(params: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ declared once, there; this module adds what only the command line has
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -48,7 +49,10 @@ def train_command(
         Path | None, typer.Option(help="Continue an interrupted run directory exactly where it stopped.")
     ] = None,
     nproc: Annotated[
-        int | None, typer.Option(help="Launch N processes with torchrun (DDP: gloo on CPU, NCCL on CUDA).")
+        int | None,
+        typer.Option(
+            help="Train in N processes on this machine, as torchrun would (DDP: gloo on CPU, NCCL on CUDA)."
+        ),
     ] = None,
 ) -> None:
     """Train an autoencoder composed from plugins and save it as safetensors.
@@ -56,7 +60,14 @@ def train_command(
     Ctrl-C saves the run's state and prints how to continue it with --resume.
     """
     if nproc is not None:
-        raise typer.Exit(_launch_torchrun(nproc))
+        if nproc < 1:
+            raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
+        if resume is not None:
+            raise ConfigError("--resume continues a run in one process; drop --nproc.")
+        RunRequest.from_values(values)  # a bad option is one line here, not one per process
+        from aecore.distributed import launch
+
+        sys.exit(launch(nproc, _without_nproc(sys.argv[1:])))  # the launcher has said all there is to say
     if resume is not None:
         if values:
             given = ", ".join(f"--{name.replace('_', '-')}" for name in values)
@@ -77,23 +88,17 @@ def train_command(
 train_command.epilog = EPILOG  # type: ignore[attr-defined]
 
 
-def _launch_torchrun(nproc: int) -> int:
-    """Re-run this very command under torchrun with ``nproc`` processes on this machine."""
-    import subprocess
-    import sys
-
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
+def _without_nproc(argv: list[str]) -> list[str]:
+    """This very command line, less ``--nproc N``: what each launched process runs."""
     args, skip = [], False
-    for arg in sys.argv[1:]:
+    for arg in argv:
         if skip:
             skip = False
         elif arg == "--nproc":
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.call([*command, "-m", "aecore", *args])
+    return args
 
 
 def report(result: TrainResult) -> None:

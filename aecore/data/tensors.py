@@ -6,16 +6,80 @@ batch at a time; a batch is an index slice, never a per-item transform.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["TensorData"]
+from aecore.errors import DataError
+
+__all__ = ["TensorData", "check_normalisation"]
 
 #: Pixels stored as uint8 become floats in [0, 1].
 UINT8_IMAGES: dict[str, Any] = {"kind": "scale", "divisor": 255.0}
+
+
+def check_normalisation(norm: Any, shape: Sequence[int] | None = None) -> dict[str, Any]:
+    """``norm`` checked as a normalisation record, or a one-line :class:`DataError` naming the bad field.
+
+    A record is a table: ``kind`` a name; ``divisor`` a finite positive
+    number; ``mean`` and ``std`` finite numbers (``std`` positive) as nested
+    lists whose shape fits one sample of ``shape`` when that is given. Other
+    keys are left to the source that wrote them.
+    """
+    if not isinstance(norm, Mapping):
+        raise DataError(f"the normalisation is a {type(norm).__name__}, not a table.")
+    if "kind" in norm and not isinstance(norm["kind"], str):
+        raise DataError(f"the normalisation's kind {_short(norm['kind'])} is not a name.")
+    divisor = norm.get("divisor")
+    if divisor is not None and not (_number(divisor) and math.isfinite(divisor) and divisor > 0):
+        raise DataError(f"the normalisation's divisor {_short(divisor)} is not a positive number.")
+    for key in ("mean", "std"):
+        value = norm.get(key)
+        if value is None:
+            continue
+        flat, dims = _nested_numbers(value)
+        if flat is None or not all(math.isfinite(v) for v in flat):
+            raise DataError(f"the normalisation's {key} is not a list of finite numbers.")
+        if key == "std" and not all(v > 0 for v in flat):
+            raise DataError("the normalisation's std has a value that is not positive.")
+        if shape is not None and not _fits(dims, tuple(shape)):
+            raise DataError(
+                f"the normalisation's {key} has shape {dims}, which does not fit samples of shape "
+                f"{tuple(shape)}."
+            )
+    return dict(norm)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _nested_numbers(value: Any, depth: int = 0) -> tuple[list[float] | None, tuple[int, ...]]:
+    """A rectangular nest of lists of numbers as (flat values, shape); (None, ()) for anything else."""
+    if _number(value):
+        return [float(value)], ()
+    if not isinstance(value, list | tuple) or depth > 8 or not value:
+        return None, ()
+    parts = [_nested_numbers(v, depth + 1) for v in value]
+    first = parts[0][1]
+    if any(flat is None or dims != first for flat, dims in parts):
+        return None, ()
+    return [v for flat, _ in parts for v in flat or ()], (len(value), *first)
+
+
+def _fits(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether statistics of shape ``dims`` broadcast over one sample of ``shape`` without growing it."""
+    if len(dims) > len(shape):
+        return False
+    return all(d in (1, s) for d, s in zip(reversed(dims), reversed(shape), strict=False))
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class TensorData:
@@ -42,7 +106,7 @@ class TensorData:
         self._x = x
         self._y = y
         self._rows = None if rows is None else rows.to(device=x.device, dtype=torch.long)
-        self.normalisation = dict(normalisation or {"kind": "identity"})
+        self.normalisation = check_normalisation(normalisation or {"kind": "identity"}, tuple(x.shape[1:]))
         self._divisor = float(self.normalisation.get("divisor", 1.0))
         mean = self.normalisation.get("mean")
         std = self.normalisation.get("std")

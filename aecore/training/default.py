@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,11 +28,11 @@ import torch
 from aecore import distributed
 from aecore.config import param
 from aecore.data import TensorData
-from aecore.errors import AecoreError, ConfigError
+from aecore.errors import AecoreError, CheckpointError, ConfigError
 from aecore.evaluate import EVAL_BATCH
 from aecore.model import Autoencoder
 from aecore.protocols import RunContext
-from aecore.state import load_optimizer_state, optimizer_state
+from aecore.state import RESUME_FILE, load_optimizer_state, load_scheduler_state, optimizer_state
 from aecore.training.backends import adam
 
 __all__ = [
@@ -76,7 +77,11 @@ class _StopSignal:
 
 @contextlib.contextmanager
 def _graceful_stop() -> Iterator[_StopSignal]:
-    """Turn the first Ctrl-C or SIGTERM into a flag checked after each step; a second one stops at once."""
+    """Turn the first Ctrl-C or SIGTERM into a flag checked after each step; a second one stops at once.
+
+    A signal that comes after the trainer's last look at the flag is not lost:
+    leaving the block raises KeyboardInterrupt for it.
+    """
     flag = _StopSignal()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -92,7 +97,51 @@ def _graceful_stop() -> Iterator[_StopSignal]:
         yield flag
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+    if flag.received is not None:
+        raise KeyboardInterrupt
+
+
+def _bad(key: str) -> Any:
+    raise ValueError(f"its {key} is missing or of the wrong kind")
+
+
+def _whole(meta: dict[str, Any], key: str, least: int = 0) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        _bad(key)
+    return value
+
+
+def _number(meta: dict[str, Any], key: str) -> float:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _bad(key)
+    return float(value)
+
+
+def _figures(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+    ):
+        _bad("metrics")
+    return dict(value)
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point weight and buffer is finite (one device sync)."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+
+
+def _what_is_kept(run_dir: Path) -> str:
+    """What a diverged run leaves behind, as it is on disk now."""
+    saved = [name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT, RESUME_FILE) if (run_dir / name).is_file()]
+    if saved:
+        return f"the last good state is kept in {run_dir} ({', '.join(saved)})."
+    if not run_dir.is_dir():
+        return f"nothing is kept: {run_dir} no longer exists."
+    return f"nothing had been saved in {run_dir} yet."
 
 
 @dataclass(frozen=True)
@@ -203,17 +252,40 @@ class DefaultTrainer:
         pos = _Position()
         if run.resume is not None:
             pos = self._restore(run.resume, optimizer, scheduler, cosine, generator)
+            pos.sums = {k: v.to(device) for k, v in pos.sums.items()}  # read on the CPU, added to on device
             if pos.done:
                 return dict(pos.metrics)
         started = time.perf_counter()
         first_epoch = pos.epoch
 
+        def check_finite() -> None:
+            """Nothing diverged is ever saved, so every file a run leaves is a good one."""
+            if not _finite(model):
+                when = f"in epoch {pos.epoch}, step {pos.step}" if pos.step else f"in epoch {pos.epoch - 1}"
+                raise TrainingDiverged(
+                    f"the weights became NaN or infinite {when}; "
+                    f"{_what_is_kept(run.out_dir)} Try a lower --lr or --set trainer.grad_clip=1.0."
+                )
+
+        def save_checkpoint(name: str, figures: dict[str, float]) -> None:
+            check_finite()
+            run.save_checkpoint(model, name, figures)
+
         def save_state(done: bool = False) -> None:
+            check_finite()
             if run.save_resume is not None:
                 meta, tensors = self._state(pos, optimizer, scheduler, cosine, done)
                 run.save_resume(model, meta, tensors)
 
         metrics: dict[str, float] = dict(pos.metrics)
+
+        def stop_requested() -> str | None:
+            """The signal that asked to stop, if any; under torchrun every rank gets the same answer."""
+            received = stop_signal.received
+            if job.active:
+                return (received or "a signal to another process") if distributed.any_rank(received) else None
+            return received
+
         with _graceful_stop() as stop_signal:
             for epoch in range(pos.epoch, cfg.epochs + 1):
                 model.train()
@@ -236,8 +308,7 @@ class DefaultTrainer:
                     if not math.isfinite(loss.item()):
                         raise TrainingDiverged(
                             f"the loss became {float(loss.detach())} in epoch {epoch}, step {step + 1}; "
-                            f"the last good checkpoint is kept in {run.out_dir}. Try a lower --lr or "
-                            "--set trainer.grad_clip=1.0."
+                            f"{_what_is_kept(run.out_dir)} Try a lower --lr or --set trainer.grad_clip=1.0."
                         )
                     if backward:
                         loss.backward()
@@ -258,10 +329,11 @@ class DefaultTrainer:
                     run.hooks.ae_step_end(
                         run=run, epoch=epoch, step=step, batch_size=n * job.world_size, loss=loss.detach()
                     )
-                    if stop_signal.received:
+                    stopped_by = stop_requested()
+                    if stopped_by:
                         save_state()
                         raise TrainingInterrupted(
-                            f"training stopped by {stop_signal.received} at epoch {epoch}, step {step + 1}; "
+                            f"training stopped by {stopped_by} at epoch {epoch}, step {step + 1}; "
                             f"its state is saved. Resume with: ae train --resume {run.out_dir}"
                         )
                     if cfg.save_every_steps and pos.step % cfg.save_every_steps == 0:
@@ -280,17 +352,18 @@ class DefaultTrainer:
                         scheduler.step(metrics["val_recon"])
                 run.hooks.ae_epoch_end(run=run, epoch=epoch, metrics=dict(metrics))
                 if cfg.keep_best and improved:
-                    run.save_checkpoint(model, BEST_CHECKPOINT, metrics)
+                    save_checkpoint(BEST_CHECKPOINT, metrics)
                 stop = cfg.early_stopping is not None and pos.stale > cfg.early_stopping
                 if cfg.time_limit is not None and epoch < cfg.epochs:
                     elapsed = time.perf_counter() - started
                     per_epoch = elapsed / (epoch - first_epoch + 1)
-                    if elapsed + per_epoch > cfg.time_limit * 60:  # the next epoch would overrun
+                    # the next epoch would overrun (on any rank: ranks keep their own clocks)
+                    if distributed.any_rank(elapsed + per_epoch > cfg.time_limit * 60):
                         stop = True
                         metrics["stopped_by_time_limit"] = 1.0
                 last = epoch == cfg.epochs or stop
                 if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and not last:
-                    run.save_checkpoint(model, LAST_CHECKPOINT, metrics)
+                    save_checkpoint(LAST_CHECKPOINT, metrics)
                 if stop and "stopped_by_time_limit" not in metrics:
                     metrics["stopped_early"] = 1.0
                 if math.isfinite(pos.best):
@@ -298,6 +371,12 @@ class DefaultTrainer:
                 pos.epoch, pos.step, pos.metrics = epoch + 1, 0, dict(metrics)
                 pos.epoch_rng = generator.get_state()
                 save_state(done=last)
+                stopped_by = stop_requested()
+                if stopped_by:  # during validation or a checkpoint: the epoch is complete and saved
+                    raise TrainingInterrupted(
+                        f"training stopped by {stopped_by} at the end of epoch {epoch}; its state is saved. "
+                        f"Resume with: ae train --resume {run.out_dir}"
+                    )
                 if stop:
                     break
         return metrics
@@ -331,23 +410,39 @@ class DefaultTrainer:
     def _restore(
         state: Any, optimizer: torch.optim.Optimizer, scheduler: Any, cosine: Any, generator: torch.Generator
     ) -> _Position:
+        """This trainer's part of a resume file, every field checked: damage is one CheckpointError."""
         meta, tensors = state.trainer, state.trainer_tensors
+        try:
+            if not isinstance(meta, dict):
+                raise ValueError("the trainer record is not a table")
+            if "shuffle_rng" not in tensors:
+                raise ValueError("'trainer.shuffle_rng', the order of the epoch's data, is missing")
+            pos = _Position(
+                epoch=_whole(meta, "epoch", least=1),
+                step=_whole(meta, "step"),
+                best=_number(meta, "best"),
+                stale=_whole(meta, "stale"),
+                done=meta["done"] if isinstance(meta.get("done"), bool) else _bad("done"),
+                metrics=_figures(meta.get("metrics")),
+                epoch_rng=tensors["shuffle_rng"],
+                sums={k[len("sums.") :]: v for k, v in tensors.items() if k.startswith("sums.")},
+            )
+            if not all(v.is_floating_point() and v.numel() == 1 for v in pos.sums.values()):
+                raise ValueError("a running sum is not one number")
+            if not isinstance(meta.get("optimizer"), dict):
+                _bad("optimizer")
+            try:
+                generator.set_state(tensors["shuffle_rng"])
+            except (RuntimeError, TypeError):
+                raise ValueError("'trainer.shuffle_rng' is not a random state torch accepts") from None
+        except ValueError as exc:
+            raise CheckpointError(
+                f"the resume file's trainer state is damaged: {exc}; start the run again."
+            ) from None
+        load_scheduler_state(scheduler, meta.get("scheduler"))  # each checked, or one CheckpointError
+        load_scheduler_state(cosine, meta.get("cosine"))
         load_optimizer_state(optimizer, meta["optimizer"], tensors)
-        if scheduler is not None and meta.get("scheduler") is not None:
-            scheduler.load_state_dict(meta["scheduler"])
-        if cosine is not None and meta.get("cosine") is not None:
-            cosine.load_state_dict(meta["cosine"])
-        generator.set_state(tensors["shuffle_rng"])
-        return _Position(
-            epoch=meta["epoch"],
-            step=meta["step"],
-            best=meta["best"],
-            stale=meta["stale"],
-            done=meta["done"],
-            metrics=meta["metrics"],
-            epoch_rng=tensors["shuffle_rng"],
-            sums={k[len("sums.") :]: v for k, v in tensors.items() if k.startswith("sums.")},
-        )
+        return pos
 
     @staticmethod
     def _epoch_metrics(

@@ -8,9 +8,10 @@ registry, so the shipped plugins get no special treatment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,19 +22,20 @@ from aecore import checkpoint, distributed, registry
 from aecore.composition import compose
 from aecore.config import config_from_dict, config_to_dict
 from aecore.data import Dataset, TensorData
-from aecore.errors import ConfigError, RunDirectoryError
+from aecore.errors import ConfigError, FileSystemError, RunDirectoryError
 from aecore.evaluate import reconstruction_metrics
 from aecore.hooks import hookimpl, plugin_manager
 from aecore.hooks.manager import HookFailure, check_plugin, strict_from_env
-from aecore.io import atomic_write_bytes
+from aecore.io import FILE_SYSTEM_ERRNOS, atomic_write_bytes, file_system_error
 from aecore.losses import build_loss
 from aecore.model import Autoencoder
-from aecore.paths import unique_dir
+from aecore.paths import make_unique_dir, unique_dir
 from aecore.protocols import ResumeState, RunContext
 from aecore.request import ResolvedRun, RunRequest, resolve
 from aecore.sources import load_dataset
-from aecore.state import read_resume, restore_rng, write_resume
+from aecore.state import RESUME_FILE, load_model_state, read_resume, restore_rng, write_resume
 from aecore.training.backends import choose_backend
+from aecore.training.lock import RunLock, holds_work, remove_temporaries
 
 __all__ = [
     "TrainResult",
@@ -91,11 +93,15 @@ def train(
     if dataset is None:
         dataset = load_dataset(request.data, request.data_dir)
 
-    def run_dir(model: Autoencoder, create: bool) -> Path:
-        label = request.preset or _components_label(model)
-        return _prepare_run_dir(request, label, create=create)
+    with contextlib.ExitStack() as claimed:
 
-    return _execute(request, plan, dataset, run_dir, progress=progress, hooks=hooks)
+        def run_dir(model: Autoencoder, create: bool) -> Path:
+            label = request.preset or _components_label(model)
+            if not create:
+                return _choose_run_dir(request, label)
+            return claimed.enter_context(_claim_run_dir(request, label))  # locked until the run ends
+
+        return _execute(request, plan, dataset, run_dir, progress=progress, hooks=hooks)
 
 
 def resume(
@@ -112,22 +118,31 @@ def resume(
     to an uninterrupted run. Pass ``data`` only if the run was started from
     a :class:`~aecore.data.Dataset` object rather than a data source name.
     """
-    run_dir = Path(run_dir)
-    state = read_resume(run_dir)
-    try:
-        request = RunRequest.from_values(state.request)
-    except ConfigError as exc:
-        raise RunDirectoryError(f"{run_dir} holds a resume file with a malformed request: {exc}") from None
-    if data is None:
-        if request.data is None:
-            raise ConfigError(
-                f"{run_dir} was trained on an in-memory dataset; "
-                "resume it from Python with resume(..., data=...)."
-            )
-        data = load_dataset(request.data, request.data_dir)
-    return _execute(
-        request, resolve(request), data, lambda m, c: run_dir, progress=progress, hooks=hooks, state=state
-    )
+    source = Path(run_dir)
+    run_dir = source.parent if source.is_file() else source  # a resume file may be named directly
+    if not (source if source.is_file() else source / RESUME_FILE).is_file():
+        read_resume(source)  # says there is nothing to resume
+    if distributed.from_environment().active:
+        raise ConfigError("resuming a distributed run is not supported yet; resume it in one process.")
+    busy = "wait for it to finish, or stop it, before resuming"
+    with _locked(run_dir, busy=busy, unwritable="copy the run to a writable place and resume the copy"):
+        state = read_resume(source)
+        try:
+            request = RunRequest.from_values(state.request)
+        except ConfigError as exc:
+            raise RunDirectoryError(
+                f"{run_dir} holds a resume file with a malformed request: {exc}"
+            ) from None
+        if data is None:
+            if request.data is None:
+                raise ConfigError(
+                    f"{run_dir} was trained on an in-memory dataset; "
+                    "resume it from Python with resume(..., data=...)."
+                )
+            data = load_dataset(request.data, request.data_dir)
+        return _execute(
+            request, resolve(request), data, lambda m, c: run_dir, progress=progress, hooks=hooks, state=state
+        )
 
 
 def check_request(request: RunRequest) -> ResolvedRun:
@@ -298,10 +313,7 @@ def _run_job(
         backend=backend,
     )
     if state is not None:
-        try:
-            model.load_state_dict(state.model_state, strict=True)
-        except RuntimeError as exc:
-            raise RunDirectoryError(f"{run_dir} resume file does not match its model: {exc}") from None
+        load_model_state(model, state.model_state)  # names, shapes and dtypes checked: one CheckpointError
         restore_rng(state.rng)
     model.to(device)
     if backend is not None:
@@ -310,31 +322,49 @@ def _run_job(
 
     schedule = getattr(trainer, "schedule", None)
     total_epochs, steps_per_epoch = schedule(model, train_split) if callable(schedule) else (None, None)
-    try:
-        pm.hook.ae_train_start(run=run, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
-        final = dict(trainer.fit(model, train_split, val_split, run))
-    except BaseException:
-        pm.hook.ae_train_end(run=run, metrics={})  # lets displays and loggers close cleanly
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # nothing was saved: leave no empty run directory behind
-        raise
-    model.eval()
-    part = (job.rank, job.world_size) if job.active else None
-    test = reconstruction_metrics(model, dataset.test, device=device, part=part)
-    final.update({f"test_{k}": v for k, v in test.items()})
-    path = save_checkpoint(model, checkpoint.DEFAULT_NAME, final)
+    with _keeps_saved_work(run_dir, job.is_main):
+        try:
+            pm.hook.ae_train_start(run=run, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
+            final = dict(trainer.fit(model, train_split, val_split, run))
+        except BaseException:
+            pm.hook.ae_train_end(run=run, metrics={})  # lets displays and loggers close cleanly
+            raise
+        model.eval()
+        part = (job.rank, job.world_size) if job.active else None
+        test = reconstruction_metrics(model, dataset.test, device=device, part=part)
+        final.update({f"test_{k}": v for k, v in test.items()})
+        path = save_checkpoint(model, checkpoint.DEFAULT_NAME, final)
 
-    def write_metrics() -> None:
-        if job.is_main:
-            record = {"final": final, "history": history, "hook_failures": [f.to_dict() for f in failures]}
-            atomic_write_bytes(run_dir / METRICS_FILE, json.dumps(record, indent=2).encode())
+        def write_metrics() -> None:
+            if job.is_main:
+                record = {
+                    "final": final,
+                    "history": history,
+                    "hook_failures": [f.to_dict() for f in failures],
+                }
+                atomic_write_bytes(run_dir / METRICS_FILE, json.dumps(record, indent=2).encode())
 
-    write_metrics()  # before ae_train_end, so a logger there can pick the file up
-    seen = len(failures)
-    pm.hook.ae_train_end(run=run, metrics=dict(final))
-    if len(failures) != seen:
-        write_metrics()  # a hook failed in ae_train_end itself
+        write_metrics()  # before ae_train_end, so a logger there can pick the file up
+        seen = len(failures)
+        pm.hook.ae_train_end(run=run, metrics=dict(final))
+        if len(failures) != seen:
+            write_metrics()  # a hook failed in ae_train_end itself
     return TrainResult(model, run_dir, path, final, history, [f.to_dict() for f in failures])
+
+
+@contextlib.contextmanager
+def _keeps_saved_work(run_dir: Path, writes: bool) -> Iterator[None]:
+    """A file-system fault in a run (a full disk, say) ends it saying how to go on from what was saved."""
+    try:
+        yield
+    except FileSystemError as exc:
+        if not (writes and (run_dir / RESUME_FILE).is_file()):
+            raise
+        fix = (
+            "the files saved before it are kept; once that is fixed, continue with: "
+            f"ae train --resume {run_dir}"
+        )
+        raise file_system_error(exc, exc.filename, fix=fix) from exc
 
 
 def resolve_device(name: str) -> torch.device:
@@ -429,24 +459,87 @@ def _components_label(model: Autoencoder) -> str:
     return "-".join(parts)
 
 
-def _prepare_run_dir(request: RunRequest, label: str, *, create: bool) -> Path:
-    """A fresh run directory; an existing non-empty one is kept unless ``overwrite``.
-
-    With ``create=False`` it only chooses the path.
-    """
-    if request.out is not None:
-        run_dir = Path(request.out)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise RunDirectoryError(f"--out {run_dir} is a file; choose a directory path.")
-        if run_dir.is_dir() and any(run_dir.iterdir()) and not request.overwrite:
-            raise RunDirectoryError(
-                f"run directory {run_dir} already holds files; choose another --out or pass --overwrite."
-            )
-    else:
-        run_dir = unique_dir(Path(request.runs_root), re.sub(r"[^A-Za-z0-9_.-]+", "-", label))
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
+def _choose_run_dir(request: RunRequest, label: str) -> Path:
+    """Where the run will go, checked but not created: every rank agrees on it before rank 0 claims it."""
+    if request.out is None:
+        return unique_dir(Path(request.runs_root), _safe_name(label))
+    run_dir = Path(request.out)
+    _check_out(run_dir)
+    if run_dir.is_dir() and holds_work(run_dir) and not request.overwrite:
+        raise RunDirectoryError(
+            f"run directory {run_dir} already holds files; choose another --out or pass --overwrite."
+        )
     return run_dir
+
+
+@contextlib.contextmanager
+def _claim_run_dir(request: RunRequest, label: str) -> Iterator[Path]:
+    """Create the run directory and hold its lock while the block runs.
+
+    Whether an ``--out`` directory already holds work is decided under the
+    lock, so two runs started at once cannot both take it. A directory made
+    here that ends with nothing in it is removed again.
+    """
+    try:
+        if request.out is None:
+            run_dir, created = make_unique_dir(Path(request.runs_root), _safe_name(label)), True
+        else:
+            run_dir = Path(request.out)
+            _check_out(run_dir)
+            created = not run_dir.exists()
+            run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if isinstance(exc, FileSystemError) or exc.errno not in FILE_SYSTEM_ERRNOS:
+            raise
+        where = Path(request.out) if request.out is not None else Path(request.runs_root)
+        raise file_system_error(
+            exc, where, action="create run directory", fix="choose another --out"
+        ) from exc
+    completed = False
+    try:
+        with _locked(run_dir, busy="wait for it to finish or choose another --out"):
+            if holds_work(run_dir) and not request.overwrite:
+                raise RunDirectoryError(
+                    f"run directory {run_dir} already holds files; choose another --out or pass --overwrite."
+                )
+            yield run_dir
+            completed = True
+    finally:
+        if created and not completed:
+            with contextlib.suppress(OSError):
+                if not holds_work(run_dir):
+                    remove_temporaries(run_dir)
+                    run_dir.rmdir()  # nothing was saved: leave no empty run directory behind
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path, *, busy: str, unwritable: str = "choose another --out") -> Iterator[RunLock]:
+    """Hold ``run_dir``'s lock, first clearing the temporaries a killed run left there."""
+    with RunLock.acquire(run_dir, busy=busy, unwritable=unwritable) as lock:
+        try:
+            remove_temporaries(run_dir)
+        except OSError as exc:
+            if exc.errno not in FILE_SYSTEM_ERRNOS:
+                raise
+            raise file_system_error(exc, run_dir, action="write to", fix=unwritable) from exc
+        yield lock
+
+
+def _check_out(run_dir: Path) -> None:
+    """An ``--out`` that is a file, or lies under one, is refused before anything is made."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"--out {run_dir} is a file; choose a directory path.")
+    parent = run_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise RunDirectoryError(
+            f"--out {run_dir} lies under {parent}, which is a file; choose another --out."
+        )
+
+
+def _safe_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
 
 
 class _HistoryRecorder:

@@ -13,6 +13,7 @@ Decoded outputs use the same formats with the key ``outputs`` and columns
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -123,58 +124,168 @@ def write_table(
 
 
 def read_codes(path: Path, fmt: str | None = None) -> tuple[Tensor, Tensor | None]:
-    """Codes (float32, (N, d)) and labels if the file has them, from any of the three formats."""
+    """Codes (float32, (N, d)) and labels if the file has them, from any of the three formats.
+
+    Whatever the format, the codes must be a non-empty (N, d) table of finite
+    numbers that float32 holds, and labels, where given, whole numbers, one
+    per row; anything else is a one-line :class:`DataError` naming the file.
+    Nothing is unpickled, and a ``.npy`` header is checked against the file's
+    size before its data is read.
+    """
     if not path.is_file():
         raise DataError(f"no codes file at {path}.")
     fmt = file_format(path, fmt)
     labels = None
     if fmt == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise DataError(f"{path} is not a readable safetensors file ({exc}).") from None
-        key = "codes" if "codes" in tensors else None
-        if key is None:
-            raise DataError(f"{path} has no tensor 'codes' (it has: {', '.join(tensors) or 'none'}).")
+        tensors = _read_safetensors(path)
+        if "codes" not in tensors:
+            names = ", ".join(sorted(tensors)[:8]) or "none"
+            raise DataError(f"{path} has no tensor 'codes' (it has: {names}).")
         codes, labels = tensors["codes"], tensors.get("labels")
     elif fmt == "npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {path} as a .npy array ({exc}).") from None
-        if arr.dtype.kind not in "biuf":
-            raise DataError(f"{path} holds {arr.dtype} values; codes must be numbers.")
-        codes = torch.from_numpy(np.ascontiguousarray(arr))
+        codes = _npy_tensor(path, "codes")
         if labels_path(path).is_file():
-            labels = torch.from_numpy(np.load(labels_path(path), allow_pickle=False))
+            labels = _npy_tensor(labels_path(path), "labels")
     else:
         codes, labels = _read_codes_csv(path)
-    if not torch.isfinite(codes.float()).all():
-        row = int((~torch.isfinite(codes.float())).reshape(len(codes), -1).any(1).nonzero()[0])
-        raise DataError(f"{path} has a NaN or infinite code in row {row} (rows count from 0).")
-    return codes.float(), labels
+    return _checked_codes(codes, path), None if labels is None else _checked_labels(labels, len(codes), path)
+
+
+#: The largest magnitude float32 holds: a larger code would become infinite.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _checked_codes(codes: Tensor, path: Path) -> Tensor:
+    if codes.dim() != 2:
+        raise DataError(
+            f"{path} holds codes of shape {tuple(codes.shape)}; codes are a table, one row per sample."
+        )
+    if len(codes) == 0 or codes.shape[1] == 0:
+        raise DataError(f"{path} holds no codes (shape {tuple(codes.shape)}); encode some with 'ae encode'.")
+    if codes.is_complex() or not (codes.is_floating_point() or codes.dtype == torch.bool or _integral(codes)):
+        raise DataError(
+            f"{path} holds {str(codes.dtype).removeprefix('torch.')} codes; codes must be numbers."
+        )
+    wide = codes.double()
+    bad = ~torch.isfinite(wide) | (wide.abs() > _FLOAT32_MAX)
+    if bool(bad.any()):
+        row = int(bad.any(1).nonzero()[0])
+        raise DataError(
+            f"{path} has a NaN, infinite or too large code in row {row} (rows count from 0); "
+            "codes must be finite float32 numbers."
+        )
+    return codes.float()
+
+
+def _checked_labels(labels: Tensor, n: int, path: Path) -> Tensor:
+    """Labels as int64: one whole number per row of codes."""
+    if labels.dim() != 1 or len(labels) != n:
+        raise DataError(
+            f"{path} has labels of shape {tuple(labels.shape)} for {n} rows of codes; "
+            "give one label per row, or none."
+        )
+    if labels.dtype == torch.bool or _integral(labels):
+        if labels.dtype == torch.uint64 and len(labels) and int(labels.numpy().max()) >= 2**63:
+            raise DataError(f"{path} has a label beyond the int64 range; labels are class numbers.")
+        return labels.long()
+    if labels.is_floating_point():
+        wide = labels.double()
+        whole = torch.isfinite(wide) & (wide == wide.round()) & (wide.abs() < 2**53)
+        if bool(whole.all()):
+            return wide.long()
+        row = int((~whole).nonzero()[0])
+        raise DataError(
+            f"{path} has the label {float(wide[row]):g} in row {row}; labels are whole class numbers."
+        )
+    raise DataError(
+        f"{path} has {str(labels.dtype).removeprefix('torch.')} labels; labels are class numbers."
+    )
+
+
+def _integral(t: Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from aecore.errors import CheckpointError
+    from aecore.io import read_header
+
+    try:
+        read_header(path)  # sizes and offsets checked before any tensor is read
+        return load_file(str(path))
+    except CheckpointError as exc:  # it names the file and what is wrong with it
+        raise DataError(str(exc)) from None
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise DataError(
+            f"{path} is not a readable safetensors file ({' '.join(str(exc).split())})."
+        ) from None
+
+
+def _npy_tensor(path: Path, what: str) -> Tensor:
+    """One ``.npy`` array as a tensor, never unpickled: memory-mapped first, so its size is checked."""
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(mapped, np.ndarray):
+            mapped.close()
+            raise DataError(f"{path} holds several arrays (.npz); save the {what} with numpy.save.")
+        arr = np.array(mapped)
+    except DataError:
+        raise
+    except Exception as exc:  # numpy's header parser can raise almost anything on a hostile file
+        raise DataError(f"cannot read {path} as a .npy array ({' '.join(str(exc).split())}).") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{path} holds {arr.dtype} values; {what} must be numbers.")
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def _read_codes_csv(path: Path) -> tuple[Tensor, Tensor | None]:
-    with path.open(newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [(line, row) for line, row in enumerate(csv.reader(f), start=1) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} as CSV ({' '.join(str(exc).split())}).") from None
     if not rows:
-        raise DataError(f"{path} is empty.")
-    header = rows[0]
-    z_cols = [i for i, name in enumerate(header) if name.startswith("z") and name[1:].isdigit()]
+        raise DataError(f"{path} is empty; expected a header z0, z1, ... (as 'ae encode' writes) and rows.")
+    header = [name.strip() for name in rows[0][1]]
+    z_cols = {int(name[1:]): i for i, name in enumerate(header) if name[:1] == "z" and name[1:].isdecimal()}
     if not z_cols:
         raise DataError(f"{path} has no code columns; expected a header z0, z1, ... (as 'ae encode' writes).")
-    label_col = header.index("label") if "label" in header else None
-    codes, labels = [], []
-    for line, row in enumerate(rows[1:], start=2):
+    width = len(z_cols)
+    if (
+        sorted(z_cols) != list(range(width))
+        or sum(name[:1] == "z" and name[1:].isdecimal() for name in header) != width
+    ):
+        raise DataError(
+            f"{path} has code columns {', '.join(n for n in header if n[:1] == 'z')[:80]}; "
+            "expected z0, z1, ... with no gap, each once."
+        )
+    order = [z_cols[k] for k in range(width)]
+    label_col = header.index("label") if header.count("label") == 1 else None
+    if header.count("label") > 1:
+        raise DataError(f"{path} has the column 'label' twice.")
+    codes, labels, unlabelled = [], [], []
+    for line, row in rows[1:]:
         try:
-            codes.append([float(row[i]) for i in z_cols])
+            codes.append([float(row[i]) for i in order])
         except (ValueError, IndexError):
             raise DataError(f"{path} row {line}: the codes are not all numbers.") from None
-        if label_col is not None and label_col < len(row) and row[label_col] != "":
-            labels.append(int(float(row[label_col])))
-    y = torch.tensor(labels, dtype=torch.long) if labels and len(labels) == len(codes) else None
-    return torch.tensor(codes, dtype=torch.float32).reshape(len(codes), len(z_cols)), y
+        cell = row[label_col].strip() if label_col is not None and label_col < len(row) else ""
+        if cell == "":
+            unlabelled.append(line)
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value == int(value) and abs(value) < 2**53):
+            raise DataError(f"{path} row {line}: the label '{cell[:20]}' is not a whole class number.")
+        labels.append(int(value))
+    if labels and unlabelled:
+        raise DataError(
+            f"{path} row {unlabelled[0]} has no label while other rows have one; label every row or none."
+        )
+    y = torch.tensor(labels, dtype=torch.long) if labels else None
+    return torch.tensor(codes, dtype=torch.float64).reshape(len(codes), width), y

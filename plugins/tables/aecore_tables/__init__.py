@@ -16,8 +16,11 @@ zero-variance column gets std 1 (it becomes all zeros, never NaN). A reload
 for a trained model passes the checkpoint's normalisation back in, so the
 stored statistics are reused, never recomputed.
 
-Every cell must be a finite number: an empty, non-numeric, NaN or infinite
-cell is an error naming its row and column; no row is ever dropped.
+Every cell must be a finite number that float32 can hold (the data is stored
+as float32): an empty, non-numeric, NaN, infinite or too large cell is an
+error naming its file, row and column; no row is ever dropped. A numeric
+label column (npy) must hold finite numbers too. A ``.npy`` file's header is
+checked against its size before its data is read, and nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 
 from aecore.config import param
 from aecore.data import Dataset, TensorData
+from aecore.data.tensors import check_normalisation
 from aecore.errors import DataError, suggest
 
 __all__ = ["CsvTable", "NpyTable", "TableConfig", "standardise_stats"]
@@ -53,6 +57,8 @@ class TableConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be between 0 and 1, got {self.test_fraction:g}")
+        if not 0 <= self.seed < 2**63:  # what the core's seeds take too
+            raise ValueError(f"seed must be between 0 and 2**63-1, got {self.seed}; choose a smaller one")
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,13 @@ def _read_csv(path: Path, source: TableSource) -> _Table:
                 f"{path} row {lines[r]}, column '{columns[j]}': '{column[r]}' is {kind}; "
                 "fill or remove the row (aecore never drops rows silently)."
             )
+        big = np.abs(x[:, k]) > _FLOAT32_MAX
+        if big.any():
+            r = int(np.argmax(big))
+            raise DataError(
+                f"{path} row {lines[r]}, column '{columns[j]}': '{column[r]}' is beyond what float32 holds "
+                f"(±{_FLOAT32_MAX:.4g}); rescale the column (aecore stores tables as float32)."
+            )
     label = None if label_index is None else columns[label_index]
     return _Table(x, y, [columns[j] for j in features], label)
 
@@ -228,15 +241,10 @@ def _label_index(label: str | None, columns: list[str], path: Path) -> int | Non
 
 
 def _read_npy(path: Path, source: TableSource) -> _Table:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} as a .npy array ({' '.join(str(exc).split())}).") from None
-    if not isinstance(arr, np.ndarray):
-        raise DataError(f"{path} holds several arrays (.npz); save one array with numpy.save.")
+    arr = _load_npy(path)
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{path} holds {arr.dtype} values; a table needs numbers.")
-    if arr.ndim < 2 or arr.shape[0] == 0:
+    if arr.ndim < 2 or arr.shape[0] == 0 or 0 in arr.shape:
         raise DataError(f"{path} has shape {arr.shape}; a table needs rows, shape (rows, columns).")
     y = None
     label = None
@@ -252,14 +260,49 @@ def _read_npy(path: Path, source: TableSource) -> _Table:
         label = columns[j]
         if x.shape[1] == 0:
             raise DataError(f"{path} has no feature columns besides the label.")
+        bad_label = ~np.isfinite(y)
+        if bad_label.any():
+            r = int(np.argmax(bad_label))
+            kind = "NaN" if math.isnan(y[r]) else "infinite"
+            raise DataError(
+                f"{path} row {r}, label column {j}: the label is {kind} (rows count from 0); "
+                "fill or remove the row (aecore never drops rows silently)."
+            )
     bad = ~np.isfinite(x)
     if bad.any():
         where = np.argwhere(bad)[0]
         kind = "NaN" if math.isnan(x[tuple(where)]) else "infinite"
         col = ", ".join(str(int(i)) for i in where[1:])
         raise DataError(f"{path} row {int(where[0])}, column {col}: the value is {kind} (rows count from 0).")
+    big = np.abs(x) > _FLOAT32_MAX
+    if big.any():
+        where = np.argwhere(big)[0]
+        col = ", ".join(str(int(i)) for i in where[1:])
+        raise DataError(
+            f"{path} row {int(where[0])}, column {col}: {x[tuple(where)]:.4g} is beyond what float32 holds "
+            f"(±{_FLOAT32_MAX:.4g}; rows count from 0); rescale the column (aecore stores tables as float32)."
+        )
     columns = [str(i) for i in range(x.shape[1])] if x.ndim == 2 else []
     return _Table(x, y, columns, label)
+
+
+#: The largest magnitude float32 holds: a table is stored as float32, so a larger cell would become inf.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """One ``.npy`` array, never unpickled; its header is checked against the file size before any copy."""
+    try:
+        # Memory-mapping checks the declared shape against the file's size without allocating it.
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(mapped, np.ndarray):
+            mapped.close()
+            raise DataError(f"{path} holds several arrays (.npz); save one array with numpy.save.")
+        return np.array(mapped)
+    except DataError:
+        raise
+    except Exception as exc:  # numpy's header parser can raise almost anything on a hostile file
+        raise DataError(f"cannot read {path} as a .npy array ({' '.join(str(exc).split())}).") from None
 
 
 def _labels(values: list[str] | np.ndarray) -> tuple[torch.Tensor, list[str] | None]:
@@ -291,8 +334,12 @@ def standardise_stats(x: torch.Tensor) -> dict[str, Any]:
 
 
 def _check_normalisation(norm: dict[str, Any], shape: tuple[int, ...], path: Path) -> dict[str, Any]:
+    try:
+        check_normalisation(norm)  # numbers, positive std, a table at all: before torch sees any of it
+    except DataError as exc:
+        raise DataError(f"the model's normalisation cannot be used for {path}: {exc}") from None
     for key in ("mean", "std"):
-        if key in norm:
+        if norm.get(key) is not None:
             got = tuple(torch.tensor(norm[key]).shape)
             if got != shape:
                 raise DataError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -151,3 +152,65 @@ def test_npy_tables(tmp_path):
     np.save(tmp_path / "flat.npy", np.arange(5.0))
     with pytest.raises(DataError, match=r"shape \(rows, columns\)"):
         load_dataset(f"npy:{tmp_path / 'flat.npy'}")
+
+
+# -- numbers float32 cannot hold, labels that are not numbers, headers that lie (issue 15) -------
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragment"),
+    [
+        ([[1, 2], [3, "1e39"], [5, 6]], "row 3, column 'x2': '1e39' is beyond what float32 holds"),
+        ([["1e308", 2], ["-1e308", 4], ["1e308", 6]], "row 2, column 'x1': '1e308' is beyond what float32"),
+    ],
+)
+def test_csv_cells_float32_cannot_hold_are_refused_at_load(tmp_path, runner, rows, fragment):
+    path = write_csv(tmp_path / "t.csv", rows, ["x1", "x2"])
+    with pytest.raises(DataError, match=re.escape(fragment)) as info:
+        load_dataset(f"csv:{path}")
+    assert str(path) in str(info.value)
+    one_line_error(runner.invoke(app, ["train", "-e", "mlp", "--data", "csv:t.csv", "-q"]), "float32")
+
+
+def test_the_largest_float32_values_still_load_and_standardise(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [[3e38, 1], [-3e38, 2], [1e38, 3]], ["a", "b"])
+    data = load_dataset(f"csv:{path}?test_fraction=0.4")
+    assert torch.isfinite(data.train.batch(slice(None))).all()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e39])
+def test_npy_values_and_labels_that_cannot_train_are_refused(tmp_path, value):
+    x, y = table(20)
+    labelled = np.c_[x, y].astype(np.float64)
+    labelled[5, -1] = value
+    np.save(tmp_path / "labels.npy", labelled)
+    refused = pytest.raises(DataError, match=r"row 5, label column 4: the label is")
+    with refused if value != 1e39 else contextlib.nullcontext():  # a huge whole label is a class name
+        load_dataset(f"npy:{tmp_path / 'labels.npy'}?label=-1")
+    features = x.copy()
+    features[3, 1] = value
+    np.save(tmp_path / "values.npy", features)
+    with pytest.raises(DataError, match=r"row 3, column 1"):
+        load_dataset(f"npy:{tmp_path / 'values.npy'}")
+
+
+def test_an_npy_header_declaring_more_than_the_file_holds_is_refused_before_reading(tmp_path):
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (100000000000, 10), }".ljust(117) + b"\n"
+    path = tmp_path / "huge.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(800))
+    with pytest.raises(DataError, match=r"cannot read .* as a \.npy array"):
+        load_dataset(f"npy:{path}")
+
+
+def test_an_empty_npy_table_is_refused(tmp_path):
+    np.save(tmp_path / "empty.npy", np.zeros((10, 0)))
+    with pytest.raises(DataError, match=r"shape \(10, 0\)"):
+        load_dataset(f"npy:{tmp_path / 'empty.npy'}")
+
+
+@pytest.mark.parametrize("seed", [str(2**70), str(2**64), "-1"])
+def test_a_seed_torch_cannot_take_is_one_line(tmp_path, runner, seed):
+    write_csv(tmp_path / "t.csv", [[1, 2], [3, 4], [5, 6]], ["a", "b"])
+    with pytest.raises(DataError, match="seed"):
+        load_dataset(f"csv:{tmp_path / 't.csv'}?seed={seed}")
+    one_line_error(runner.invoke(app, ["train", "-e", "mlp", "--data", f"csv:t.csv?seed={seed}"]), "seed")

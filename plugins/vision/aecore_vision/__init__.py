@@ -68,9 +68,23 @@ class MNIST:
                     )
             xs, ys = read_idx(x), read_idx(y)
             if xs.dim() != 3 or tuple(xs.shape[1:]) != (28, 28):
-                raise DataError(f"{x} holds images of shape {tuple(xs.shape[1:])}, not 28×28.")
-            if ys.dim() != 1 or len(ys) != len(xs):
+                raise DataError(
+                    f"{x} holds an array of shape {tuple(xs.shape)}, not 28×28 images; "
+                    "it is not an MNIST image file (download it again)."
+                )
+            if ys.dim() != 1:
+                raise DataError(
+                    f"{y} holds an array of shape {tuple(ys.shape)}, not one label per image; "
+                    "it is not an MNIST label file (download it again)."
+                )
+            if len(ys) != len(xs):
                 raise DataError(f"{y} holds {len(ys)} labels for the {len(xs)} images of {x.name}.")
+            if len(xs) == 0:
+                raise DataError(f"{x} holds no images; the file is damaged (download it again).")
+            if len(ys) and int(ys.max()) > 9:
+                raise DataError(
+                    f"{y} holds the label {int(ys.max())}; MNIST labels are 0 to 9 (download it again)."
+                )
             splits[split] = TensorData(xs.unsqueeze(1).contiguous(), ys.long(), UINT8_IMAGES)
         return Dataset("mnist", splits["train"], splits["test"], {"data_dir": str(Path(root).resolve())})
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -177,7 +180,7 @@ def test_label_count_that_disagrees_with_the_images_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("payload", "fragment"),
     [
-        (b"", "bad magic number"),
+        (b"", "is empty"),
         (b"\x00\x00\x09\x03" + bytes(12), "bad magic number"),
         (b"\x13" * 64, "bad magic"),
     ],
@@ -196,3 +199,48 @@ def test_truncated_file_is_reported_as_truncated_not_missing(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError, match="truncated"):
         load_dataset("mnist", tmp_path)
+
+
+# -- headers that lie, and what MNIST cannot hold (issue 15) -----------------------------------
+
+
+def _idx_header(*dims: int) -> bytes:
+    return bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "gz", "fragment"),
+    [
+        ("t10k-images-idx3-ubyte", _idx_header(2**31, 2**31, 2**31) + bytes(64), False, "is truncated"),
+        ("t10k-images-idx3-ubyte", _idx_header(2**20, 28, 28) + bytes(64), True, "more than a"),
+        ("t10k-images-idx3-ubyte", _idx_header(4, 28, 28) + bytes(4 * 784 + 10**6), True, "is padded"),
+        ("t10k-images-idx3-ubyte", _idx_header(4) + bytes(4), False, "not 28×28 images"),
+        ("t10k-labels-idx1-ubyte", _idx_header(4, 2) + bytes(8), False, "not one label per image"),
+        ("t10k-labels-idx1-ubyte", _idx_header(4) + bytes([0, 1, 200, 3]), False, "the label 200"),
+        ("t10k-images-idx3-ubyte", _idx_header(0, 28, 28), False, "labels for the 0 images"),
+    ],
+)
+def test_an_idx_file_that_lies_about_its_size_or_content_is_one_error(tmp_path, name, payload, gz, fragment):
+    raw = _write_mnist(tmp_path, gz=gz)
+    path = raw / (name + (".gz" if gz else ""))
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    with pytest.raises(DataError, match=re.escape(fragment)) as excinfo:
+        load_dataset("mnist", tmp_path)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_a_gzip_bomb_is_not_decompressed_beyond_what_its_header_declares(tmp_path, monkeypatch):
+    raw = _write_mnist(tmp_path, gz=True)
+    bomb = gzip.compress(_idx_header(4, 28, 28) + bytes(200_000_000))  # 200 MB of zeros in ~200 kB
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(bomb)
+    sizes = []
+    real = gzip.GzipFile.read
+
+    def read(self, size=-1):
+        sizes.append(size)
+        return real(self, size)
+
+    monkeypatch.setattr(gzip.GzipFile, "read", read)
+    with pytest.raises(DataError, match="is padded"):
+        load_dataset("mnist", tmp_path)
+    assert -1 not in sizes and max(sizes) <= 1 << 20  # read in bounded chunks, never all at once
