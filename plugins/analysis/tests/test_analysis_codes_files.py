@@ -68,6 +68,19 @@ def test_decode_reads_code_columns_by_name_not_by_position(runner, run_dir, tmp_
     assert codes.tolist() == [[7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0]] and labels.tolist() == [3]
 
 
+def _can_write_complex() -> bool:
+    """Older safetensors (0.4) cannot write complex tensors, so those files cannot be made to test with."""
+    try:
+        save({"x": torch.ones(1, dtype=torch.complex64)})
+    except Exception:
+        return False
+    return True
+
+
+CAN_WRITE_COMPLEX = _can_write_complex()
+NEEDS_COMPLEX = pytest.mark.skipif(not CAN_WRITE_COMPLEX, reason="safetensors cannot write complex tensors")
+
+
 @pytest.mark.parametrize(
     ("tensors", "fragment"),
     [
@@ -77,7 +90,9 @@ def test_decode_reads_code_columns_by_name_not_by_position(runner, run_dir, tmp_
         ({"codes": torch.rand(3, 8), "labels": torch.ones(5, dtype=torch.long)}, "one label per row"),
         ({"codes": torch.rand(3, 8), "labels": torch.ones(3, 2, dtype=torch.long)}, "one label per row"),
         ({"codes": torch.full((3, 8), 1e300, dtype=torch.float64)}, "too large code"),
-        ({"codes": torch.ones(3, 8, dtype=torch.complex64)}, "must be numbers"),
+        pytest.param(
+            {"codes": torch.ones(3, 8, dtype=torch.complex64)}, "must be numbers", marks=[NEEDS_COMPLEX]
+        ),
         ({"x": torch.rand(3, 8)}, "no tensor 'codes'"),
     ],
 )
@@ -227,7 +242,7 @@ def test_safetensors_codes_reader_raises_only_data_errors(tmp_path, record_prope
         torch.int64,
         torch.uint8,
         torch.bool,
-        torch.complex64,
+        *([torch.complex64] if CAN_WRITE_COMPLEX else []),
     ]
 
     @FUZZ
