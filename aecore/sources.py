@@ -12,11 +12,14 @@ types, so a source declares its options once. The dataset comes back named
 by the text that reloads exactly it: the location as the source records it
 (an absolute path, say) and the options that differ from their defaults.
 That name goes into checkpoints. Sources that list their files are cached
-as prepared tensors (:mod:`aecore.cache`).
+as prepared tensors (:mod:`aecore.cache`) and memory-mapped from then on;
+a source whose ``load`` takes a ``store`` keyword fills the cache files
+directly as it decodes (:class:`aecore.data.TensorStore`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from aecore import registry
 from aecore.cache import cached_dataset
 from aecore.config import config_from_dict, config_to_dict, params_of
 from aecore.data import Dataset
+from aecore.data.store import TensorStore
 from aecore.data.tensors import check_normalisation
 from aecore.errors import ConfigError, DataError
 
@@ -76,8 +80,16 @@ def load_dataset(
     canonical = _canonical(name, location, source.config)
     norm = None if normalisation is None else check_normalisation(normalisation)  # a DataError if odd
 
-    def build() -> Dataset:
-        dataset = source.load(location, data_dir=root, normalisation=norm)
+    streams = _accepts_store(source.load)
+
+    def build(store: TensorStore | None) -> Dataset:
+        extra = {"store": store} if streams and store is not None else {}
+        dataset = source.load(location, data_dir=root, normalisation=norm, **extra)
+        if not isinstance(dataset, Dataset):
+            raise DataError(
+                f"data source '{name}' returned a {type(dataset).__name__}, not an aecore.data.Dataset; "
+                "report it to the plugin's authors."
+            )
         dataset.name = canonical
         dataset.spec = {**dataset.spec, "name": canonical}
         return dataset
@@ -87,10 +99,19 @@ def load_dataset(
         key = {"data_dir": None if root is None else str(root.resolve()), "normalisation": norm}
         dataset = cached_dataset(canonical, key, lambda: files(location, data_dir=root), build)
     else:
-        dataset = build()
+        dataset = build(None)
     if len(dataset.train) == 0 or len(dataset.test) == 0:
         raise DataError(f"dataset '{canonical}' is empty; check the files it reads.")
     return dataset
+
+
+def _accepts_store(load: Any) -> bool:
+    """Whether a source's ``load`` takes the ``store`` keyword (streaming preparation)."""
+    try:
+        parameters = inspect.signature(load).parameters
+    except (TypeError, ValueError):
+        return False
+    return "store" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _canonical(name: str, location: str | None, config: Any) -> str:

@@ -31,7 +31,7 @@ def _same(a, b):
 
 def test_second_load_comes_from_the_cache_without_decoding(cache, monkeypatch):
     first = load_dataset("embedded")
-    assert len(list(cache.glob("embedded-*.safetensors"))) == 1
+    assert len(list(cache.glob("embedded-*/dataset.json"))) == 1
 
     def no_decoding(self, location, *, data_dir, normalisation):
         raise AssertionError("the cache should have been used")
@@ -48,19 +48,42 @@ def test_a_changed_source_file_is_prepared_again(cache, tmp_path):
     np.save(table, np.arange(40, dtype=np.float64).reshape(10, 4) * 2)
     os.utime(table, ns=(time.time_ns(), time.time_ns()))
     second = load_dataset(f"npy:{table}")
-    assert len(list(cache.glob("*.safetensors"))) == 2
+    assert len(list(cache.glob("*/dataset.json"))) == 2
     assert (
         not torch.equal(first.train.x, second.train.x)
         or first.train.normalisation != second.train.normalisation
     )
 
 
-def test_a_damaged_cache_file_is_rebuilt(cache):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda entry: (entry / "train.x.safetensors").write_bytes(b"not a safetensors file"),
+        lambda entry: (entry / "train.x.safetensors").unlink(),
+        lambda entry: (entry / "dataset.json").write_text("{"),
+        lambda entry: (entry / "dataset.json").write_text(
+            '{"format": 2, "name": "e", "spec": {}, "splits": 3}'
+        ),
+        lambda entry: (entry / "dataset.json").write_text(
+            (entry / "dataset.json").read_text().replace("train.x.safetensors", "../../../etc/passwd")
+        ),
+        lambda entry: (entry / "test.y.safetensors").write_bytes(
+            (entry / "train.x.safetensors").read_bytes()  # a valid tensor file, of the wrong length
+        ),
+    ],
+    ids=["garbage", "missing", "bad-json", "bad-splits", "path-escape", "wrong-rows"],
+)
+def test_a_damaged_cache_entry_is_rebuilt(cache, damage, monkeypatch):
+    # The reference is read without the cache: damaging a file in place would pull the pages from under
+    # a map of it (that is why aecore replaces entries by renaming, never by rewriting files in place).
+    monkeypatch.setenv("AECORE_NO_DATA_CACHE", "1")
     first = load_dataset("embedded")
-    (path,) = cache.glob("embedded-*.safetensors")
-    path.write_bytes(b"not a safetensors file")
+    monkeypatch.delenv("AECORE_NO_DATA_CACHE")
+    load_dataset("embedded")
+    (entry,) = (p.parent for p in cache.glob("embedded-*/dataset.json"))
+    damage(entry)
     _same(first, load_dataset("embedded"))
-    assert path.stat().st_size > 1000  # written again
+    assert (entry / "train.x.safetensors").stat().st_size > 1000  # prepared again
 
 
 def test_the_cache_can_be_turned_off(cache, monkeypatch):

@@ -1,4 +1,4 @@
-"""The data model: datasets as in-memory tensors, loaded once and batched by index slicing.
+"""The data model: datasets as tensors (memory-mapped once prepared), batched by index slicing.
 
 Data sources (``--data``) are plugins of the ``aecore.datasets`` group that
 return a :class:`Dataset`; :func:`aecore.load_dataset` finds them by name.
@@ -6,6 +6,7 @@ return a :class:`Dataset`; :func:`aecore.load_dataset` finds them by name.
 
 from aecore.data.dataset import Dataset
 from aecore.data.idx import read_idx, write_idx
+from aecore.data.store import TensorStore
 from aecore.data.tensors import UINT8_IMAGES, TensorData
 
-__all__ = ["UINT8_IMAGES", "Dataset", "TensorData", "read_idx", "write_idx"]
+__all__ = ["UINT8_IMAGES", "Dataset", "TensorData", "TensorStore", "read_idx", "write_idx"]

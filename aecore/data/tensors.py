@@ -91,6 +91,13 @@ class TensorData:
     :meth:`subset` returns a view that shares the stored tensor and keeps only
     row numbers, so a class filter plus a validation split cost no copy of the
     images. Reading ``x`` or ``y`` of a view gathers its rows (a copy).
+
+    ``extras`` are further tensors with one row per sample (an anomaly mask
+    per image, say): views, the cache and the training split carry them
+    along with ``x``, and :meth:`extra_batch` gathers them by index.
+
+    ``x`` may be memory-mapped (a prepared dataset from the cache is): it is
+    only ever read, so a dataset larger than memory trains from the map.
     """
 
     def __init__(
@@ -100,12 +107,24 @@ class TensorData:
         normalisation: dict[str, Any] | None = None,
         *,
         rows: Tensor | None = None,
+        extras: Mapping[str, Tensor] | None = None,
+        block_rows: int | None = None,
     ):
         if y is not None and len(y) != len(x):
             raise ValueError(f"{len(x)} samples but {len(y)} labels")
+        for name, extra in (extras or {}).items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"extra {name!r} needs a name that is an identifier")
+            rows_of_extra = len(extra) if extra.dim() else 0
+            if rows_of_extra != len(x):
+                raise ValueError(f"{len(x)} samples but extra '{name}' has {rows_of_extra} rows")
+        if block_rows is not None and block_rows < 1:
+            raise ValueError(f"block_rows must be at least 1, got {block_rows}")
         self._x = x
         self._y = y
+        self._extras = dict(extras or {})
         self._rows = None if rows is None else rows.to(device=x.device, dtype=torch.long)
+        self.block_rows = block_rows
         self.normalisation = check_normalisation(normalisation or {"kind": "identity"}, tuple(x.shape[1:]))
         self._divisor = float(self.normalisation.get("divisor", 1.0))
         mean = self.normalisation.get("mean")
@@ -126,9 +145,50 @@ class TensorData:
         return self._y[self._rows]
 
     @property
+    def extras(self) -> dict[str, Tensor]:
+        """The per-sample extra tensors by name (gathered, for a view)."""
+        if self._rows is None:
+            return dict(self._extras)
+        return {name: t.index_select(0, self._rows.to(t.device)) for name, t in self._extras.items()}
+
+    def extra_batch(self, name: str, index: Tensor | slice | Sequence[int]) -> Tensor:
+        """The raw rows of extra ``name`` for the samples at ``index`` (like :meth:`batch`, unscaled)."""
+        if name not in self._extras:
+            have = ", ".join(sorted(self._extras)) or "none"
+            raise KeyError(f"no extra named '{name}' (this data has: {have})")
+        extra = self._extras[name]
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index, device=extra.device)
+            if index.dtype == torch.bool:
+                index = index.nonzero().flatten()
+            index = index.to(torch.long)
+        stored = self._stored(index)
+        return extra[stored] if isinstance(stored, slice) else extra.index_select(0, stored.to(extra.device))
+
+    @property
+    def storage(self) -> dict[str, Tensor]:
+        """The stored tensors behind this data (shared by views): ``x``, and ``y``, ``rows`` and
+        ``extras.NAME`` where present. What the cache writes."""
+        parts = {"x": self._x, "y": self._y, "rows": self._rows}
+        parts.update({f"extras.{name}": t for name, t in self._extras.items()})
+        return {key: t for key, t in parts.items() if t is not None}
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the stored tensors (shared by views)."""
-        return sum(t.numel() * t.element_size() for t in (self._x, self._y, self._rows) if t is not None)
+        return sum(t.numel() * t.element_size() for t in self.storage.values())
+
+    def in_blocks(self, block_rows: int | None) -> TensorData:
+        """The same data (shared storage) drawn in a block-shuffled order when shuffled.
+
+        Rows are cut into consecutive blocks of ``block_rows``; a shuffled epoch
+        visits the blocks in a random order and the rows of each block in a
+        random order, so reads of a memory-mapped file stay within a block at a
+        time instead of jumping across the whole file. ``None``: full shuffling.
+        """
+        return TensorData(
+            self._x, self._y, self.normalisation, rows=self._rows, extras=self._extras, block_rows=block_rows
+        )
 
     def __len__(self) -> int:
         return self._x.shape[0] if self._rows is None else self._rows.shape[0]
@@ -185,7 +245,14 @@ class TensorData:
         if index.dtype == torch.bool:
             index = index.nonzero().flatten()
         rows = self._stored(index.to(torch.long))
-        return TensorData(self._x, self._y, self.normalisation, rows=rows)  # type: ignore[arg-type]
+        return TensorData(
+            self._x,
+            self._y,
+            self.normalisation,
+            rows=rows,  # type: ignore[arg-type]
+            extras=self._extras,
+            block_rows=self.block_rows,
+        )
 
     def to(self, device: torch.device | str) -> TensorData:
         """The same data on ``device`` (raw dtype kept, so uint8 stays small)."""
@@ -193,7 +260,40 @@ class TensorData:
             return self
         y = None if self._y is None else self._y.to(device)
         rows = None if self._rows is None else self._rows.to(device)
-        return TensorData(self._x.to(device), y, self.normalisation, rows=rows)
+        extras = {name: t.to(device) for name, t in self._extras.items()}
+        return TensorData(
+            self._x.to(device), y, self.normalisation, rows=rows, extras=extras, block_rows=self.block_rows
+        )
+
+    def order(
+        self,
+        generator: torch.Generator | None = None,
+        *,
+        part: tuple[int, int] | None = None,
+        batch_size: int = 1,
+    ) -> Tensor:
+        """A shuffled order of all positions: fully random, or block-shuffled (:meth:`in_blocks`).
+
+        Block-shuffled with ``part`` = (rank, world size), each rank draws its
+        positions from its own fixed, contiguous share of the rows, so under
+        torchrun a rank reads only its own shard of a memory-mapped file. The
+        share each rank gets of every batch of ``batch_size`` is the one
+        :meth:`batches` hands it.
+        """
+        n = len(self)
+        if self.block_rows is None:
+            return torch.randperm(n, generator=generator)
+        if part is None or part[1] == 1:
+            return _block_shuffle(0, n, self.block_rows, generator)
+        rank_of = _rank_of_position(n, batch_size, part[1])
+        order = torch.empty(n, dtype=torch.long)
+        start = 0
+        for rank in range(part[1]):  # every rank draws the same generator in the same sequence
+            mine = rank_of == rank
+            count = int(mine.sum())
+            order[mine] = _block_shuffle(start, start + count, self.block_rows, generator)
+            start += count
+        return order
 
     def batches(
         self,
@@ -216,7 +316,9 @@ class TensorData:
         loops; a batch is then only valid until the next one is drawn.
         """
         n = len(self)
-        order = torch.randperm(n, generator=generator).to(self._x.device) if shuffle else None
+        order = None
+        if shuffle:
+            order = self.order(generator, part=part, batch_size=batch_size).to(self._x.device)
         buffer = None
         if reuse and n:
             rows = min(batch_size, n)
@@ -228,3 +330,25 @@ class TensorData:
                 size = stop - start
                 start, stop = start + rank * size // world, start + (rank + 1) * size // world
             yield self.batch(slice(start, stop) if order is None else order[start:stop], out=buffer)
+
+
+def _block_shuffle(start: int, stop: int, block_rows: int, generator: torch.Generator | None) -> Tensor:
+    """Positions ``start..stop-1``: blocks of ``block_rows`` in a random order, rows shuffled in each."""
+    n = stop - start
+    blocks = torch.randperm(max(1, -(-n // block_rows)), generator=generator)
+    parts = []
+    for block in blocks.tolist():
+        first = start + block * block_rows
+        size = min(block_rows, stop - first)
+        if size > 0:
+            parts.append(first + torch.randperm(size, generator=generator))
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+
+def _rank_of_position(n: int, batch_size: int, world: int) -> Tensor:
+    """Which rank takes each position of an epoch's order, given how :meth:`TensorData.batches`
+    splits every batch (rank r of batch [start, start+size) takes size*r//world onwards)."""
+    position = torch.arange(n)
+    offset = position % batch_size
+    size = torch.clamp(n - (position - offset), max=batch_size)
+    return ((offset + 1) * world + size - 1) // size - 1
