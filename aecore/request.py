@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aecore import registry
 from aecore.config import config_from_dict, config_to_dict, convert_value, param, params_of
@@ -65,6 +65,12 @@ class RunRequest:
         flags=("--classes", "--normal-class"),
     )
     val_fraction: float = param(0.1, "Share of training data held out for validation.")
+    shuffle: Literal["auto", "full", "block"] = param(
+        "auto",
+        "Order of the training samples each epoch: full (uniformly random), block (blocks of rows in a "
+        "random order, rows shuffled within each: sequential reads for data larger than memory), or auto "
+        "(block when the prepared data exceeds half of the free memory).",
+    )
     seed: int = param(0, "Random seed for weights, split and shuffling.")
     device: str = param("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
     backend: str = param(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import aecore
 from aecore import registry
 from aecore.data import UINT8_IMAGES, Dataset, TensorData, TensorStore
 from aecore.data.store import create_mapped, open_mapped
@@ -299,3 +301,44 @@ def test_views_keep_the_block_order_and_their_extras():
 def test_misshapen_extras_are_refused(extras, problem):
     with pytest.raises(ValueError, match=problem):
         TensorData(torch.zeros(4, 2), extras=extras)
+
+
+# --- the order a run uses ----------------------------------------------------------------------------
+
+
+def test_auto_order_is_block_only_for_data_beyond_free_memory(monkeypatch):
+    import aecore.training.run as run
+
+    data = TensorData(torch.zeros(1000, 1, 64, 64, dtype=torch.uint8))  # 4 MB
+    monkeypatch.setattr(run, "available_memory", lambda: 1 << 30)
+    assert run.choose_order(data, "auto")[1] == "full"
+    monkeypatch.setattr(run, "available_memory", lambda: 4 << 20)
+    blocked, order = run.choose_order(data, "auto")
+    assert order == "block" and blocked.block_rows == run.BLOCK_BYTES // 4096
+    assert run.choose_order(data, "full")[0].block_rows is None
+    assert run.choose_order(data, "block")[1] == "block"
+
+
+def test_a_block_shuffled_run_trains_and_records_its_order(tmp_path, tiny_data):
+    result = aecore.train(
+        encoder="mlp",
+        data=tiny_data,
+        shuffle="block",
+        out=str(tmp_path / "run"),
+        params={"trainer": {"epochs": 1}},
+        progress=False,
+    )
+    assert aecore.load(result.run_dir).metadata["training"]["shuffle"] == "block"
+    assert math.isfinite(result.metrics["test_mse_per_pixel"])
+
+
+def test_skipped_files_are_listed_in_the_run_directory(tmp_path, tiny_data):
+    tiny_data.spec = {**tiny_data.spec, "skipped": ["cats/broken.png", "dogs/empty.jpg"]}
+    result = aecore.train(
+        encoder="mlp",
+        data=tiny_data,
+        out=str(tmp_path / "run"),
+        params={"trainer": {"epochs": 1}},
+        progress=False,
+    )
+    assert (result.run_dir / "skipped-files.txt").read_text() == "cats/broken.png\ndogs/empty.jpg\n"

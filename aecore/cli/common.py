@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from aecore.errors import RunDirectoryError, ShapeError
+from aecore.errors import DataError, RunDirectoryError, ShapeError
 
 if TYPE_CHECKING:
     from aecore.data import Dataset
@@ -57,6 +57,13 @@ def load_model_and_data(
     file = checkpoint.resolve(path)
     recorded = model.metadata.get("data", {})
     if data is None:
+        if recorded.get("in_memory") is True:
+            shape = recorded.get("sample_shape")
+            raise DataError(
+                f"{file} was trained on data held in memory ({recorded.get('origin', 'from Python')}"
+                f"{f', samples of shape {tuple(shape)}' if isinstance(shape, list) else ''}); "
+                "pass --data naming a source with the same kind of samples."
+            )
         data = recorded.get("name") if isinstance(recorded.get("name"), str) else None
         if data_dir is None and isinstance(recorded.get("data_dir"), str):
             data_dir = Path(recorded["data_dir"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,8 @@ from aecore import checkpoint, distributed, registry
 from aecore.composition import compose
 from aecore.config import config_from_dict, config_to_dict
 from aecore.data import Dataset, TensorData
+from aecore.data.convert import as_dataset
+from aecore.data.store import available_memory
 from aecore.errors import ConfigError, FileSystemError, RunDirectoryError
 from aecore.evaluate import reconstruction_metrics
 from aecore.hooks import hookimpl, plugin_manager
@@ -75,11 +78,15 @@ def train(
 
     Pass a :class:`RunRequest`, or its fields as keywords
     (``train(encoder="conv", regularizers=["sparse"], params={"trainer": {"epochs": 2}})``);
-    a string first argument is the encoder. ``data`` may also be a
-    :class:`~aecore.data.Dataset` built in Python. Returns once the final
+    a string first argument is the encoder. ``data`` may also be data held
+    in Python: an :class:`~aecore.data.Dataset`, a tensor or numpy array of
+    samples, a ``torch.utils.data.Dataset`` of samples or (sample, label)
+    pairs, or a pair ``(train, test)`` of those (see :func:`aecore.data.as_dataset`). Returns once the final
     checkpoint is written; an interrupted run continues with :func:`resume`.
     """
-    dataset = fields.pop("data", None) if isinstance(fields.get("data"), Dataset) else None
+    dataset = None
+    if fields.get("data") is not None and not isinstance(fields["data"], str):
+        dataset = as_dataset(fields.pop("data"))  # a Dataset, tensors, arrays or a torch Dataset
     if isinstance(request, str):
         fields["encoder"] = request
         request = None
@@ -107,7 +114,7 @@ def train(
 def resume(
     run_dir: str | Path,
     *,
-    data: Dataset | None = None,
+    data: Any = None,
     progress: bool = True,
     hooks: Iterable[object] = (),
 ) -> TrainResult:
@@ -140,6 +147,7 @@ def resume(
                     "resume it from Python with resume(..., data=...)."
                 )
             data = load_dataset(request.data, request.data_dir)
+        data = as_dataset(data)
         return _execute(
             request, resolve(request), data, lambda m, c: run_dir, progress=progress, hooks=hooks, state=state
         )
@@ -167,6 +175,39 @@ def check_request(request: RunRequest) -> ResolvedRun:
         }.get(target, ("regularizer", regularizers.get(target, target)))
         config_from_dict(registry.get(kind, name).Config, given, owner=target)
     return plan
+
+
+#: The size of one block of rows in a block-shuffled order.
+BLOCK_BYTES = 8 * 1024 * 1024
+
+
+def choose_order(data: TensorData, mode: str) -> tuple[TensorData, str]:
+    """``data`` set to be drawn in ``mode``'s order, and the order chosen (``full`` or ``block``).
+
+    ``auto`` picks block shuffling when the stored data is larger than half
+    of the memory the system has free: then reads of a memory-mapped file
+    stay within one block of about 8 MiB at a time instead of faulting in
+    pages all over the file. Data that fits keeps a uniformly random order.
+    """
+    if mode == "auto":
+        free = available_memory()
+        mode = "block" if free is not None and data.nbytes > free // 2 else "full"
+    if mode == "full":
+        return data.in_blocks(None), "full"
+    stored = data.storage["x"]
+    row = max(1, math.prod(stored.shape[1:]) * stored.element_size())
+    return data.in_blocks(max(1, BLOCK_BYTES // row)), "block"
+
+
+SKIPPED_FILE = "skipped-files.txt"
+
+
+def _write_skipped(run_dir: Path, dataset: Dataset) -> None:
+    """List the files a source skipped (``skip_bad``) in the run directory, one per line."""
+    skipped = dataset.spec.get("skipped")
+    if isinstance(skipped, list) and skipped:
+        text = "".join(f"{name}\n" for name in map(str, skipped))
+        atomic_write_bytes(run_dir / SKIPPED_FILE, text.encode())
 
 
 def _execute(
@@ -232,10 +273,12 @@ def _run_job(
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
     train_split, val_split = split_validation(train_data, request.val_fraction, request.seed)
+    train_split, order = choose_order(train_split, request.shuffle)
     run_dir = make_run_dir(model, False)  # every rank agrees on the path before rank 0 creates it
     distributed.barrier()
     if job.is_main:
         run_dir = make_run_dir(model, True)
+        _write_skipped(run_dir, dataset)
 
     data_meta = {**dataset.spec, "normalisation": dataset.train.normalisation}
     if request.classes is not None:
@@ -251,6 +294,7 @@ def _run_job(
         "loss": request.loss,
         "seed": request.seed,
         "val_fraction": request.val_fraction,
+        "shuffle": order,
         "device": str(device),
         "backend": backend_name,
         "backend_params": {} if backend is None else config_to_dict(backend.config),
@@ -307,6 +351,7 @@ def _run_job(
             "parameters": model.num_parameters(),
             "resumed": state is not None,
             "backend": backend_name,
+            "shuffle": order,
         },
         resume=state,
         save_resume=save_resume,
