@@ -19,7 +19,6 @@ directly as it decodes (:class:`aecore.data.TensorStore`).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from aecore import registry
 from aecore.cache import cached_dataset
 from aecore.config import config_from_dict, config_to_dict, params_of
 from aecore.data import Dataset
-from aecore.data.store import TensorStore
+from aecore.data.store import TensorStore, accepts_store
 from aecore.data.tensors import check_normalisation
 from aecore.errors import ConfigError, DataError
 
@@ -80,7 +79,7 @@ def load_dataset(
     canonical = _canonical(name, location, source.config)
     norm = None if normalisation is None else check_normalisation(normalisation)  # a DataError if odd
 
-    streams = _accepts_store(source.load)
+    streams = accepts_store(source.load)
 
     def build(store: TensorStore | None) -> Dataset:
         extra = {"store": store} if streams and store is not None else {}
@@ -103,15 +102,6 @@ def load_dataset(
     if len(dataset.train) == 0 or len(dataset.test) == 0:
         raise DataError(f"dataset '{canonical}' is empty; check the files it reads.")
     return dataset
-
-
-def _accepts_store(load: Any) -> bool:
-    """Whether a source's ``load`` takes the ``store`` keyword (streaming preparation)."""
-    try:
-        parameters = inspect.signature(load).parameters
-    except (TypeError, ValueError):
-        return False
-    return "store" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _canonical(name: str, location: str | None, config: Any) -> str:

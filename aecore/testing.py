@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from aecore import kinds, protocols, registry
 from aecore.components import ImageComponent
 from aecore.config import config_from_dict, config_to_dict, param, params_of
-from aecore.data import UINT8_IMAGES, Dataset, TensorData
+from aecore.data import UINT8_IMAGES, Dataset, TensorData, TensorStore
+from aecore.data.store import accepts_store
 from aecore.hooks import hookimpl
 
 if TYPE_CHECKING:
@@ -594,6 +595,17 @@ def check_dataset(
             f"{name} loaded with normalisation={recorded} (its own, as a trained model records it) gives "
             "different data; a model must get back the data it was trained on"
         )
+        if accepts_store(source.load):  # prepared into mapped files, as the cache does it
+            with tempfile.TemporaryDirectory() as scratch:
+                store = TensorStore(Path(scratch), show_progress=False)
+                try:
+                    streamed = _load_data(source, name, location, root, None, store=store)
+                finally:
+                    store.close()
+                _expect_dataset(streamed, name)
+                assert _same_dataset(dataset, streamed), (
+                    f"{name} gives different data when it fills a TensorStore than without one"
+                )
     return dataset
 
 
@@ -925,10 +937,17 @@ def _close(a: Any, b: Tensor) -> bool:
 
 
 def _load_data(
-    source: Any, name: str, location: str | None, root: Path | None, normalisation: Any
+    source: Any,
+    name: str,
+    location: str | None,
+    root: Path | None,
+    normalisation: Any,
+    *,
+    store: TensorStore | None = None,
 ) -> Dataset:
+    extra = {} if store is None else {"store": store}
     try:
-        return source.load(location, data_dir=root, normalisation=normalisation)
+        return source.load(location, data_dir=root, normalisation=normalisation, **extra)
     except Exception as exc:
         raise AssertionError(f"{name}.load fails ({type(exc).__name__}: {exc})") from exc
 
@@ -968,6 +987,9 @@ def _same_dataset(a: Dataset, b: Dataset) -> bool:
 
 def _same_split(a: TensorData, b: TensorData) -> bool:
     if a.normalisation != b.normalisation or (a.y is None) != (b.y is None):
+        return False
+    mine, theirs = a.extras, b.extras
+    if mine.keys() != theirs.keys() or not all(_same_tensor(mine[k], theirs[k]) for k in mine):
         return False
     return _same_tensor(a.x, b.x) and (a.y is None or _same_tensor(a.y, b.y))
 

@@ -342,3 +342,20 @@ def test_skipped_files_are_listed_in_the_run_directory(tmp_path, tiny_data):
         progress=False,
     )
     assert (result.run_dir / "skipped-files.txt").read_text() == "cats/broken.png\ndogs/empty.jpg\n"
+
+
+def test_the_kit_checks_a_streaming_source_both_ways():
+    from aecore.testing import check_dataset
+
+    data = check_dataset(_Streaming)
+    assert data.train.extras["mask"].shape == (480, 1, 4, 4)
+
+    class Differs(_Streaming):
+        def load(self, location, *, data_dir, normalisation, store=None):
+            data = super().load(location, data_dir=data_dir, normalisation=normalisation, store=store)
+            if store is not None:
+                data.train.storage["x"][0] += 1  # the store's copy differs from the in-memory one
+            return data
+
+    with pytest.raises(AssertionError, match="TensorStore"):
+        check_dataset(Differs)

@@ -15,6 +15,7 @@ writable maps onto the files being prepared, so memory stays bounded.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import struct
@@ -29,7 +30,7 @@ from torch import Tensor
 from aecore.errors import CheckpointError, DataError
 from aecore.io import read_header, tensor_entries
 
-__all__ = ["TensorStore", "available_memory", "create_mapped", "open_mapped"]
+__all__ = ["TensorStore", "accepts_store", "available_memory", "create_mapped", "open_mapped"]
 
 #: The data section of a mapped tensor file starts on a multiple of this.
 ALIGN = 64
@@ -110,6 +111,15 @@ def _numel(shape: tuple[int, ...]) -> int:
     for s in shape:
         count *= s
     return count
+
+
+def accepts_store(load: Any) -> bool:
+    """Whether a source's ``load`` takes the ``store`` keyword (so it may stream its preparation)."""
+    try:
+        parameters = inspect.signature(load).parameters
+    except (TypeError, ValueError):
+        return False
+    return "store" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def available_memory() -> int | None:
