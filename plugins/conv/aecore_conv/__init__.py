@@ -1,16 +1,28 @@
-"""Convolutional encoder and decoder for C×H×W images.
+"""Convolutional encoder and decoder for images of any C×H×W.
 
 Each entry of ``channels`` is one encoder stage that halves height and width,
 either with a stride-2 convolution or with a stride-1 convolution and a 2×2
 max-pool; ``collapse`` turns the last stage into a valid convolution as large
-as its input (7×7 → 1×1). The code is either flat (a linear layer to
-``latent_dim``) or spatial (the last feature map itself, flattened).
+as its input (7×7 → 1×1, 5×3 → 1×1). The code is either flat (a linear layer
+to ``latent_dim``) or spatial (the last feature map itself, flattened).
 
-The decoder recomputes the encoder's sizes from the same settings and climbs
-back stage by stage (transposed convolutions, or bilinear upsampling and a
-convolution), choosing padding per stage so odd sizes (28→14→7→4) come back
-exactly. By parameters alone this expresses the reference models; see
-:mod:`aecore_conv.presets`.
+Odd and non-square sizes round-trip exactly without padding the image or
+cropping the output: the encoder lets each stage round as its layer does
+(a stride-2 convolution rounds up, 17 → 9; a max-pool rounds down, 17 → 8),
+and the decoder recomputes those sizes from the same settings and climbs
+back stage by stage, giving each up-stage the exact size it must reach (the
+padding and output padding of a transposed convolution, or the target size
+of a bilinear upsampling). Height and width are planned separately, so
+40×24 → 20×12 → 10×6 works like 32×32. The code's size therefore follows
+from the image, never from a fixed 28×28 or one channel.
+
+An image too small for its stages is refused when the model is composed, by
+one :class:`~aecore.errors.ShapeError` naming the smallest image that works
+(:func:`min_image_size`) and how many stages the given one allows: each
+halving stage must shrink its input, so it needs at least 2 pixels a side
+(3 for a stride-2 convolution with an even kernel, which pads by ``k//2`` and
+turns 2 into 2). By parameters alone this expresses the reference models;
+see :mod:`aecore_conv.presets`.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ __all__ = [
     "ConvDecoderConfig",
     "ConvEncoder",
     "ConvEncoderConfig",
+    "min_image_size",
     "same_conv",
     "stage_sizes",
     "transpose_padding",
@@ -104,20 +117,61 @@ def _image_shape(input_shape: tuple[int, ...], who: str) -> tuple[int, int, int]
     return c, h, w
 
 
+def _halve(size: int, kernel_size: int, downsample: str) -> int:
+    """The side a halving stage gives.
+
+    A max-pool floors (17 → 8); a stride-2 conv padded by ``k//2`` gives ⌈s/2⌉
+    for an odd kernel (17 → 9) and s//2 + 1 for an even one (16 → 9).
+    """
+    if downsample == "pool":
+        return size // 2
+    return (size + 2 * (kernel_size // 2) - kernel_size) // _STRIDE + 1
+
+
+def _least_halved(kernel_size: int, downsample: str) -> int:
+    """The smallest side a halving stage shrinks (an even-kernel stride-2 conv keeps 2 at 2)."""
+    return 3 if downsample == "stride" and kernel_size % 2 == 0 else 2
+
+
 def stage_sizes(
     size: int, stages: int, kernel_size: int, downsample: str = "stride", collapse: bool = False
 ) -> list[int]:
     """Spatial size before each stage and after the last: [28, 14, 7] for two stages."""
-    pad = kernel_size // 2
     sizes = [size]
     for i in range(stages):
-        if collapse and i == stages - 1:
-            sizes.append(1)
-        elif downsample == "pool":
-            sizes.append(sizes[-1] // 2)
-        else:
-            sizes.append((sizes[-1] + 2 * pad - kernel_size) // _STRIDE + 1)
+        last = collapse and i == stages - 1
+        sizes.append(1 if last else _halve(sizes[-1], kernel_size, downsample))
     return sizes
+
+
+def min_image_size(
+    stages: int, kernel_size: int = 3, downsample: str = "stride", collapse: bool = False
+) -> int:
+    """The smallest height (and width) that ``stages`` encoder stages accept.
+
+    Every halving stage must shrink its input, so with a stride-2 conv of
+    kernel 3, three stages need 5 (5 → 3 → 2 → 1) and three max-pools need 8;
+    a collapsing last stage takes any size, so it adds nothing.
+    """
+    halvings = stages - 1 if collapse else stages
+    if halvings <= 0:
+        return 1
+    least = _least_halved(kernel_size, downsample)
+    # Walk back from what the last halving stage must get: s // 2 >= t needs s >= 2t for a
+    # max-pool; (s + 2*(k//2) - k) // 2 + 1 >= t needs s >= 2t - 2 + k % 2 for a stride-2 conv.
+    slack = 0 if downsample == "pool" else kernel_size % 2 - 2
+    need = least
+    for _ in range(halvings - 1):
+        need = max(least, 2 * need + slack)
+    return need
+
+
+def _stages_that_fit(size: int, kernel_size: int, downsample: str) -> int:
+    """How many halving stages a side of ``size`` takes, each still shrinking its input."""
+    least, count = _least_halved(kernel_size, downsample), 0
+    while size >= least:
+        size, count = _halve(size, kernel_size, downsample), count + 1
+    return count
 
 
 def transpose_padding(src: int, dst: int, kernel_size: int) -> tuple[int, int]:
@@ -151,17 +205,29 @@ class _Plan:
 
 def _plan(input_shape: tuple[int, ...], config: ConvEncoderConfig | ConvDecoderConfig, who: str) -> _Plan:
     c, h, w = _image_shape(input_shape, who)
-    n, k = len(config.channels), config.kernel_size
-    hs, ws = (stage_sizes(s, n, k, config.downsample, config.collapse) for s in (h, w))
-    smallest = 2 if config.downsample == "pool" else k // 2 + 1  # input each halving stage needs
-    halvings = n - 1 if config.collapse else n
-    if any(min(hs[i], ws[i]) < smallest for i in range(halvings)):
-        kind = "pooling" if config.downsample == "pool" else "stride-2"
-        raise ShapeError(
-            f"a {h}×{w} image is too small for {halvings} {kind} stages of kernel {k}; "
-            "use fewer entries in channels (e.g. --set encoder.channels=32)."
-        )
+    n, k, down = len(config.channels), config.kernel_size, config.downsample
+    least = min_image_size(n, k, down, config.collapse)
+    if min(h, w) < least:
+        raise ShapeError(_too_small(h, w, least, config, who))
+    hs, ws = (stage_sizes(s, n, k, down, config.collapse) for s in (h, w))
     return _Plan(c, hs, ws)
+
+
+def _too_small(h: int, w: int, least: int, config: ConvEncoderConfig | ConvDecoderConfig, who: str) -> str:
+    """One line: the smallest image these stages take, and how many stages this image takes."""
+    part, k, down, ch = who.split()[-1], config.kernel_size, config.downsample, config.channels
+    halvings = len(ch) - 1 if config.collapse else len(ch)
+    kind = "max-pool" if down == "pool" else f"stride-2 (kernel {k})"
+    entries = _stages_that_fit(min(h, w), k, down) + (1 if config.collapse else 0)
+    if entries:
+        widths = ",".join(map(str, ch[:entries]))
+        fewer = f"at most {entries} channels entries (e.g. --set {part}.channels={widths})"
+    else:
+        fewer = f"one collapsing stage (--set {part}.channels={ch[0]} --set {part}.collapse=true)"
+    return (
+        f"a {h}×{w} image is too small for the {who}'s {halvings} {kind} halving "
+        f"stage{'s' if halvings > 1 else ''}; use images of at least {least}×{least}, or {fewer}."
+    )
 
 
 def _spatial_code(plan: _Plan, channels: tuple[int, ...], latent_dim: int, who: str) -> tuple[int, int, int]:
