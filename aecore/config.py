@@ -58,6 +58,7 @@ def param(
     repeat: bool = False,
     minimum: float | None = None,
     maximum: float | None = None,
+    recorded: bool = True,
 ) -> Any:
     """A config field with a default and a one-line help text.
 
@@ -66,9 +67,19 @@ def param(
     (default ``--field-name``), and whether the option may be given several
     times (a tuple field), instead of once with comma-separated items.
     ``minimum`` and ``maximum`` bound a number field (inclusive; for a tuple
-    of numbers, every item), however the value is given.
+    of numbers, every item), however the value is given. ``recorded=False``
+    marks an option that says how to do something rather than what (a data
+    source's ``download``): it is left out of the name a dataset is recorded
+    and cached under.
     """
-    metadata = {"help": help, "flags": flags, "repeat": repeat, "minimum": minimum, "maximum": maximum}
+    metadata = {
+        "help": help,
+        "flags": flags,
+        "repeat": repeat,
+        "minimum": minimum,
+        "maximum": maximum,
+        "recorded": recorded,
+    }
     if isinstance(default, dict | list | set):  # a fresh copy for every instance
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -86,6 +97,7 @@ class ParamSpec:
     repeat: bool = False
     minimum: float | None = None
     maximum: float | None = None
+    recorded: bool = True
 
     @property
     def bounds(self) -> tuple[float | None, float | None]:
@@ -130,6 +142,7 @@ def params_of(config_cls: type) -> list[ParamSpec]:
                 bool(f.metadata.get("repeat", False)),
                 f.metadata.get("minimum"),
                 f.metadata.get("maximum"),
+                bool(f.metadata.get("recorded", True)),
             )
         )
     return specs

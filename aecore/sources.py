@@ -19,6 +19,7 @@ directly as it decodes (:class:`aecore.data.TensorStore`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from aecore.config import config_from_dict, config_to_dict, params_of
 from aecore.data import Dataset
 from aecore.data.store import TensorStore, accepts_store
 from aecore.data.tensors import check_normalisation
-from aecore.errors import ConfigError, DataError
+from aecore.errors import ConfigError, DataError, Notice
 
 __all__ = ["DEFAULT_DATA", "load_dataset", "parse_data"]
 
@@ -81,7 +82,10 @@ def load_dataset(
 
     streams = accepts_store(source.load)
 
+    built = []
+
     def build(store: TensorStore | None) -> Dataset:
+        built.append(True)
         extra = {"store": store} if streams and store is not None else {}
         dataset = source.load(location, data_dir=root, normalisation=norm, **extra)
         if not isinstance(dataset, Dataset):
@@ -101,13 +105,25 @@ def load_dataset(
         dataset = build(None)
     if len(dataset.train) == 0 or len(dataset.test) == 0:
         raise DataError(f"dataset '{canonical}' is empty; check the files it reads.")
+    skipped = dataset.spec.get("skipped")
+    if not built and isinstance(skipped, list) and skipped:  # the source said so when it prepared the data
+        warnings.warn(
+            f"{canonical} leaves out {len(skipped)} unreadable file(s) (skip_bad, from the prepared cache); "
+            f"the first is {skipped[0]}, and a run lists them all in skipped-files.txt.",
+            Notice,
+            stacklevel=2,
+        )
     return dataset
 
 
 def _canonical(name: str, location: str | None, config: Any) -> str:
-    defaults = {s.name: s.default for s in params_of(type(config))}
+    specs = params_of(type(config))
+    defaults = {s.name: s.default for s in specs}
+    unrecorded = {s.name for s in specs if not s.recorded}  # how to load (download), not what
     values = config_to_dict(config)
-    changed = {k: _text(v) for k, v in values.items() if _text(v) != _text(defaults.get(k))}
+    changed = {
+        k: _text(v) for k, v in values.items() if k not in unrecorded and _text(v) != _text(defaults.get(k))
+    }
     text = name if location is None else f"{name}:{location}"
     return f"{text}?{urlencode(changed, safe='/:,')}" if changed else text
 

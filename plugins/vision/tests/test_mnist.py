@@ -57,7 +57,21 @@ def test_data_dir_without_mnist_names_the_fix(tmp_path):
         load_dataset("mnist", tmp_path)
     message = str(excinfo.value)
     assert "MNIST file train-images-idx3-ubyte not found in" in message and str(tmp_path) in message
-    assert "--data-dir" in message
+    assert "MNIST/raw/ holding train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+    assert "--data-dir" in message and "mnist?download=true" in message
+
+
+def test_without_data_dir_nothing_is_downloaded_unless_asked(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    calls = []
+    monkeypatch.setenv("AECORE_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets, "MNIST", lambda *args, **kwargs: calls.append((args, kwargs)))
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnist")
+    assert f"not found in {tmp_path / 'cache' / 'MNIST' / 'raw'}" in str(excinfo.value)
+    assert "?download=true" in str(excinfo.value)
+    assert calls == []
 
 
 def test_failed_download_explains_the_offline_fix(tmp_path, monkeypatch):
@@ -70,10 +84,10 @@ def test_failed_download_explains_the_offline_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("AECORE_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(datasets, "MNIST", offline)
     with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist")
+        load_dataset("mnist?download=true")
     message = str(excinfo.value)
     assert f"could not download MNIST to {tmp_path / 'cache'}" in message
-    assert "pass --data-dir with a local copy" in message
+    assert "pass --data-dir with a local copy" in message and "\n" not in message
 
 
 def test_missing_data_dir_through_the_cli(tmp_path, monkeypatch):

@@ -1,0 +1,549 @@
+"""Decoding image files into uint8 tensors with Pillow, on all cores, the same way on every machine.
+
+One decoder serves both sources. Every file goes through the same steps:
+
+1. Pillow opens it, allowing only PNG, JPEG, BMP, TIFF and WebP (whatever
+   the extension says), so no other decoder ever sees a file. The first
+   frame of a multi-frame file is used. A file above Pillow's
+   decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is a bad file.
+2. 16-bit pixels (modes ``I;16*``, and ``I`` clipped to 0..65535) keep their
+   high byte, ``v >> 8``, which is also what Pillow does for 16-bit colour
+   PNGs; 32-bit float images are refused.
+3. Pillow's ``L`` or ``RGB`` conversion gives the channel count: alpha is
+   dropped, not blended; colour becomes gray as ``L = R·299/1000 +
+   G·587/1000 + B·114/1000``; gray becomes RGB by repeating it.
+4. The geometry (:func:`fit`) with a bilinear filter for images and nearest
+   neighbour for masks, ``reducing_gap=None``: no approximation.
+
+Images are decoded by a thread pool (Pillow releases the GIL while it
+decodes and resamples) and written straight into the preallocated output,
+chunk by chunk, so the whole dataset is never held twice.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from aecore.data import UINT8_IMAGES, TensorData
+from aecore.errors import DataError, Notice
+from aecore_images.options import TensorStore, empty, progress, workers
+
+__all__ = [
+    "FORMATS",
+    "IMAGE_RESAMPLE",
+    "MASK_RESAMPLE",
+    "BadImage",
+    "Decoded",
+    "Item",
+    "SkippedImagesWarning",
+    "decode_image",
+    "fit",
+    "read_splits",
+]
+
+#: The Pillow formats allowed to open a file; no other plugin of Pillow's is ever tried.
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+IMAGE_RESAMPLE = "bilinear"
+MASK_RESAMPLE = "nearest"
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+#: Pillow modes without colour; every other mode counts as colour for channels=auto (P too).
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SIXTEEN_BIT = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+#: Images decoded per task given to a worker thread: enough to hide the pool's overhead.
+_TASK = 16
+
+
+class BadImage(Exception):
+    """A file that cannot be decoded as an image: damaged, truncated, not an image, too large."""
+
+
+class SizeMismatch(Exception):
+    """An image whose size differs from the others' when no ``size=`` asks to resize them."""
+
+
+class SkippedImagesWarning(Notice):
+    """``skip_bad=true`` left out unreadable files (the CLI prints one ``warning:`` line)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample to read: the image, its name for messages and the spec, its label, maybe a mask."""
+
+    path: Path
+    name: str
+    label: int | None = None
+    mask: Path | None = None
+
+
+@dataclass
+class Decoded:
+    """One split as tensors: images (N, C, H, W) uint8, labels or None, masks (N, 1, H, W) or None.
+
+    ``holes`` are the rows of files found bad while decoding (``skip_bad``):
+    they stay in the tensors, zeroed, and :meth:`data` leaves them out
+    through a view, so a memory-mapped cache file is never copied or resized.
+    """
+
+    x: Tensor
+    y: Tensor | None
+    mask: Tensor | None
+    holes: list[int] = field(default_factory=list)
+
+    def drop(self, holes: list[int]) -> None:
+        """Leave out these rows (zeroed, so the stored tensors are the same on every run)."""
+        for row in holes:
+            for tensor in (self.x, self.y, self.mask):
+                if tensor is not None:
+                    tensor[row] = 0
+        self.holes = holes
+
+    def __len__(self) -> int:
+        return len(self.x) - len(self.holes)
+
+    def data(self) -> TensorData:
+        """The split as :class:`~aecore.data.TensorData`, with its mask as the ``mask`` extra."""
+        extras = None if self.mask is None else {"mask": self.mask}
+        data = TensorData(self.x, self.y, UINT8_IMAGES, extras=extras)
+        if not self.holes:
+            return data
+        keep = torch.ones(len(self.x), dtype=torch.bool)
+        keep[self.holes] = False
+        return data.subset(keep.nonzero().flatten())
+
+
+# -- one file ----------------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"it has more pixels than Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS:,})"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "it is not a PNG, JPEG, BMP, TIFF or WebP image"
+    text = " ".join(str(exc).split())
+    if len(text) > 100:
+        text = text[:97] + "..."
+    return f"it is damaged or truncated ({type(exc).__name__}: {text})" if text else type(exc).__name__
+
+
+def _open(path: Path) -> Image.Image:
+    """The file opened by one of :data:`FORMATS` (header only), or :class:`BadImage`."""
+    try:
+        if path.stat().st_size == 0:
+            raise BadImage("the file is empty")
+        image = Image.open(path, formats=FORMATS)
+    except BadImage:
+        raise
+    except Exception as exc:  # a hostile file can make a decoder raise almost anything
+        raise BadImage(_reason(exc)) from None
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        image.close()
+        raise BadImage(
+            f"it has {width}×{height} pixels, more than Pillow's decompression-bomb limit ({limit:,})"
+        )
+    return image
+
+
+def probe(path: Path) -> tuple[str, tuple[int, int]]:
+    """The file's Pillow mode and (width, height), from its header; :class:`BadImage` if unreadable."""
+    with _open(path) as image:
+        return image.mode, image.size
+
+
+def _eight_bit(image: Image.Image, channels: int) -> Image.Image:
+    """The loaded first frame as an ``L`` (channels 1) or ``RGB`` (channels 3) image."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT:
+        values = np.asarray(image).astype(np.int64)
+        image = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    elif mode == "F":
+        raise BadImage("it holds 32-bit floating-point pixels; aecore reads 8- and 16-bit images")
+    try:
+        if channels == 3:
+            return image if image.mode == "RGB" else image.convert("RGB")
+        if image.mode not in ("L", "1", "LA", "La", "RGB"):
+            image = image.convert("RGB")  # palettes, CMYK, ...: through RGB, so one rule makes the gray
+        return image if image.mode == "L" else image.convert("L")
+    except ValueError:
+        raise BadImage(f"its pixel mode {mode} cannot be converted to RGB") from None
+
+
+def fit(image: Image.Image, size: tuple[int, int], policy: str, resample: str) -> Image.Image:
+    """``image`` brought to ``size`` = (height, width) by ``policy``; the same geometry for any filter.
+
+    resize: stretch to the size. crop: scale by the larger of the two ratios
+    so the image covers the size, and keep the centre (sampled straight from
+    the original through a box, one resampling; a plain crop when no scaling
+    is needed). pad: scale by the smaller ratio so the image fits, and centre
+    it on zeros. An image already of the size is returned unchanged.
+    """
+    height, width = size
+    w, h = image.size
+    if (w, h) == (width, height):
+        return image
+    resampling = _FILTERS[resample]
+    if policy == "resize":
+        return image.resize((width, height), resampling, reducing_gap=None)
+    if policy == "crop":
+        scale = max(width / w, height / h)
+        if scale == 1.0:
+            left, top = (w - width) // 2, (h - height) // 2
+            return image.crop((left, top, left + width, top + height))
+        box_w, box_h = width / scale, height / scale
+        left, top = max(0.0, (w - box_w) / 2), max(0.0, (h - box_h) / 2)
+        box = (left, top, min(float(w), left + box_w), min(float(h), top + box_h))
+        return image.resize((width, height), resampling, box=box, reducing_gap=None)
+    scale = min(width / w, height / h)
+    inner_w = max(1, min(width, round(w * scale)))
+    inner_h = max(1, min(height, round(h * scale)))
+    inner = image
+    if (inner_w, inner_h) != (w, h):
+        inner = image.resize((inner_w, inner_h), resampling, reducing_gap=None)
+    canvas = Image.new(image.mode, (width, height), 0)
+    canvas.paste(inner, ((width - inner_w) // 2, (height - inner_h) // 2))
+    return canvas
+
+
+def decode_image(
+    path: Path, channels: int, size: tuple[int, int], policy: str, *, fixed: bool
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image file as a (C, H, W) uint8 array, and its own (width, height) before resizing.
+
+    ``fixed``: no resizing was asked for, so an image of another size is a
+    :class:`SizeMismatch`. Raises :class:`BadImage` for a file that cannot be read.
+    """
+    with _open(path) as image:
+        original = image.size
+        if fixed and original != (size[1], size[0]):
+            raise SizeMismatch(original)
+        try:
+            image.seek(0)
+            image.load()
+        except Exception as exc:  # truncated data, bad checksums, decoder errors of any kind
+            raise BadImage(_reason(exc)) from None
+        converted = _eight_bit(image, channels)
+    pixels = np.asarray(fit(converted, size, policy, IMAGE_RESAMPLE), dtype=np.uint8)
+    return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), original
+
+
+def _nonzero(image: Image.Image) -> np.ndarray:
+    """Where a loaded mask has any nonzero value, (H, W) bool: before any reduction to 8 bits or gray."""
+    if image.mode in _SIXTEEN_BIT or image.mode == "F":
+        return np.asarray(image) != 0
+    if image.mode in ("1", "L"):
+        return np.asarray(image.convert("L")) != 0
+    try:
+        return np.asarray(image.convert("RGB")).any(axis=-1)
+    except ValueError:
+        raise BadImage(f"its pixel mode {image.mode} cannot be converted to RGB") from None
+
+
+def decode_mask(path: Path, expected: tuple[int, int], size: tuple[int, int], policy: str) -> np.ndarray:
+    """A mask file as a (1, H, W) array of 0 and 1 (any nonzero pixel is 1), resized like its image."""
+    with _open(path) as image:
+        if image.size != expected:
+            w, h = image.size
+            raise SizeMismatch((w, h))
+        try:
+            image.seek(0)
+            image.load()
+        except Exception as exc:
+            raise BadImage(_reason(exc)) from None
+        nonzero = _nonzero(image)
+    binary = Image.fromarray(nonzero.astype(np.uint8), mode="L")
+    return np.asarray(fit(binary, size, policy, MASK_RESAMPLE), dtype=np.uint8)[None]
+
+
+# -- a whole dataset ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A file that could not be used: ``index`` is its item's position in the reading order."""
+
+    index: int
+    path: Path
+    kind: str  # "bad": unreadable; "size": an image of another size; "mask-size": a mask unlike its image
+    detail: str
+    size: tuple[int, int] = (0, 0)  # (width, height) of the file, for the size kinds
+
+
+def _wh(size: tuple[int, int]) -> str:
+    return f"{size[0]}×{size[1]}"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+class _Reader:
+    """The state of one dataset's decoding: the items in order, and the files left out so far."""
+
+    def __init__(
+        self, splits: dict[str, Sequence[Item]], root: Path, skip_bad: bool, store: TensorStore | None
+    ) -> None:
+        self.splits = splits
+        self.order = [(split, item) for split, items in splits.items() for item in items]
+        self.root = root
+        self.skip_bad = skip_bad
+        self.store = store
+        self.workers = workers(store)
+        self.skipped: dict[int, _Failure] = {}
+
+    def fail(self, failure: _Failure) -> None:
+        """Leave out a bad file under ``skip_bad``; anything else stops loading with one line."""
+        item = self.order[failure.index][1]
+        if failure.kind == "size":
+            raise DataError(
+                f"the image {failure.path} is {_wh(failure.size)} pixels (width×height), but "
+                f"{failure.detail}; pass size=H or size=HxW to bring every image to one size."
+            )
+        if failure.kind == "mask-size":
+            raise DataError(
+                f"the mask {failure.path} is {_wh(failure.size)} pixels, but its image {item.path} is "
+                f"{failure.detail}; a mask must have the size of its image."
+            )
+        if not self.skip_bad:
+            what = "image" if failure.path == item.path else "mask"
+            raise DataError(
+                f"cannot read the {what} {failure.path}: {failure.detail}; fix or remove the file, or pass "
+                "skip_bad=true to leave unreadable files out."
+            )
+        self.skipped.setdefault(failure.index, failure)
+
+    def failures(self) -> list[_Failure]:
+        """The files left out so far, sorted by their path."""
+        return sorted(self.skipped.values(), key=lambda f: _relative(f.path, self.root))
+
+    def probe_all(self, pool: ThreadPoolExecutor) -> dict[int, tuple[str, tuple[int, int]]]:
+        """Every file's mode and (width, height) from its header, by position (bad files left out)."""
+        advance = progress(self.store, len(self.order), "reading image headers")
+
+        def task(span: range) -> list[tuple[int, tuple[str, tuple[int, int]] | str]]:
+            found: list[tuple[int, tuple[str, tuple[int, int]] | str]] = []
+            for i in span:
+                try:
+                    found.append((i, probe(self.order[i][1].path)))
+                except BadImage as exc:
+                    found.append((i, str(exc)))
+            return found
+
+        headers: dict[int, tuple[str, tuple[int, int]]] = {}
+        step = _TASK * 4
+        spans = [range(i, min(i + step, len(self.order))) for i in range(0, len(self.order), step)]
+        for span, result in zip(spans, pool.map(task, spans), strict=True):
+            for i, header in result:
+                if isinstance(header, str):
+                    self.fail(_Failure(i, self.order[i][1].path, "bad", header))
+                else:
+                    headers[i] = header
+            advance(len(span))
+        return headers
+
+    def first_size(self) -> tuple[int, tuple[int, int]] | None:
+        """The position and (width, height) of the first readable image, by its header."""
+        for i, (_, item) in enumerate(self.order):
+            try:
+                return i, probe(item.path)[1]
+            except BadImage as exc:
+                self.fail(_Failure(i, item.path, "bad", str(exc)))
+        return None
+
+    def allocate(self, channels: int, size: tuple[int, int], masks: Sequence[str]) -> dict[str, Decoded]:
+        """Each split's output tensors (from the store when there is one), labels filled in."""
+        out: dict[str, Decoded] = {}
+        for split, items in self.splits.items():
+            keep = [item for i, (s, item) in enumerate(self.order) if s == split and i not in self.skipped]
+            n = len(keep)
+            x = empty(self.store, f"{split}.x", (n, channels, *size), torch.uint8)
+            y = None
+            if items and items[0].label is not None:
+                y = empty(self.store, f"{split}.y", (n,), torch.long)
+                y.copy_(torch.tensor([item.label for item in keep], dtype=torch.long))
+            mask = None
+            if split in masks:
+                mask = empty(self.store, f"{split}.extras.mask", (n, 1, *size), torch.uint8)
+            out[split] = Decoded(x, y, mask)
+        return out
+
+    def decode_all(
+        self,
+        pool: ThreadPoolExecutor,
+        out: dict[str, Decoded],
+        channels: int,
+        size: tuple[int, int],
+        policy: str,
+        reference: Path | None,
+    ) -> None:
+        """Decode every item left into its row, a chunk at a time; failures in order after each chunk.
+
+        ``reference`` is the image whose size every other must have (no ``size=``), else None.
+        """
+        rows: list[tuple[int, str, int]] = []  # (position in the order, split, row in its split)
+        counters = dict.fromkeys(self.splits, 0)
+        for i, (split, _) in enumerate(self.order):
+            if i not in self.skipped:
+                rows.append((i, split, counters[split]))
+                counters[split] += 1
+        advance = progress(self.store, len(rows), "decoding images")
+        fixed = None if reference is None else f"{reference} is {_wh((size[1], size[0]))}"
+        chunk = _TASK * 8 * self.workers
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            tasks = [part[i : i + _TASK] for i in range(0, len(part), _TASK)]
+            results = pool.map(lambda task: self._decode(task, out, channels, size, policy, fixed), tasks)
+            for failure in sorted((f for found in results for f in found), key=lambda f: f.index):
+                self.fail(failure)
+            advance(len(part))
+        for split in self.splits:
+            holes = sorted(row for i, s, row in rows if s == split and i in self.skipped)
+            out[split].drop(holes)
+
+    def _decode(
+        self,
+        task: list[tuple[int, str, int]],
+        out: dict[str, Decoded],
+        channels: int,
+        size: tuple[int, int],
+        policy: str,
+        fixed: str | None,
+    ) -> list[_Failure]:
+        """A worker thread's unit: a few images into their rows; what failed, for the caller to judge."""
+        failures = []
+        for index, split, row in task:
+            item = self.order[index][1]
+            target = out[split]
+            try:
+                pixels, original = decode_image(item.path, channels, size, policy, fixed=bool(fixed))
+            except BadImage as exc:
+                failures.append(_Failure(index, item.path, "bad", str(exc)))
+                continue
+            except SizeMismatch as exc:
+                failures.append(_Failure(index, item.path, "size", fixed or "", exc.args[0]))
+                continue
+            target.x[row].numpy()[...] = pixels
+            if target.mask is None:
+                continue
+            if item.mask is None:
+                target.mask[row].zero_()
+                continue
+            try:
+                target.mask[row].numpy()[...] = decode_mask(item.mask, original, size, policy)
+            except BadImage as exc:
+                failures.append(_Failure(index, item.mask, "bad", str(exc)))
+            except SizeMismatch as exc:
+                failures.append(_Failure(index, item.mask, "mask-size", _wh(original), exc.args[0]))
+        return failures
+
+
+def read_splits(
+    splits: dict[str, Sequence[Item]],
+    *,
+    root: Path,
+    channels: int | str,
+    size: tuple[int, int] | None,
+    policy: str,
+    skip_bad: bool,
+    masks: Sequence[str] = (),
+    store: TensorStore | None = None,
+) -> tuple[dict[str, Decoded], dict[str, Any]]:
+    """Decode every split's items into tensors; returns them and what the dataset's spec records.
+
+    ``channels`` is 1, 3 or ``"auto"`` (a pass over the headers decides: 1
+    when every image is grayscale, else 3). Without ``size`` (height, width)
+    every image must have the size of the first. The splits named in
+    ``masks`` get their items' masks (all zero where an item has none). A
+    bad file stops loading with one :class:`DataError` naming it, the first
+    in order; with ``skip_bad`` it is left out, counted in one warning and
+    listed in the spec's ``skipped`` (paths relative to ``root``).
+    """
+    reader = _Reader(splits, root, skip_bad, store)
+    pool = ThreadPoolExecutor(max_workers=reader.workers, thread_name_prefix="aecore-images")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's notices (odd EXIF data, palette transparency) change no pixel, and its
+            # decompression-bomb warning becomes a bad file through the size check in _open.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+            channels, target, reference = _geometry(reader, pool, channels, size)
+            out = reader.allocate(channels, target, masks)
+            reader.decode_all(pool, out, channels, target, policy, reference)
+    finally:  # an error or Ctrl-C: the queued work is dropped, not finished first
+        pool.shutdown(wait=True, cancel_futures=True)
+    if not any(len(d) for d in out.values()):
+        _nothing_readable(reader)
+    spec: dict[str, Any] = {
+        "shape": [channels, *target],
+        "resize": "none" if size is None else policy,
+        "resample": IMAGE_RESAMPLE,
+        "pillow": Image.__version__,
+    }
+    if masks:
+        spec["mask_resample"] = MASK_RESAMPLE
+    if reader.skipped:
+        failures = reader.failures()
+        spec["skipped"] = [_relative(f.path, root) for f in failures]
+        warnings.warn(
+            f"skipped {len(failures)} unreadable image file(s) under {root} (skip_bad=true), the first "
+            f"{spec['skipped'][0]}: {failures[0].detail}; the dataset's spec lists them under 'skipped'.",
+            SkippedImagesWarning,
+            stacklevel=3,
+        )
+    return out, spec
+
+
+def _geometry(
+    reader: _Reader, pool: ThreadPoolExecutor, channels: int | str, size: tuple[int, int] | None
+) -> tuple[int, tuple[int, int], Path | None]:
+    """The channel count, the output (height, width), and the image setting it when no size= is given.
+
+    channels=auto reads every header first (its mode decides); the sizes then
+    are checked before anything is decoded. Otherwise only the first
+    readable header is read, for its size, when there is no size=.
+    """
+    first: tuple[int, tuple[int, int]] | None = None  # the first readable image: position, (w, h)
+    headers: dict[int, tuple[str, tuple[int, int]]] = {}
+    if channels == "auto":
+        headers = reader.probe_all(pool)
+        channels = 1 if all(mode in GRAY_MODES for mode, _ in headers.values()) else 3
+        if headers:
+            index = min(headers)
+            first = index, headers[index][1]
+    elif size is None:
+        first = reader.first_size()
+    assert channels in (1, 3)
+    if size is not None:
+        return int(channels), size, None
+    if first is None:
+        _nothing_readable(reader)
+    index, (width, height) = first
+    reference = reader.order[index][1].path
+    for i, (_, wh) in sorted(headers.items()):
+        if wh != (width, height):
+            detail = f"{reference} is {_wh((width, height))}"
+            reader.fail(_Failure(i, reader.order[i][1].path, "size", detail, wh))
+    return int(channels), (height, width), reference
+
+
+def _nothing_readable(reader: _Reader) -> NoReturn:
+    failures = reader.failures()
+    if not failures:
+        raise DataError(f"{reader.root} holds no image files.")
+    raise DataError(
+        f"none of the {len(failures)} image files under {reader.root} could be read (the first, "
+        f"{_relative(failures[0].path, reader.root)}: {failures[0].detail})."
+    )
