@@ -284,7 +284,7 @@ def test_block_order_under_ranks_reads_each_ranks_own_shard_and_covers_everythin
 def test_views_keep_the_block_order_and_their_extras():
     data = TensorData(torch.arange(20).view(20, 1), extras={"m": torch.arange(20) * 10}).in_blocks(5)
     view = data.subset(torch.arange(10, 20))
-    assert view.block_rows == 5
+    assert view.block_rows == 5 and view.extra_names == ("m",)
     assert torch.equal(view.extras["m"], torch.arange(10, 20) * 10)
     order = view.order(torch.Generator().manual_seed(1))
     assert sorted(order.tolist()) == list(range(10))

@@ -151,6 +151,11 @@ class TensorData:
             return dict(self._extras)
         return {name: t.index_select(0, self._rows.to(t.device)) for name, t in self._extras.items()}
 
+    @property
+    def extra_names(self) -> tuple[str, ...]:
+        """The names of the per-sample extras this data carries (no rows are gathered)."""
+        return tuple(sorted(self._extras))
+
     def extra_batch(self, name: str, index: Tensor | slice | Sequence[int]) -> Tensor:
         """The raw rows of extra ``name`` for the samples at ``index`` (like :meth:`batch`, unscaled)."""
         if name not in self._extras:

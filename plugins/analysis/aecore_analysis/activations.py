@@ -9,7 +9,6 @@ twice).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,13 +104,17 @@ def feature_map_grid(maps: Tensor, nrow: int | None = None, padding: int = 1) ->
 def plot_activation_rows(
     layers: list[LayerActivation], image: Tensor | None, path: Path, title: str = ""
 ) -> Path:
-    """One heat row per layer for sample 0: the input image, then each layer's units left to right.
+    """One heat row per layer for sample 0: the input, then each layer's units left to right.
 
-    Feature-map layers are summarised by the mean activation of each channel.
-    Each row has its own colour scale; the row's range and the fraction of the
-    layer's values that are non-zero are written beside it.
+    An input shaped ``(C, H, W)`` with 1 or 3 channels (values in [0, 1]) is
+    drawn as a picture, grey or in colour; any other input (a table row) as a
+    heat row of its values, like the layers. Feature-map layers are
+    summarised by the mean activation of each channel. Each row has its own
+    colour scale; the row's range and the fraction of the layer's values
+    that are non-zero are written beside it.
     """
-    from aecore_analysis.plots import figure, save_figure
+    from aecore_analysis.latent import is_image_shape
+    from aecore_analysis.plots import figure, save_figure, show_image
 
     rows = len(layers) + (1 if image is not None else 0)
     fig, axes = figure(nrows=rows, ncols=1, figsize=(8, 0.3 + 0.62 * rows), squeeze=False)
@@ -119,29 +122,33 @@ def plot_activation_rows(
     offset = 0
     if image is not None:
         ax = axes[0]
-        ax.imshow(_as_hw(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        if is_image_shape(tuple(image.shape)):
+            show_image(ax, image)
+            ax.axis("off")
+        else:
+            _heat_row(ax, image.detach().float().cpu().reshape(-1), "input", "values", None)
         ax.set_title(title or "input", fontsize=8, loc="left")
-        ax.axis("off")
         offset = 1
     for ax, layer in zip(axes[offset:], layers, strict=True):
         values = layer.output[0]
         row = values.mean(dim=(1, 2)) if layer.is_map else values
-        row = row.reshape(1, -1).numpy()
-        ax.imshow(row, aspect="auto", cmap="viridis", interpolation="nearest")
         active = float((values != 0).float().mean())  # over every value, not the channel means
         summary = "channel means" if layer.is_map else "units"
-        ax.set_yticks([])
-        ax.set_xticks([])
-        ax.set_ylabel(layer.describe().replace(" (", "\n("), rotation=0, ha="right", va="center", fontsize=7)
-        ax.text(
-            1.01,
-            0.5,
-            f"{summary}\n[{row.min():.2g}, {row.max():.2g}]\n{active:.0%} non-zero",
-            transform=ax.transAxes,
-            fontsize=6,
-            va="center",
-        )
+        _heat_row(ax, row.reshape(-1), layer.describe().replace(" (", "\n("), summary, active)
     return save_figure(fig, path, dpi=100)
+
+
+def _heat_row(ax: Any, row: Tensor, label: str, summary: str, active: float | None) -> None:
+    """``row`` as one strip of colour (viridis, its own range), labelled on the left, summarised right."""
+    values = row.reshape(1, -1).numpy()
+    ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    text = f"{summary}\n[{values.min():.2g}, {values.max():.2g}]"
+    if active is not None:
+        text += f"\n{active:.0%} non-zero"
+    ax.text(1.01, 0.5, text, transform=ax.transAxes, fontsize=6, va="center")
 
 
 def plot_feature_maps(layers: list[LayerActivation], path: Path) -> Path:
@@ -166,14 +173,3 @@ def plot_feature_maps(layers: list[LayerActivation], path: Path) -> Path:
         ax.set_title(layer.describe(), fontsize=8, loc="left")
         ax.axis("off")
     return save_figure(fig, path, dpi=100)
-
-
-def _as_hw(image: Tensor) -> Any:
-    """An image (C, H, W), (H, W) or flat square vector as an (H, W) or (H, W, 3) array."""
-    img = image.detach().float().cpu()
-    if img.dim() == 1:
-        side = math.isqrt(img.numel())
-        img = img.reshape(side, side) if side * side == img.numel() else img.reshape(1, -1)
-    if img.dim() == 3:
-        img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
-    return img.numpy()

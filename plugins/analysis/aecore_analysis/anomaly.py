@@ -6,25 +6,37 @@ per-sample reconstruction error is an anomaly score. A threshold turns scores
 into flags: either a percentile of the scores the model gets on its own
 training data (what "normal" costs), or a contamination rate (the share of
 the scored samples to flag).
+
+Image data is scored in one pass by :func:`aecore_analysis.localisation.localise`,
+which also measures the pixel-level ROC-AUC when the test split carries
+defect masks. A dataset's ``spec`` may say which labels are normal
+(``normal_classes``) and name the labels (``label_names``, e.g. MVTec AD's
+defect types); :func:`normal_classes_of` and :func:`label_names_of` read them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from aecore.data import TensorData
-from aecore.errors import ConfigError
+from aecore.errors import ConfigError, DataError
 from aecore.model import Autoencoder
+from aecore_analysis.localisation import EXACT_PIXELS, PixelMetrics, localise, rows_per_batch
 
 __all__ = [
     "AnomalyReport",
+    "LabelAUC",
     "anomaly_mask",
     "detect",
     "detection_metrics",
+    "label_names_of",
+    "normal_classes_of",
+    "per_label_auc",
     "reconstruction_scores",
     "threshold_from_contamination",
     "threshold_from_percentile",
@@ -33,14 +45,21 @@ __all__ = [
 
 @torch.no_grad()
 def reconstruction_scores(
-    model: Autoencoder, data: TensorData, *, batch_size: int = 1000, device: torch.device | str = "cpu"
+    model: Autoencoder,
+    data: TensorData,
+    *,
+    batch_size: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
-    """Mean squared error per sample (over all its elements), in float64, in data order."""
+    """Mean squared error per sample (over all its elements), in float64, in data order.
+
+    Batches hold at most 1000 samples and 2**24 values (``batch_size`` overrides).
+    """
     was_training = model.training
     model.eval()
     out = []
     try:
-        for xb in data.batches(batch_size):
+        for xb in data.batches(batch_size or rows_per_batch(data.shape)):
             xb = xb.to(device)
             err = (model(xb).double() - xb.double()).pow(2).flatten(1).mean(dim=1)
             out.append(err.cpu())
@@ -82,9 +101,74 @@ def detection_metrics(scores: Tensor, is_anomaly: Tensor) -> dict[str, float]:
     return {"roc_auc": float(roc_auc_score(y, s)), "average_precision": float(average_precision_score(y, s))}
 
 
+def normal_classes_of(spec: Mapping[str, Any]) -> list[int] | None:
+    """The labels a dataset declares normal (``spec["normal_classes"]``), or None when it says nothing."""
+    value = spec.get("normal_classes")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(c, int) and not isinstance(c, bool) for c in value)
+    ):
+        raise DataError(f"the data's normal_classes {value!r} is not a list of integer labels.")
+    return sorted(set(value))
+
+
+def label_names_of(spec: Mapping[str, Any]) -> list[str] | None:
+    """The names of labels 0, 1, ... (``spec["label_names"]``), or None when the data has none."""
+    value = spec.get("label_names")
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(n, str) for n in value):
+        raise DataError(f"the data's label_names {value!r} is not a list of names.")
+    return list(value)
+
+
+@dataclass(frozen=True)
+class LabelAUC:
+    """How well the score separates one anomalous label (a defect type) from the normal samples."""
+
+    label: int
+    name: str
+    count: int
+    roc_auc: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "name": self.name, "samples": self.count, "roc_auc": self.roc_auc}
+
+
+def per_label_auc(
+    scores: Tensor, labels: Tensor, normal_classes: Sequence[int], names: Sequence[str]
+) -> list[LabelAUC]:
+    """ROC-AUC of each anomalous label present against all normal samples, in label order.
+
+    A label beyond ``names`` is named by its number.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    normal = ~anomaly_mask(labels, normal_classes)
+    if not bool(normal.any()):
+        return []
+    out = []
+    for label in sorted(set(labels[~normal].tolist())):
+        mine = labels == label
+        keep = mine | normal
+        auc = float(roc_auc_score(mine[keep].numpy().astype(int), scores[keep].double().numpy()))
+        name = names[label] if 0 <= label < len(names) else str(label)
+        out.append(LabelAUC(int(label), name, int(mine.sum()), auc))
+    return out
+
+
 @dataclass
 class AnomalyReport:
-    """Test scores, the threshold and flags, and detection quality where labels allow it."""
+    """Test scores, the threshold and flags, and detection quality where labels and masks allow it.
+
+    ``metrics`` holds the image-level ``roc_auc`` and ``average_precision``;
+    ``per_label`` the AUC of each named anomalous label; ``pixel`` the
+    pixel-level AUC of the error maps against the test masks. ``note`` and
+    ``pixel_note`` say why a figure is missing.
+    """
 
     scores: Tensor
     threshold: float
@@ -94,6 +178,9 @@ class AnomalyReport:
     normal_classes: list[int] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    per_label: list[LabelAUC] = field(default_factory=list)
+    pixel: PixelMetrics | None = None
+    pixel_note: str = ""
 
 
 def detect(
@@ -104,13 +191,19 @@ def detect(
     percentile: float | None = None,
     contamination: float | None = None,
     normal_classes: Sequence[int] | None = None,
+    label_names: Sequence[str] | None = None,
+    smooth: float = 0.0,
+    exact_pixels: int = EXACT_PIXELS,
     device: torch.device | str = "cpu",
 ) -> AnomalyReport:
-    """Score ``test``, set the threshold, flag, and measure detection against the labels.
+    """Score ``test``, set the threshold, flag, and measure detection against the labels and masks.
 
     With ``percentile`` the reference is the training split restricted to the
     normal classes (the data a one-class model learnt from). Without normal
     classes every label is normal, so there are no positives and no AUC.
+    Images (C, H, W) are also scored per pixel when ``test`` has masks
+    (``extras["mask"]``), the error maps smoothed by a Gaussian of ``smooth``
+    pixels first; ``label_names`` adds the AUC of each anomalous label.
     """
     if percentile is not None and contamination is not None:
         raise ConfigError("give either --percentile or --contamination, not both.")
@@ -123,7 +216,18 @@ def detect(
             f"--contamination must be a fraction between 0 and 1 (exclusive), got {contamination}."
         )
     classes = None if normal_classes is None else sorted({int(c) for c in normal_classes})
-    scores = reconstruction_scores(model, test, device=device)
+    from aecore_analysis.latent import is_image_shape
+
+    pixel, pixel_note = None, ""
+    if is_image_shape(test.shape):
+        located = localise(model, test, smooth=smooth, exact_pixels=exact_pixels, device=device)
+        scores, pixel, pixel_note = located.scores, located.pixel, located.note
+    else:
+        if smooth:
+            raise ConfigError(
+                f"--smooth smooths per-pixel error maps; the samples have shape {test.shape}, not images."
+            )
+        scores = reconstruction_scores(model, test, device=device)
     if percentile is not None:
         reference = train
         if classes is not None and train.y is not None:
@@ -134,7 +238,15 @@ def detect(
     else:
         assert contamination is not None
         threshold = threshold_from_contamination(scores, contamination)
-    report = AnomalyReport(scores, threshold, scores > threshold, labels=test.y, normal_classes=classes)
+    report = AnomalyReport(
+        scores,
+        threshold,
+        scores > threshold,
+        labels=test.y,
+        normal_classes=classes,
+        pixel=pixel,
+        pixel_note=pixel_note,
+    )
     if test.y is None:
         report.note = "the test split has no labels: scores only, no AUC."
     elif classes is None:
@@ -147,6 +259,8 @@ def detect(
         n_pos = int(report.is_anomaly.sum())
         if 0 < n_pos < len(test):
             report.metrics = detection_metrics(scores, report.is_anomaly)
+            if label_names is not None:
+                report.per_label = per_label_auc(scores, test.y, classes, label_names)
         else:
             report.note = "the test labels are all normal or all anomalous: no AUC."
     return report

@@ -149,19 +149,40 @@ def anomaly_command(
         typer.Option(
             "--normal-class",
             "--classes",
-            help="Labels that count as normal, e.g. 0 or 3,5 (default: those the model was trained on).",
+            help="Labels that count as normal, e.g. 0 or 3,5 (default: those the model was trained on, "
+            "else the data's normal_classes).",
         ),
     ] = None,
+    smooth: Annotated[
+        float,
+        typer.Option(
+            help="Smooth the per-pixel error maps with a Gaussian of this sigma in pixels (0: off)."
+        ),
+    ] = 0.0,
+    maps: Annotated[
+        int,
+        typer.Option(help="Heat maps of up to N normal and N anomalous test images (0: no heat-map figure)."),
+    ] = 8,
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "cpu",
     out: Annotated[
-        Path | None, typer.Option(help="CSV of scores (default: anomaly.csv next to the checkpoint).")
+        Path | None,
+        typer.Option(
+            help="CSV of scores (default: anomaly.csv next to the checkpoint); the metrics go beside it "
+            "as <name>.json."
+        ),
     ] = None,
-    plot: PlotOpt = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Histogram PNG (default: anomaly.png next to the checkpoint); image data's heat maps go "
+            "beside it as <name>-maps.png."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Score test samples by reconstruction error, flag anomalies, and measure ROC-AUC."""
+    """Score test samples by reconstruction error, flag anomalies, and measure ROC-AUC per image and pixel."""
     if percentile is not None and not 0.0 <= percentile <= 100.0:
         raise ConfigError(f"--percentile must be between 0 and 100, got {percentile}.")
     if contamination is not None and not 0.0 < contamination < 1.0:
@@ -170,31 +191,66 @@ def anomaly_command(
         )
     if percentile is not None and contamination is not None:
         raise ConfigError("give either --percentile or --contamination, not both.")
+    if not (math.isfinite(smooth) and smooth >= 0):
+        raise ConfigError(f"--smooth must be a finite number of pixels, 0 or more, got {smooth}.")
+    if maps < 0:
+        raise ConfigError(f"--maps must be 0 (no figure) or more, got {maps}.")
     classes = _parse_classes(normal_class)
 
     from aecore.training.run import resolve_device
-    from aecore_analysis.anomaly import detect
+    from aecore_analysis.anomaly import detect, label_names_of, normal_classes_of
+    from aecore_analysis.latent import is_image_shape
 
     loaded = load_model_and_data(model, data, data_dir, device)
+    test = loaded.dataset.test
+    images = is_image_shape(test.shape)
+    if smooth and not images:
+        raise ConfigError(
+            f"--smooth smooths per-pixel error maps; data '{loaded.dataset.name}' has samples of shape "
+            f"{test.shape}, not images."
+        )
     csv_path = output_file(out, loaded.run_dir / "anomaly.csv", overwrite)
+    json_path = csv_path.with_suffix(".json")
+    if json_path == csv_path:
+        json_path = csv_path.with_name(f"{csv_path.stem}.metrics.json")
+    output_file(json_path, json_path, overwrite)
     png_path = output_file(plot, loaded.run_dir / "anomaly.png", overwrite)
+    maps_path = None
+    if images and maps:
+        maps_path = png_path.with_name(f"{png_path.stem}-maps.png")
+        output_file(maps_path, maps_path, overwrite)
+
+    names = label_names_of(loaded.dataset.spec)
+    origin = "--normal-class"
     if classes is None and loaded.meta.get("data", {}).get("classes") is not None:
-        classes = [int(c) for c in loaded.meta["data"]["classes"]]
+        classes, origin = (
+            [int(c) for c in loaded.meta["data"]["classes"]],
+            "the classes the model was trained on",
+        )
+    if classes is None:
+        classes, origin = normal_classes_of(loaded.dataset.spec), "the data's normal_classes"
+    torch_device = resolve_device(device)
     report = detect(
         loaded.model,
         loaded.dataset.train,
-        loaded.dataset.test,
+        test,
         percentile=percentile,
         contamination=contamination,
         normal_classes=classes,
-        device=resolve_device(device),
+        label_names=names,
+        smooth=smooth,
+        device=torch_device,
     )
 
     header = ["index", "score"]
     columns: list[Sequence[Any]] = [range(len(report.scores)), report.scores.tolist()]
     if report.labels is not None:
+        labels = report.labels.tolist()
         header.append("label")
-        columns.append(report.labels.tolist())
+        columns.append(labels)
+        if names is not None:
+            header.append("label_name")
+            columns.append([names[v] if 0 <= v < len(names) else "" for v in labels])
     if report.is_anomaly is not None:
         header.append("anomaly")
         columns.append([int(v) for v in report.is_anomaly.tolist()])
@@ -202,15 +258,44 @@ def anomaly_command(
     columns.append([int(v) for v in report.flagged.tolist()])
     _write_csv(csv_path, header, list(zip(*columns, strict=True)))
     _anomaly_histogram(report, png_path)
+    if maps_path is not None:
+        from aecore_analysis.maps import plot_anomaly_maps, select_examples
+
+        chosen = select_examples(report.is_anomaly, maps, len(test))
+        captions = [_caption(i, report, names) for i in chosen]
+        plot_anomaly_maps(
+            loaded.model, test, chosen, maps_path, captions=captions, smooth=smooth, device=torch_device
+        )
 
     rule = (
         f"{contamination:g} contamination"
         if contamination is not None
         else f"{95.0 if percentile is None else percentile:g}th percentile of training scores"
     )
+    notes = [n for n in (report.note, report.pixel_note) if n]
+    payload = {
+        "checkpoint": str(loaded.path),
+        "data": loaded.dataset.name,
+        "samples": len(report.scores),
+        "normal_classes": report.normal_classes,
+        "normal_classes_from": origin if report.normal_classes is not None else None,
+        "threshold": report.threshold,
+        "rule": rule,
+        "flagged": int(report.flagged.sum()),
+        "image": (
+            {**report.metrics, "anomalies": int(report.is_anomaly.sum())}
+            if report.metrics and report.is_anomaly is not None
+            else None
+        ),
+        "per_label": [entry.to_dict() for entry in report.per_label],
+        "pixel": report.pixel.to_dict() if report.pixel is not None else None,
+        "notes": notes,
+    }
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+
     console.print(f"{loaded.path} on {loaded.dataset.name} test ({len(report.scores)} samples)")
     if report.normal_classes is not None:
-        console.print(f"normal classes: {', '.join(map(str, report.normal_classes))}")
+        console.print(f"normal classes: {', '.join(map(str, report.normal_classes))} ({origin})")
     console.print(
         f"threshold {report.threshold:.6g} ({rule}): "
         f"flagged {int(report.flagged.sum())} of {len(report.scores)}"
@@ -221,9 +306,36 @@ def anomaly_command(
             f"ROC-AUC {report.metrics['roc_auc']:.4f} · average precision "
             f"{report.metrics['average_precision']:.4f} ({n_pos} anomalies)"
         )
-    if report.note:
-        console.print(f"note: {report.note}")
-    console.print(f"wrote {csv_path} and {png_path}")
+    if report.per_label:
+        from rich.table import Table
+
+        table = Table(title="image ROC-AUC per anomalous label")
+        for name in ("label", "name", "samples", "ROC-AUC"):
+            table.add_column(name, justify="left" if name == "name" else "right")
+        for entry in report.per_label:
+            table.add_row(str(entry.label), entry.name, str(entry.count), f"{entry.roc_auc:.4f}")
+        console.print(table)
+    if report.pixel is not None:
+        p = report.pixel
+        how = "exact" if p.exact else f"binned, within ±{p.error_bound:.2g}"
+        smoothed = f" · error maps smoothed with σ = {p.smooth:g} px" if p.smooth else ""
+        console.print(
+            f"pixel ROC-AUC {p.roc_auc:.4f} over {p.pixels:,} pixels ({p.anomalous:,} anomalous; {how})"
+            f"{smoothed}"
+        )
+    for note in notes:
+        console.print(f"note: {note}")
+    written = [csv_path, json_path, png_path, *([maps_path] if maps_path is not None else [])]
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _caption(index: int, report: Any, names: Sequence[str] | None) -> str:
+    """``#12 crack`` over ``score 0.0123``: a heat-map row's label."""
+    text = f"#{index}"
+    if report.labels is not None:
+        label = int(report.labels[index])
+        text += f" {names[label]}" if names is not None and 0 <= label < len(names) else f" label {label}"
+    return f"{text}\nscore {float(report.scores[index]):.3g}"
 
 
 def _anomaly_histogram(report: Any, path: Path) -> None:
@@ -312,12 +424,12 @@ def denoise_command(
     params = _corruption_params(corruption, set_ or [])
 
     from aecore_analysis.denoise import build_corruption, changes_input, denoise_report, seeded
-    from aecore_analysis.latent import check_image_model
+    from aecore_analysis.latent import check_images
     from aecore_analysis.plots import save_grid
 
     loaded = load_model_and_data(model, data, data_dir, device)
     net = loaded.model
-    check_image_model(net, "denoise")
+    check_images(loaded.dataset, "denoise")
     png_path = output_file(out, loaded.run_dir / "denoise.png", overwrite)
     torch_device = next(net.parameters()).device
     if corruption is None:

@@ -48,11 +48,11 @@ def _checkpoint_dir(model: Path) -> Path:
 def _load_image_model(
     model: Path, command: str, data: str | None, data_dir: Path | None, device: str
 ) -> Loaded:
-    """Reload a checkpoint and its data, refusing models whose inputs are not images."""
-    from aecore_analysis.latent import check_image_model
+    """Reload a checkpoint and its data, refusing data whose samples are not images."""
+    from aecore_analysis.latent import check_images
 
     loaded = load_model_and_data(model, data, data_dir, device)
-    check_image_model(loaded.model, command)
+    check_images(loaded.dataset, command)
     return loaded
 
 
@@ -351,12 +351,15 @@ def features_command(
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Show what each encoder layer computes for one test input: activation rows and conv feature maps."""
+    """Show what each encoder layer computes for one test input: activation rows and conv feature maps.
+
+    An image input is drawn as a picture above the rows; a table row as one more heat row.
+    """
     from rich.table import Table
     from safetensors.torch import save_file
 
     from aecore_analysis.activations import collect_activations, plot_activation_rows, plot_feature_maps
-    from aecore_analysis.latent import check_index, to_display
+    from aecore_analysis.latent import check_index, is_image_shape, to_display
 
     rows_png = output_file(out, _checkpoint_dir(model) / "features.png", overwrite)
     maps_png = output_file(None, rows_png.with_name(f"{rows_png.stem}-maps.png"), overwrite)
@@ -372,7 +375,8 @@ def features_command(
             "outputs to show."
         )
     title = f"test sample {index}{_label(loaded, index)}"
-    plot_activation_rows(layers, to_display(x[0], test.normalisation), rows_png, title=title)
+    shown = to_display(x[0], test.normalisation) if is_image_shape(test.shape) else x[0].detach().cpu()
+    plot_activation_rows(layers, shown, rows_png, title=title)
     has_maps = any(layer.is_map for layer in layers)
     if has_maps:
         plot_feature_maps(layers, maps_png)

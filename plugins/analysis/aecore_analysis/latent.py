@@ -14,20 +14,21 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from aecore.data import TensorData
-from aecore.errors import ConfigError, ShapeError
+from aecore.data import Dataset, TensorData
+from aecore.errors import ConfigError, DataError, ShapeError
 from aecore.model import Autoencoder
 
 __all__ = [
     "GaussianFit",
     "Projection",
     "arithmetic",
-    "check_image_model",
+    "check_images",
     "check_index",
     "decode",
     "encode",
     "fit_gaussian",
     "interpolate",
+    "is_image_shape",
     "is_variational",
     "plot_scatter",
     "prior_of",
@@ -37,18 +38,25 @@ __all__ = [
 ]
 
 
-def check_image_model(model: Autoencoder, command: str) -> None:
-    """Refuse models whose inputs are not images: a picture grid of tabular rows means nothing.
+def is_image_shape(shape: tuple[int, ...]) -> bool:
+    """Whether samples of ``shape`` are pictures: ``(C, H, W)`` with 1 (grey) or 3 (colour) channels."""
+    return len(shape) == 3 and shape[0] in (1, 3) and shape[1] > 0 and shape[2] > 0
 
-    Images are ``(C, H, W)`` with 1 or 3 channels, or ``(H, W)``.
+
+def check_images(dataset: Dataset, command: str) -> tuple[int, int, int]:
+    """The dataset's sample shape ``(C, H, W)``, or a one-line refusal when its samples are not images.
+
+    The data decides, not the model: an MLP takes any shape, and a table of
+    784 columns is not a 28×28 picture unless its source says so.
     """
-    shape = tuple(model.input_shape)
-    if (len(shape) == 3 and shape[0] in (1, 3)) or len(shape) == 2:
-        return
-    raise ShapeError(
-        f"'ae {command}' draws images, but this model's inputs have shape {shape} (not an image); "
-        "use 'ae eval' for its reconstruction error."
-    )
+    shape = tuple(dataset.test.shape)
+    if not is_image_shape(shape):
+        raise DataError(
+            f"ae {command} draws images; data '{dataset.name}' has samples of shape {shape}, "
+            "not C×H×W with 1 or 3 channels."
+        )
+    c, h, w = shape
+    return c, h, w
 
 
 def check_index(index: int, data: TensorData, option: str) -> int:
@@ -244,22 +252,19 @@ def project_2d(codes: Tensor, method: Method = "pca", *, seed: int = 0) -> Proje
 def to_display(x: Tensor, normalisation: dict[str, Any]) -> Tensor:
     """Model-space images back to [0, 1] for display: undo mean/std standardisation, then clamp.
 
-    Scaled data (``divisor``: 255) already lives in [0, 1] in model space.
+    The statistics broadcast against the trailing sample dimensions exactly as
+    :meth:`aecore.data.TensorData.normalise` applied them (a per-channel mean
+    is stored as ``(C, 1, 1)``), so one image ``(C, H, W)`` and a batch
+    ``(N, C, H, W)`` are both undone correctly. Scaled data (``divisor``: 255)
+    already lives in [0, 1] in model space.
     """
     out = x.detach().float().cpu()
     std, mean = normalisation.get("std"), normalisation.get("mean")
     if std is not None:
-        out = out * _broadcast(torch.tensor(std, dtype=torch.float32), out)
+        out = out * torch.tensor(std, dtype=torch.float32)
     if mean is not None:
-        out = out + _broadcast(torch.tensor(mean, dtype=torch.float32), out)
+        out = out + torch.tensor(mean, dtype=torch.float32)
     return out.clamp(0, 1)
-
-
-def _broadcast(stat: Tensor, like: Tensor) -> Tensor:
-    """A per-channel (C,) or scalar statistic shaped to broadcast over (N, C, H, W)."""
-    if stat.dim() == 1 and like.dim() == 4 and stat.numel() == like.shape[1]:
-        return stat.reshape(1, -1, 1, 1)
-    return stat
 
 
 def plot_scatter(points: Any, labels: Tensor | None, path: Path, title: str = "") -> Path:

@@ -9,7 +9,12 @@ the small datasets here are real data sources: a throwaway distribution
     the first N training and M test images of the embedded MNIST sample
     (default 1,000 and 200), with or without labels;
 ``rows``
-    100 rows of 10 features in [0, 1] (80 train, 20 test): not images.
+    100 rows of 10 features in [0, 1] (80 train, 20 test): not images;
+``synthetic`` (``--data synthetic?channels=3&height=32&width=32&masks=true&names=true``)
+    MVTec-like images: smooth colour fields (training images all "good"),
+    and a test split of good images and images with bright defects (label 1
+    "square", label 2 "stripe") whose masks are ``extras["mask"]``; the spec
+    names the labels and says label 0 is normal.
 
 ``trained(name)`` trains one of the models in :data:`MODELS` the first time
 it is asked for, and hands back its run directory after that.
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from aecore.config import param
-from aecore.data import Dataset, TensorData
+from aecore.data import UINT8_IMAGES, Dataset, TensorData
 from aecore.sources import load_dataset
 
 
@@ -89,6 +94,70 @@ class Rows:
             TensorData(torch.rand(20, 10, generator=g)),
             {"name": "rows"},
         )
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    channels: int = param(3, "Channels: 1 or 3.")
+    height: int = param(32, "Image height.")
+    width: int = param(32, "Image width.")
+    train: int = param(48, "Training images (all good).")
+    test: int = param(24, "Test images: half good, then squares, then stripes.")
+    masks: bool = param(True, "Attach the defect masks to the test split (extras['mask']).")
+    names: bool = param(True, "Name the labels and declare label 0 normal in the spec.")
+
+
+def _fields(n, c, h, w, generator):
+    """Smooth colour fields in [0.15, 0.65]: a colour per image, a gentle gradient, a little noise."""
+    colour = 0.2 + 0.3 * torch.rand(n, c, 1, 1, generator=generator)
+    ramp = torch.linspace(-0.05, 0.05, w).reshape(1, 1, 1, w)
+    noise = 0.02 * torch.rand(n, c, h, w, generator=generator)
+    return colour + ramp + noise
+
+
+def _as_uint8(images):
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+class Synthetic:
+    """Seeded MVTec-like images with synthetic defects (bright squares and stripes) and their masks."""
+
+    Config = SyntheticConfig
+
+    def __init__(self, config):
+        self.config = config
+
+    def load(self, location, *, data_dir, normalisation):
+        c = self.config
+        g = torch.Generator().manual_seed(0)
+        shape = (c.channels, c.height, c.width)
+        train = _fields(c.train, *shape, g)
+        test = _fields(c.test, *shape, g)
+        labels = torch.zeros(c.test, dtype=torch.long)
+        mask = torch.zeros(c.test, 1, c.height, c.width, dtype=torch.uint8)
+        good = c.test // 2
+        side = max(2, min(c.height, c.width) // 4)
+        for i in range(good, c.test):
+            kind = 1 if i < good + (c.test - good) // 2 else 2
+            labels[i] = kind
+            if kind == 1:
+                top = int(torch.randint(0, c.height - side + 1, (1,), generator=g))
+                left = int(torch.randint(0, c.width - side + 1, (1,), generator=g))
+                mask[i, 0, top : top + side, left : left + side] = 1
+            else:
+                row = int(torch.randint(0, c.height - 2, (1,), generator=g))
+                mask[i, 0, row : row + 2, :] = 1
+        test = torch.where(mask.bool(), torch.tensor(1.0), test)
+        extras = {"mask": mask} if c.masks else None
+        spec = {"name": "synthetic"}
+        if c.names:
+            spec.update({"label_names": ["good", "square", "stripe"], "normal_classes": [0]})
+        return Dataset(
+            "synthetic",
+            TensorData(_as_uint8(train), torch.zeros(c.train, dtype=torch.long), UINT8_IMAGES),
+            TensorData(_as_uint8(test), labels, UINT8_IMAGES, extras=extras),
+            spec,
+        )
 '''
 
 
@@ -111,6 +180,24 @@ MODELS: dict[str, dict[str, Any]] = {
         "params": {"encoder": {"hidden": "8"}},
         "epochs": 1,
         "data": "rows",
+    },
+    # colour and non-square images (synthetic, MVTec-like): every visual command in colour, anomaly maps
+    "rgb": {
+        "encoder": "mlp",
+        "latent_dim": 8,
+        "params": {"encoder": {"hidden": "32"}},
+        "epochs": 3,
+        "lr": 3e-3,
+        "batch_size": 16,
+        "data": "synthetic",
+    },
+    "rgb_conv": {
+        "encoder": "conv",
+        "latent_dim": 8,
+        "params": {"encoder": {"channels": "4,8"}},
+        "epochs": 2,
+        "batch_size": 16,
+        "data": "synthetic?height=40&width=24",
     },
     # more images (4,000 / 500): the apply commands
     "general": {
@@ -163,6 +250,7 @@ def _data_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: aefake-analysis-data\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text(
         f"[aecore.datasets]\nsmall = {DATA_MODULE}:Small\nrows = {DATA_MODULE}:Rows\n"
+        f"synthetic = {DATA_MODULE}:Synthetic\n"
     )
     (site / f"{DATA_MODULE}.py").write_text(textwrap.dedent(DATA_SOURCE))
     sys.path.insert(0, str(site))

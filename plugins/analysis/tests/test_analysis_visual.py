@@ -87,7 +87,7 @@ def test_reconstruct_wraps_long_rows_in_pairs(runner, runs, small, tmp_path):
 
 def test_reconstruct_refuses_tabular_models(runner, runs, tmp_path):
     result = runner.invoke(app, ["reconstruct", str(runs["rows"]), "--out", str(tmp_path / "r.png")])
-    one_line_error(result, "(10,)", "not an image")
+    one_line_error(result, "ae reconstruct draws images", "(10,)", "not C×H×W")
     assert not (tmp_path / "r.png").exists()
 
 
@@ -218,7 +218,7 @@ def test_sample_variational_model_uses_the_prior(runner, runs, tmp_path):
 
 def test_sample_refuses_tabular(runner, runs, tmp_path):
     result = runner.invoke(app, ["sample", str(runs["rows"]), "--out", str(tmp_path / "s.png")])
-    one_line_error(result, "not an image")
+    one_line_error(result, "ae sample draws images")
 
 
 # -- plot ----------------------------------------------------------------------------------------
