@@ -38,7 +38,7 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only this section: throughput, inference, startup or memory; repeat for several."
+            help="Run only this section: throughput, inference, startup, memory or data; repeat for several."
         ),
     ] = None,
     threads: Annotated[
@@ -74,7 +74,7 @@ def bench(
     ):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}.")
-    needs_data = {"throughput", "inference", "memory"} & set(chosen)
+    needs_data = {"throughput", "inference", "memory", "data"} & set(chosen)
     if needs_data and data_dir is None:
         raise ConfigError(
             f"{' and '.join(sorted(needs_data))} need MNIST: pass --data-dir (a folder holding MNIST/raw/) "

@@ -16,8 +16,8 @@ The data's share is ``train − baseline``, compared with the bytes the
 loaded dataset holds. Two workloads: MNIST with the ``simple`` preset, and a
 synthetic 50,000×3×32×32 uint8 set with the conv encoder and decoder.
 
-Also the prepared-dataset cache (:mod:`aecore.data.cache`: decode once, then
-read a safetensors file): MNIST load times uncached, first (cold cache) and
+Also the prepared-dataset cache (:mod:`aecore.cache`: decode once, then
+map its safetensors files): MNIST load times uncached, first (cold cache) and
 second (warm cache), each in a fresh process; "not implemented" where
 aecore has no such cache.
 """
@@ -237,10 +237,10 @@ def _workload(
 
 
 def cache_support() -> dict[str, Any]:
-    """Whether aecore has the prepared-dataset cache (:mod:`aecore.data.cache`)."""
+    """Whether aecore has the prepared-dataset cache (:mod:`aecore.cache`)."""
     import importlib.util
 
-    if importlib.util.find_spec("aecore.data.cache") is None:
+    if importlib.util.find_spec("aecore.cache") is None:
         return {"implemented": False}
     return {
         "implemented": True,

@@ -159,6 +159,57 @@ def _inference(console: Console, r: dict[str, Any]) -> None:
     _targets(console, "Inference targets", r["targets"])
 
 
+def _data(console: Console, r: dict[str, Any]) -> None:
+    table = Table(title="Bring your own data", title_justify="left")
+    for column in ("workload", "figure", "value"):
+        table.add_column(column, justify="left" if column != "value" else "right")
+    targets: list[dict[str, Any]] = []
+    for name, part in r.items():
+        if "error" in part or "skipped" in part:
+            table.add_row(name, "not measured", str(part.get("error") or part.get("skipped")))
+            continue
+        targets += part.get("targets", [])
+        if name == "folder":
+            for who in ("aecore", "imagefolder"):
+                table.add_row(
+                    name,
+                    f"{who}: first epoch (s, with preparation)",
+                    _num(part[who]["first_epoch_seconds"], ".1f"),
+                )
+                table.add_row(name, f"{who}: later epoch (s)", _num(part[who]["later_epoch_seconds"], ".2f"))
+            table.add_row(
+                name, "aecore: load from the cache (s)", _num(part["aecore"]["cached_load_seconds"], ".2f")
+            )
+            table.add_row(
+                name,
+                "test SSE/image: folder / IDX",
+                " / ".join(
+                    _num(v, ".2f")
+                    for v in (part["aecore"]["test_sse_per_image"], part["idx_test_sse_per_image"])
+                ),
+            )
+        elif name == "mapped":
+            for size, run in part["runs"].items():
+                mapped = run["mapped"]
+                table.add_row(
+                    name,
+                    f"{size} GB: epoch (s) · peak RssAnon (MB)",
+                    _num(mapped.get("epoch_seconds"), ".1f")
+                    + " · "
+                    + _num(_f(mapped.get("rss_anon_peak")) / _MB, ".0f"),
+                )
+            table.add_row(name, "in-memory ÷ mapped speed (1 GB)", _num(part["mapped_speed_vs_memory"]))
+        elif name == "colour":
+            for who, seconds in part["seconds_per_epoch"].items():
+                table.add_row(name, f"{who}: s/epoch ({part['workload']['preset']})", _num(seconds, ".2f"))
+        elif name == "order":
+            for order, sse in part["test_sse_per_image"].items():
+                table.add_row(name, f"test SSE/image, --shuffle {order}", _num(sse, ".2f"))
+            table.add_row(name, "block ÷ full", _num(part["block_vs_full"]))
+    console.print(table)
+    _targets(console, "Data targets", targets)
+
+
 def print_report(console: Console, record: dict[str, Any]) -> None:
     """Print every section present in ``record``."""
     machine = record["machine"]
@@ -175,6 +226,7 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
         ("inference", _inference),
         ("startup", _startup),
         ("memory", _memory),
+        ("data", _data),
     )
     for name, show in sections:
         if name in record:

@@ -22,7 +22,7 @@ from rich.console import Console
 
 __all__ = ["SECTIONS", "BenchSettings", "machine_info", "run_bench"]
 
-SECTIONS = ("throughput", "inference", "startup", "memory")
+SECTIONS = ("throughput", "inference", "startup", "memory", "data")
 SCHEMA = "aecore.bench/1"
 
 
@@ -155,6 +155,16 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
 
         console.print("[bold]memory[/] ...")
         record["memory"] = run_memory(
+            settings.data_dir,
+            limit=settings.limit,
+            threads=torch.get_num_threads(),
+            repeats=settings.repeats or 3,
+        )
+    if "data" in settings.only:
+        from benchmarks.data import run_data
+
+        console.print("[bold]data[/] (folders, mapped caches, colour, order) ...")
+        record["data"] = run_data(
             settings.data_dir,
             limit=settings.limit,
             threads=torch.get_num_threads(),

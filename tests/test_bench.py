@@ -24,6 +24,7 @@ from aecore.cli import output as cli_output
 from benchmarks.__main__ import app, main
 
 LIMIT = 2000
+SECTIONS_HERE = ("throughput", "inference", "startup", "memory")
 RAW_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -59,6 +60,7 @@ def bench_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     mp.setattr(cli_output.rich_console(), "_width", 200)
     try:
         args = ["--data-dir", str(mnist_dir), "--epochs", "1", "--limit", str(LIMIT)]
+        args += [arg for section in SECTIONS_HERE for arg in ("--only", section)]  # data: its own test
         result = CliRunner().invoke(app, [*args, "--repeats", "1", "--json-out", str(out)])
     finally:
         mp.undo()
@@ -215,3 +217,48 @@ def test_a_gpu_table_is_printed_beside_the_cpu_one(bench_run):
     assert text.count("Training throughput:") == 2
     assert "thread(s)" in text  # the CPU table keeps its thread count in the title
     assert re.search(r"\bon\s+cuda\b", text)  # the title may wrap between the two words
+
+
+@pytest.fixture(scope="module")
+def data_run(mnist_dir: Path) -> dict:
+    """The data section on a tiny workload: 600 images, caches of a few MB, one repetition."""
+    from benchmarks.data import run_data
+
+    return run_data(mnist_dir, limit=600, threads=1, repeats=1)
+
+
+def test_data_section_measures_every_workload_and_derives_its_ratios(data_run):
+    assert set(data_run) == {"folder", "mapped", "colour", "order"}
+    for name, part in data_run.items():
+        assert "error" not in part, (name, part)
+    folder = data_run["folder"]
+    assert folder["workload"]["files"] == 600 + 100
+    for who in ("aecore", "imagefolder"):
+        assert len(folder[who]["epoch_seconds"]) == 2
+    assert close(
+        folder["first_epoch_ratio"],
+        folder["aecore"]["first_epoch_seconds"] / folder["imagefolder"]["first_epoch_seconds"],
+    )
+    assert close(
+        folder["aecore"]["first_epoch_seconds"],
+        folder["aecore"]["prepare_seconds"] + folder["aecore"]["epoch_seconds"][0],
+    )
+    assert folder["aecore"]["cached_load_seconds"] < folder["aecore"]["prepare_seconds"]
+    mapped = data_run["mapped"]
+    sizes = mapped["workload"]["sizes_gb"]
+    assert len(sizes) == 3 and sizes[0] < sizes[1] < sizes[2]
+    runs = list(mapped["runs"].values())
+    assert [r["mapped"]["bytes"] for r in runs] == sorted(r["mapped"]["bytes"] for r in runs)
+    assert all(r["mapped"]["rss_anon_peak"] > 0 for r in runs)
+    times = runs[0]["alternating_epoch_seconds"]
+    assert close(
+        mapped["mapped_speed_vs_memory"],
+        statistics.median(times["memory"]) / statistics.median(times["mapped"]),
+    )
+    colour = data_run["colour"]
+    seconds = colour["seconds_per_epoch"]
+    assert close(colour["ratio"], seconds["aecore"] / seconds["plain"])
+    order = data_run["order"]["test_sse_per_image"]
+    assert close(data_run["order"]["block_vs_full"], order["block"] / order["full"])
+    names = [t["name"] for part in data_run.values() for t in part.get("targets", [])]
+    assert len(names) == 6 and all(isinstance(t, str) for t in names)
