@@ -163,7 +163,23 @@ def _commit(scratch: Path, entry: Path, dataset: Dataset, store: TensorStore, *,
                 else:
                     record[part] = name
             splits[split] = record
-        meta = {"format": _FORMAT, "name": dataset.name, "spec": dataset.spec, "splits": splits}
+        whole: dict[str, str] = {}
+        for key, tensor in dataset.tensors.items():
+            if not key.isidentifier():
+                return False  # not a name a file may carry: prepare it again next time
+            name = files.get(id(tensor))
+            if name is None:
+                name = f"dataset.{key}.safetensors"
+                create_mapped(scratch / name, tuple(tensor.shape), tensor.dtype).copy_(tensor)
+                files[id(tensor)] = name
+            whole[key] = name
+        meta = {
+            "format": _FORMAT,
+            "name": dataset.name,
+            "spec": dataset.spec,
+            "splits": splits,
+            "tensors": whole,
+        }
         (scratch / _META).write_text(json.dumps(meta))
         for path in scratch.iterdir():  # on disk before the entry is named complete
             with path.open("rb+") as f:
@@ -214,10 +230,11 @@ def _read(entry: Path) -> Dataset | None:
                 return None
             extras = {key: tensor(name) for key, name in dict(record["extras"]).items()}
             splits[split] = TensorData(x, y, record["normalisation"], rows=rows, extras=extras)
+        whole = {key: tensor(name) for key, name in dict(meta.get("tensors", {})).items()}
     # Anything odd in a cache entry (ours, but on disk) means: prepare the data again.
     except _ODD:
         return None
-    return Dataset(meta["name"], splits["train"], splits["test"], meta["spec"])
+    return Dataset(meta["name"], splits["train"], splits["test"], meta["spec"], whole)
 
 
 _ODD = (OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError, DataError, RuntimeError)

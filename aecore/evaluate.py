@@ -6,15 +6,18 @@ Training's final report, ``ae eval`` and the benchmarks all call
 
 from __future__ import annotations
 
+import inspect
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from aecore.data import TensorData
+from aecore.data import Dataset, TensorData
 from aecore.distributed import all_reduce_sum
-from aecore.model import Autoencoder
+from aecore.model import Autoencoder, _figures
 
-__all__ = ["EVAL_BATCH", "bce_per_pixel", "psnr", "reconstruction_metrics"]
+__all__ = ["EVAL_BATCH", "bce_per_pixel", "component_metrics", "psnr", "reconstruction_metrics"]
 
 #: Samples per evaluation batch: large enough to be fast, small enough to bound memory.
 EVAL_BATCH = 1000
@@ -87,3 +90,43 @@ def bce_per_pixel(
     finally:
         model.train(was_training)
     return total.item() / (len(data) * math.prod(data.shape))
+
+
+def component_metrics(
+    model: Autoencoder,
+    dataset: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    out_dir: Path | None = None,
+) -> dict[str, float]:
+    """The figures each component's optional ``eval_metrics(model, dataset, *, device)`` reports.
+
+    These are a family's own measures (codebook perplexity, importance-sampled
+    likelihood, L0 and dead latents...), computed by ``ae eval`` beside the
+    reconstruction error. ``out_dir`` reaches a method that takes it, for
+    files such as a histogram. The model is in eval mode throughout.
+    """
+    was_training = model.training
+    model.eval()
+    figures: dict[str, float] = {}
+    try:
+        for name, part in model.parts():
+            method = getattr(part, "eval_metrics", None)
+            if not callable(method):
+                continue
+            extra = {"out_dir": out_dir} if out_dir is not None and _takes(method, "out_dir") else {}
+            with torch.no_grad():
+                figures.update(
+                    _figures(method(model, dataset, device=device, **extra), f"{name}.eval_metrics()")
+                )
+    finally:
+        model.train(was_training)
+    return figures
+
+
+def _takes(method: Any, keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())

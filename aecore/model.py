@@ -102,6 +102,24 @@ class Autoencoder(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def parts(self) -> list[tuple[str, nn.Module]]:
+        """The components by role: ``encoder``, ``decoder``, then each regularizer by name.
+
+        The optional methods a component may define (``epoch_metrics``,
+        ``eval_metrics``, ``initialise``, hook implementations) are looked up
+        on these.
+        """
+        return [("encoder", self.encoder), ("decoder", self.decoder), *self.regularizers.items()]
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """What each component's optional ``epoch_metrics()`` reports for the epoch just trained."""
+        figures: dict[str, float] = {}
+        for name, part in self.parts():
+            method = getattr(part, "epoch_metrics", None)
+            if callable(method):
+                figures.update(_figures(method(), f"{name}.epoch_metrics()"))
+        return figures
+
     def encode(self, x: Tensor) -> Tensor:
         """The code of ``x``, after every regularizer's ``transform_code``."""
         return self.encode_with_aux(x)[0]
@@ -171,3 +189,15 @@ def split_code(result: Any) -> tuple[Tensor, Any, bool]:
 def code_shape(component: nn.Module) -> tuple[int, ...]:
     """The shape a component gives its code: ``(latent_dim,)`` unless it declares a spatial one."""
     return tuple(getattr(component, "code_shape", None) or (component.latent_dim,))
+
+
+def _figures(values: Any, where: str) -> dict[str, float]:
+    """``values`` as a table of named floats, or a TypeError naming ``where``."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{where} returned {type(values).__name__}, not a table of figures")
+    out = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{where} returned a figure named {key!r}, not a string")
+        out[key] = float(value.item() if isinstance(value, Tensor) else value)
+    return out

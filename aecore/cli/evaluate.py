@@ -46,7 +46,7 @@ def eval_command(
     """Report test MSE per pixel, SSE per image, PSNR and BCE of a saved model, next to PCA's."""
     import math
 
-    from aecore.evaluate import bce_per_pixel, reconstruction_metrics
+    from aecore.evaluate import bce_per_pixel, component_metrics, reconstruction_metrics
 
     target = output_file(out, out, overwrite) if out is not None else None
     loaded = load_model_and_data(path, data, data_dir, device)
@@ -76,6 +76,10 @@ def eval_command(
         else:
             console.print("PCA baseline skipped: too many features or too few training samples.")
     _print_table(metrics, baseline, min(model.latent_dim, math.prod(dataset.test.shape)))
+    family = component_metrics(model, dataset, device=torch_device, out_dir=loaded.run_dir)
+    if family:
+        _print_family(family)
+        metrics.update(family)
     if target is not None:
         from aecore.io import atomic_write_bytes
 
@@ -91,6 +95,18 @@ def eval_command(
 
 #: Errors, where model / PCA is meaningful (PSNR is logarithmic, BCE has no PCA counterpart).
 _RATIO_KEYS = ("mse_per_pixel", "sse_per_image")
+
+
+def _print_family(figures: Mapping[str, float]) -> None:
+    """The components' own figures (``eval_metrics``), one row each."""
+    from rich.table import Table
+
+    table = Table(title="the model's own measures")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        table.add_row(key, f"{value:.6g}")
+    console.print(table)
 
 
 def _print_table(metrics: Mapping[str, float], baseline: Mapping[str, float], k: int) -> None:

@@ -340,6 +340,7 @@ class DefaultTrainer:
                         save_state()
 
                 metrics = self._epoch_metrics(epoch, pos.sums, len(train), optimizer)
+                metrics.update(model.epoch_metrics())  # the components' own figures (codebook use...)
                 improved = False
                 if len(val):
                     metrics["val_recon"] = self._validate(model, val, run, part)

@@ -177,6 +177,21 @@ def check_request(request: RunRequest) -> ResolvedRun:
     return plan
 
 
+def initialise_components(model: Autoencoder, data: TensorData) -> None:
+    """Call each component's optional ``initialise(data)`` before a fresh run trains.
+
+    A component may set itself from the training data (a bias at the data's
+    geometric median, a codebook from encoder outputs). Its random draws do
+    not disturb the run's own random stream, so adding such a component to
+    a model leaves the other components' initial weights as they were.
+    """
+    for _, part in model.parts():
+        method = getattr(part, "initialise", None)
+        if callable(method):
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                method(data)
+
+
 #: The size of one block of rows in a block-shuffled order.
 BLOCK_BYTES = 8 * 1024 * 1024
 
@@ -273,6 +288,8 @@ def _run_job(
     if callable(check):  # a trainer may refuse a model before anything is written
         check(model)
     train_split, val_split = split_validation(train_data, request.val_fraction, request.seed)
+    if state is None:
+        initialise_components(model, train_split)
     train_split, order = choose_order(train_split, request.shuffle)
     run_dir = make_run_dir(model, False)  # every rank agrees on the path before rank 0 creates it
     distributed.barrier()
