@@ -45,8 +45,9 @@ def lowest(session: nox.Session) -> None:
     The CLI reference test is left out: docs/cli.md is generated with the pinned Typer, and older
     Typers format option types differently.
     """
-    session.install("-c", "constraints-lowest.txt", "pytest", "hypothesis")
-    session.install("-c", "constraints-lowest.txt", *(arg for path in PACKAGES for arg in ("-e", path)))
+    session.install("-c", "constraints-lowest.txt", "pytest", "hypothesis", "pyod", "pandas")
+    editable = ["-e", ".[sklearn]", *(arg for path in PACKAGES[1:] for arg in ("-e", path))]
+    session.install("-c", "constraints-lowest.txt", *editable)
     session.run(
         "pytest",
         "--deselect",
