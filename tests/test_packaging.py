@@ -84,3 +84,18 @@ def test_every_requirement_has_a_lower_bound_and_admits_the_tested_set():
             assert name in pins, f"{name} is not pinned in every constraints file"
             for op, version in specs:
                 assert compare[op](_version(pins[name]), _version(version)), (name, op, version, pins[name])
+
+
+def test_every_plugin_package_is_under_the_import_contracts():
+    """A new plugin left out of import-linter's lists would escape 'no plugin imports another'."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contracts = {c["name"]: c for c in config["contracts"]}
+    packages = set()
+    for pyproject in (ROOT / "plugins").glob("*/pyproject.toml"):
+        include = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+        packages |= {pattern.rstrip("*") for pattern in include}
+    assert packages <= set(config["root_packages"])
+    assert packages <= set(contracts["The core imports no plugin"]["forbidden_modules"])
+    assert packages <= set(contracts["No plugin imports another plugin"]["modules"])
