@@ -38,7 +38,8 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only this section: throughput, inference, startup, memory or data; repeat for several."
+            help="Run only this section: throughput, inference, startup, completion, memory or data; "
+            "repeat for several."
         ),
     ] = None,
     threads: Annotated[

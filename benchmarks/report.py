@@ -225,6 +225,7 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
         ("throughput_gpu", _throughput),
         ("inference", _inference),
         ("startup", _startup),
+        ("completion", _startup),
         ("memory", _memory),
         ("data", _data),
     )

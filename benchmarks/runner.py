@@ -22,7 +22,7 @@ from rich.console import Console
 
 __all__ = ["SECTIONS", "BenchSettings", "machine_info", "run_bench"]
 
-SECTIONS = ("throughput", "inference", "startup", "memory", "data")
+SECTIONS = ("throughput", "inference", "startup", "completion", "memory", "data")
 SCHEMA = "aecore.bench/1"
 
 
@@ -150,6 +150,11 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
 
         console.print("[bold]start-up[/] ...")
         record["startup"] = run_startup(repeats=settings.repeats or 5)
+    if "completion" in settings.only:
+        from benchmarks.completion import run_completion
+
+        console.print("[bold]shell completion[/] ...")
+        record["completion"] = run_completion(repeats=settings.repeats or 5)
     if "memory" in settings.only:
         from benchmarks.memory import run_memory
 

@@ -24,7 +24,7 @@ from aecore.cli import output as cli_output
 from benchmarks.__main__ import app, main
 
 LIMIT = 2000
-SECTIONS_HERE = ("throughput", "inference", "startup", "memory")
+SECTIONS_HERE = ("throughput", "inference", "startup", "completion", "memory")
 RAW_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -84,10 +84,10 @@ def test_record_has_machine_settings_and_every_section(bench_run):
         "epochs": 1,
         "limit": LIMIT,
         "repeats": 1,
-        "only": ["throughput", "inference", "startup", "memory"],
+        "only": list(SECTIONS_HERE),
         "threads": None,
     }
-    assert {"throughput", "inference", "startup", "memory"} <= set(record)
+    assert set(SECTIONS_HERE) <= set(record)
     for title in ("Training throughput", "Inference", "Start-up", "Memory"):
         assert title in stdout
     assert "PASS" in stdout or "FAIL" in stdout
@@ -262,3 +262,11 @@ def test_data_section_measures_every_workload_and_derives_its_ratios(data_run):
     assert close(data_run["order"]["block_vs_full"], order["block"] / order["full"])
     names = [t["name"] for part in data_run.values() for t in part.get("targets", [])]
     assert len(names) == 6 and all(isinstance(t, str) for t in names)
+
+
+def test_completion_ratios_come_from_the_measured_figures(bench_run):
+    r = bench_run[0]["completion"]
+    reference = r["seconds"][r["reference"]]
+    for name, ratio in r["ratio_to_import_torch"].items():
+        assert close(ratio, r["seconds"][name] / reference)
+        assert set(r["exit_codes"][name]) == {0} and r["candidates"][name]

@@ -9,11 +9,16 @@ listed and run exactly like them.
 
 Every failure the user can fix leaves as one line on stderr with exit code
 2; a broken command plugin breaks only itself.
+
+``ae --install-completion`` / ``--show-completion`` install or print the
+completion script of the shell (:mod:`aecore.cli.completion`); a completion
+runs through Typer's machinery with the same lazy command table.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import traceback
 import warnings
@@ -59,7 +64,12 @@ class AeGroup(TyperGroup):
                 f"no command '{cmd_name}'.{suggest(cmd_name, names)} Commands: {', '.join(names)} "
                 "(see 'ae --help')."
             ) from None
-        return to_click(entry.load(), entry.name)
+        command = to_click(entry.load(), entry.name)
+        if ctx.resilient_parsing:  # completing: names for the parameters other modules declare
+            from aecore.cli.completion import attach
+
+            attach(command, (entry.name,))
+        return command
 
     def _stub(self, name: str) -> Any:
         """A command carrying only the name and one-line help that the metadata gives."""
@@ -90,6 +100,14 @@ class AeGroup(TyperGroup):
     def shell_complete(self, ctx: Any, incomplete: str) -> Any:
         with self.listing():
             return super().shell_complete(ctx, incomplete)
+
+    def _main_shell_completion(self, ctx_args: Any, prog_name: str, complete_var: str | None = None) -> None:
+        """Typer's completion, with its bash, zsh and fish formats registered first (only when asked)."""
+        if os.environ.get(complete_var or f"_{prog_name}_COMPLETE".replace("-", "_").upper()):
+            from typer.completion import completion_init
+
+            completion_init()
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         if not extra.get("standalone_mode", True):
@@ -184,9 +202,47 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _show_completion(value: bool) -> None:
+    if value:
+        from aecore.cli.completion import completion_script, detect_shell
+
+        typer.echo(completion_script(detect_shell()))
+        raise typer.Exit()
+
+
+def _install_completion(value: bool) -> None:
+    if value:
+        from aecore.cli.completion import detect_shell, install
+
+        shell = detect_shell()
+        path = install(shell)
+        typer.echo(f"{shell} completion for ae installed in {path}; it takes effect in a new shell.")
+        raise typer.Exit()
+
+
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    install_completion: Annotated[
+        bool,
+        typer.Option(
+            "--install-completion",
+            callback=_install_completion,
+            is_eager=True,
+            expose_value=False,
+            help="Install completion for the shell this runs in (bash, zsh or fish), else for $SHELL's.",
+        ),
+    ] = False,
+    show_completion: Annotated[
+        bool,
+        typer.Option(
+            "--show-completion",
+            callback=_show_completion,
+            is_eager=True,
+            expose_value=False,
+            help="Print the completion script for this shell, to install it by hand.",
+        ),
     ] = False,
 ) -> None:
     """aecore: train, compose and inspect autoencoders built from plugins."""

@@ -24,11 +24,23 @@ __all__ = ["inspect_command"]
 def inspect_command(
     model: ModelArg,
     out: Annotated[
-        Path | None, typer.Option(help="Also write everything shown as JSON to this file.")
+        Path | None,
+        typer.Option(help="Also write everything shown as JSON to this file (with --config: the TOML)."),
     ] = None,
     overwrite: OverwriteOpt = False,
+    config: Annotated[
+        bool,
+        typer.Option(
+            "--config",
+            help="Print only the TOML that trains this run again with 'ae train --config FILE' "
+            "(docs/config-files.md).",
+        ),
+    ] = False,
 ) -> None:
     """What a checkpoint holds: components, data, training, versions, metrics, module tree and sizes."""
+    if config:
+        _print_config(model, out, overwrite)
+        return
     from rich.markup import escape
     from rich.table import Table
     from rich.tree import Tree
@@ -119,6 +131,24 @@ def inspect_command(
         }
         target.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {target}")
+
+
+def _print_config(model: Path, out: Path | None, overwrite: bool) -> None:
+    """The run request a checkpoint records, as the TOML that reproduces the run (to stdout or ``out``)."""
+    from aecore import checkpoint
+    from aecore.cli.output import warning_line
+    from aecore.runfile import reproducing_toml
+
+    path = checkpoint.resolve(model)
+    target = output_file(out, out, overwrite) if out is not None else None
+    text, note = reproducing_toml(path, checkpoint.read_metadata(path))
+    if target is not None:
+        target.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {target}")
+    else:
+        typer.echo(text, nl=False)
+    if note:
+        warning_line(note)
 
 
 def _component_of(key: str) -> str:

@@ -11,13 +11,16 @@ alone. Field types map to options as:
 - a tuple: comma-separated text, or a repeatable option where the field
   says ``repeat=True``;
 - a ``dict[str, dict]`` table: repeatable ``TARGET.KEY=VALUE`` items.
+
+A ``Literal`` field completes its choices in the shell; other fields take a
+completer through ``options_from(..., complete=...)``.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
@@ -28,13 +31,22 @@ from aecore.errors import ConfigError
 __all__ = ["given_values", "options_from", "parse_set_items"]
 
 
-def options_from(config_cls: type, *, exclude: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Any]:
+def options_from(
+    config_cls: type,
+    *,
+    exclude: Iterable[str] = (),
+    complete: Mapping[str, Callable[[str], list[Any]]] | None = None,
+) -> Callable[[Callable[..., Any]], Any]:
     """Give ``fn(ctx, values, **own)`` one option per field of ``config_cls`` besides its own.
 
     ``values`` maps field names to what the command line gave (strings and
     numbers, ready for ``config_from_dict``); fields not given are absent.
+    ``complete`` maps a field to its shell completer (``incomplete ->
+    candidates``, see :mod:`aecore.cli.completion`); a ``Literal`` field
+    completes its choices without one.
     """
     specs = [s for s in params_of(config_cls) if s.name not in set(exclude)]
+    completers = dict(complete or {})
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         own = list(inspect.signature(fn).parameters.values())[2:]  # after (ctx, values)
@@ -44,7 +56,7 @@ def options_from(config_cls: type, *, exclude: Iterable[str] = ()) -> Callable[[
             values = given_values(ctx, specs, kwargs)
             return fn(ctx, values, **{p.name: kwargs[p.name] for p in own})
 
-        generated = [_option(s) for s in specs]
+        generated = [_option(s, completers.get(s.name)) for s in specs]
         context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
         own_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
         hints = _own_hints(fn, own)
@@ -75,10 +87,11 @@ def given_values(ctx: Any, specs: Iterable[ParamSpec], kwargs: dict[str, Any]) -
     return values
 
 
-def _option(spec: ParamSpec) -> inspect.Parameter:
+def _option(spec: ParamSpec, completer: Callable[[str], list[Any]] | None = None) -> inspect.Parameter:
     base = _base(spec.type)
     origin = get_origin(base)
-    flags = spec.flags or (f"--{spec.name.replace('_', '-')}",)
+    dashed = spec.name.replace("_", "-")
+    flags = spec.flags or ((f"--{dashed}/--no-{dashed}",) if base is bool else (f"--{dashed}",))
     help_text = spec.help
     default: Any = spec.default
     show: Any = True
@@ -92,14 +105,22 @@ def _option(spec: ParamSpec) -> inspect.Parameter:
     elif origin is Literal:
         annotation = str
         help_text = f"{help_text} One of: {', '.join(map(str, get_args(base)))}."
+        completer = completer or _choices(tuple(map(str, get_args(base))))
     elif base in (bool, int, float, str):
         annotation = base if spec.type is base else base | None
     else:
         raise TypeError(f"field '{spec.name}' of type {spec.type!r} has no command-line form")
-    option = typer.Option(*flags, help=help_text, show_default=show)
+    option = typer.Option(*flags, help=help_text, show_default=show, autocompletion=completer)
     return inspect.Parameter(
         spec.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[annotation, option]
     )
+
+
+def _choices(values: tuple[str, ...]) -> Callable[[str], list[Any]]:
+    def complete(incomplete: str) -> list[Any]:
+        return [v for v in values if v.startswith(incomplete)]
+
+    return complete
 
 
 def _base(tp: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from aecore.cli.completion import RUN_REQUEST
 from aecore.cli.options import options_from
 from aecore.cli.output import console
 from aecore.errors import ConfigError
@@ -34,16 +35,37 @@ Examples:
 
   ae train -e conv -d mlp --reg sparse --set sparse.kind=kl --data mnist --data-dir ./data
 
+  ae train --config run.toml --epochs 3
+
+  ae train -e mlp --epochs 5 --print-config > run.toml
+
 Every component parameter can be set with --set TARGET.PARAM=VALUE, where
 TARGET is encoder, decoder, trainer, loss or a regularizer name. 'ae plugins
 show NAME' lists a component's parameters, types and defaults.
+
+--config FILE reads the whole request from a TOML file whose keys are the
+options' fields (docs/config-files.md); options given on the command line
+override it, --set per parameter.
 """
 
 
-@options_from(RunRequest)
+@options_from(RunRequest, complete=RUN_REQUEST)
 def train_command(
     ctx: typer.Context,
     values: dict[str, Any],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read the run request from this TOML file (docs/config-files.md); options override it."
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config",
+            help="Print the request (file and options merged) as TOML for --config; exit without training.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     resume: Annotated[
         Path | None, typer.Option(help="Continue an interrupted run directory exactly where it stopped.")
@@ -59,6 +81,23 @@ def train_command(
 
     Ctrl-C saves the run's state and prints how to continue it with --resume.
     """
+    if resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name in values]
+        given += [flag for flag, used in (("--config", config), ("--print-config", print_config)) if used]
+        if given:
+            raise ConfigError(
+                f"--resume continues {resume} with the options it was started with; drop {', '.join(given)}."
+            )
+    if config is not None:
+        from aecore.runfile import merge_values, read_run_file
+
+        values = merge_values(read_run_file(config), values)
+    if print_config:
+        from aecore.runfile import request_toml
+
+        request = RunRequest.from_values(values)
+        typer.echo(request_toml(request.to_dict(), header=PRINTED), nl=False)
+        return
     if nproc is not None:
         if nproc < 1:
             raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
@@ -69,11 +108,6 @@ def train_command(
 
         sys.exit(launch(nproc, _without_nproc(sys.argv[1:])))  # the launcher has said all there is to say
     if resume is not None:
-        if values:
-            given = ", ".join(f"--{name.replace('_', '-')}" for name in values)
-            raise ConfigError(
-                f"--resume continues {resume} with the options it was started with; drop {given}."
-            )
         from aecore.training import resume as resume_run
 
         report(resume_run(resume, progress=not quiet))
@@ -86,6 +120,10 @@ def train_command(
 
 
 train_command.epilog = EPILOG  # type: ignore[attr-defined]
+
+#: The comment --print-config starts its TOML with.
+PRINTED = """The run request of an 'ae train' command line; 'ae train --config THIS_FILE' runs it.
+Keys are the fields of aecore.RunRequest (docs/config-files.md); a key left out takes its default."""
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
