@@ -133,33 +133,52 @@ def encode_command(
         ),
     ] = None,
     fmt: FormatOpt = None,
+    indices: Annotated[
+        bool | None,
+        typer.Option(
+            "--indices/--no-indices",
+            help="Codebook indices (int64, one per code position) instead of float codes "
+            "(default: indices when the model's code regularizer quantises).",
+        ),
+    ] = None,
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "cpu",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the latent codes of a dataset split (with labels where known) to a file."""
-    from aecore_analysis.codes import encode_data, labels_path, write_table
+    from aecore_analysis.codes import code_indexer, encode_data, encode_indices, labels_path, write_table
 
     if split not in ("test", "train"):
         raise ConfigError(f"--split must be test or train, got '{split}'.")
     loaded = load_model_and_data(model, data, data_dir, device)
+    if indices is None:
+        indices = code_indexer(loaded.model) is not None
     subset = getattr(loaded.dataset, split)
     target, fmt = _target(out, fmt, loaded.run_dir / f"codes-{split}", overwrite)
     if fmt == "npy" and subset.y is not None:
         output_file(labels_path(target), labels_path(target), overwrite)
-    codes = encode_data(loaded.model, subset, device=next(loaded.model.parameters()).device)
-    written = write_table(target, codes, subset.y, fmt)
+    where = next(loaded.model.parameters()).device
+    if indices:
+        codes = encode_indices(loaded.model, subset, device=where)
+        written = write_table(target, codes, subset.y, fmt, key="indices", prefix="i")
+    else:
+        codes = encode_data(loaded.model, subset, device=where)
+        written = write_table(target, codes, subset.y, fmt)
 
     from rich.table import Table
 
     table = Table(title=f"codes of {loaded.dataset.name} {split} ({len(codes):,} samples)")
     table.add_column("")
     table.add_column("value", justify="right")
-    table.add_row("code size", str(codes.shape[1]))
-    table.add_row("mean |z|", f"{codes.abs().mean():.4g}")
-    table.add_row("std per unit (mean)", f"{codes.std(0).mean():.4g}" if len(codes) > 1 else "-")
-    table.add_row("units never active (z = 0)", str(int((codes == 0).all(0).sum())))
+    if indices:
+        table.add_row("code positions (indices per sample)", str(codes.shape[1]))
+        table.add_row("codebook vectors used", str(int(codes.unique().numel())))
+    else:
+        table.add_row("code size", str(codes.shape[1]))
+        table.add_row("mean |z|", f"{codes.abs().mean():.4g}")
+        table.add_row("std per unit (mean)", f"{codes.std(0).mean():.4g}" if len(codes) > 1 else "-")
+        table.add_row("units never active (z = 0)", str(int((codes == 0).all(0).sum())))
     table.add_row("labels", "yes" if subset.y is not None else "none")
     console.print(table)
     console.print(f"wrote {_files(written)}")
@@ -167,7 +186,13 @@ def encode_command(
 
 def decode_command(
     model: ModelArg,
-    codes: Annotated[Path, typer.Argument(help="Codes: .safetensors (key 'codes'), .npy or .csv (z0..).")],
+    codes: Annotated[
+        Path,
+        typer.Argument(
+            help="Codes: .safetensors (key 'codes', or 'indices' for a quantised model), .npy or .csv (z0.. "
+            "or i0..)."
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(
@@ -189,7 +214,16 @@ def decode_command(
     """Decode latent codes from a file into outputs (a PNG grid for image models, and/or a data file)."""
     from aecore import checkpoint
     from aecore.training.run import resolve_device
-    from aecore_analysis.codes import decode_codes, denormalise, read_codes, write_table
+    from aecore_analysis.codes import (
+        code_indexer,
+        decode_codes,
+        decode_indices,
+        denormalise,
+        holds_indices,
+        read_codes,
+        read_indices,
+        write_table,
+    )
 
     path = checkpoint.resolve(model)
     grid_only = out is not None and out.suffix.lower() == ".png"
@@ -211,8 +245,14 @@ def decode_command(
             if image
             else None
         )
-    z, labels = read_codes(codes, codes_format)
-    outputs = decode_codes(net, z, device=torch_device)
+    # Integer codes go through the model's quantiser; a model without one reads them as numbers.
+    integral = code_indexer(net) is not None and holds_indices(codes, codes_format)
+    if integral:
+        z, labels = read_indices(codes, codes_format)
+        outputs = decode_indices(net, z, device=torch_device)
+    else:
+        z, labels = read_codes(codes, codes_format)
+        outputs = decode_codes(net, z, device=torch_device)
     written = []
     if data_file is not None and fmt is not None:
         values = denormalise(outputs, norm) if data_units else outputs
@@ -223,8 +263,9 @@ def decode_command(
         shown = denormalise(outputs[:max_images], norm) / float(norm.get("divisor", 1.0))
         nrow = min(len(shown), 8) or 1
         written.append(save_grid(shown.clamp(0, 1), png, nrow=nrow))
+    what = "rows of indices" if integral else "codes"
     console.print(
-        f"decoded {len(z):,} codes of size {z.shape[1]} into outputs of shape "
+        f"decoded {len(z):,} {what} of size {z.shape[1]} into outputs of shape "
         f"{'×'.join(map(str, net.input_shape))} "
         f"(range {float(outputs.min()):.3g} to {float(outputs.max()):.3g})"
     )

@@ -8,6 +8,12 @@ Three formats, chosen by the file suffix, so codes can go to any tool:
 
 Decoded outputs use the same formats with the key ``outputs`` and columns
 ``x0 ..`` (flattened), so a decoded table can be read back as ``npy:``/``csv:`` data.
+
+A model whose code regularizer quantises (it offers ``code_indices(z)`` and
+``code_from_indices(index)``) has integer codes too: one codebook index per
+code position, int64 (N, P), written as the tensor ``indices``, an integer
+``.npy`` array, or columns ``i0 .. i{P-1}``; :func:`code_indexer` finds such a
+regularizer by those two methods, whatever it is called.
 """
 
 from __future__ import annotations
@@ -18,20 +24,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from aecore.data import TensorData
 from aecore.errors import ConfigError, DataError, ShapeError
-from aecore.model import Autoencoder
+from aecore.model import Autoencoder, split_code
 
 __all__ = [
     "FORMATS",
+    "code_indexer",
     "decode_codes",
+    "decode_indices",
     "denormalise",
     "encode_data",
+    "encode_indices",
     "file_format",
+    "holds_indices",
     "labels_path",
     "read_codes",
+    "read_indices",
     "write_table",
 ]
 
@@ -84,6 +95,64 @@ def decode_codes(
     return torch.cat(out) if out else torch.empty(0, *model.input_shape)
 
 
+def code_indexer(model: Autoencoder) -> tuple[int, nn.Module] | None:
+    """The last regularizer offering ``code_indices`` and ``code_from_indices``, with its place in order."""
+    found = None
+    for place, reg in enumerate(model.regularizers.values()):
+        if callable(getattr(reg, "code_indices", None)) and callable(getattr(reg, "code_from_indices", None)):
+            found = (place, reg)
+    return found
+
+
+def _indexer(model: Autoencoder) -> tuple[int, nn.Module]:
+    found = code_indexer(model)
+    if found is None:
+        raise ConfigError(
+            "the model's code has no integer form: none of its regularizers offers code_indices and "
+            "code_from_indices (a quantiser does); write float codes instead."
+        )
+    return found
+
+
+@torch.no_grad()
+def encode_indices(
+    model: Autoencoder, data: TensorData, *, batch_size: int = 1000, device: torch.device | str = "cpu"
+) -> Tensor:
+    """The codebook index of every code position of every sample, in order: int64 (N, P) on the CPU.
+
+    The indexing regularizer receives what it receives in ``model.encode``:
+    the encoder's output after the regularizers listed before it.
+    """
+    place, indexer = _indexer(model)
+    before = list(model.regularizers.values())[:place]
+    model.eval()
+    parts = []
+    for xb in data.batches(batch_size):
+        z = model.encoder(xb.to(device))
+        for reg in before:
+            z = split_code(reg.transform_code(z))[0]
+        parts.append(indexer.code_indices(z).long().cpu())
+    return torch.cat(parts) if parts else torch.empty(0, 0, dtype=torch.long)
+
+
+@torch.no_grad()
+def decode_indices(
+    model: Autoencoder, indices: Tensor, *, batch_size: int = 1000, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Decoder outputs for codebook indices (N, P): each row's code, through the regularizers after the
+    indexing one, as ``model.encode`` would have passed it on; a wrong width or index is one line."""
+    place, indexer = _indexer(model)
+    after = list(model.regularizers.values())[place + 1 :]
+    model.eval()
+    out = []
+    for ib in indices.split(batch_size):
+        z = indexer.code_from_indices(ib.to(device))
+        for reg in after:
+            z = split_code(reg.transform_code(z))[0]
+        out.append(model.decode(z).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, *model.input_shape)
+
+
 def denormalise(x: Tensor, normalisation: dict) -> Tensor:
     """Model-space values back to the data's own units (undoes ``TensorData.normalise``)."""
     out = x.float().clone()
@@ -98,13 +167,18 @@ def denormalise(x: Tensor, normalisation: dict) -> Tensor:
 def write_table(
     path: Path, values: Tensor, labels: Tensor | None, fmt: str, *, key: str = "codes", prefix: str = "z"
 ) -> list[Path]:
-    """Write rows of ``values`` (flattened) and optional labels; returns the files written."""
-    flat = values.detach().float().cpu().reshape(len(values), -1).contiguous()
+    """Write rows of ``values`` (flattened) and optional labels; returns the files written.
+
+    Integer values (codebook indices) stay int64, and CSV cells are written as whole numbers.
+    """
+    integral = _integral(values)
+    kept = values.detach().cpu().long() if integral else values.detach().float().cpu()
+    flat = kept.reshape(len(values), -1).contiguous()
     written = [path]
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        tensors = {key: values.detach().float().cpu().contiguous()}
+        tensors = {key: kept.contiguous()}
         if labels is not None:
             tensors["labels"] = labels.detach().cpu().contiguous()
         save_file(tensors, str(path))
@@ -119,7 +193,7 @@ def write_table(
             writer.writerow([f"{prefix}{i}" for i in range(flat.shape[1])] + ["label"])
             ys = labels.tolist() if labels is not None else [""] * len(flat)
             for row, y in zip(flat.tolist(), ys, strict=True):
-                writer.writerow([f"{v:.9g}" for v in row] + [y])
+                writer.writerow([str(v) if integral else f"{v:.9g}" for v in row] + [y])
     return written
 
 
@@ -149,6 +223,109 @@ def read_codes(path: Path, fmt: str | None = None) -> tuple[Tensor, Tensor | Non
     else:
         codes, labels = _read_codes_csv(path)
     return _checked_codes(codes, path), None if labels is None else _checked_labels(labels, len(codes), path)
+
+
+def holds_indices(path: Path, fmt: str | None = None) -> bool:
+    """Whether a codes file holds codebook indices: a tensor ``indices``, an integer ``.npy`` array,
+    or CSV columns ``i0 ..``. A file that cannot be read says so later, when it is read."""
+    if not path.is_file():
+        return False
+    fmt = file_format(path, fmt)
+    try:
+        if fmt == "safetensors":
+            from aecore.io import read_header
+
+            return "indices" in read_header(path)
+        if fmt == "npy":
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            return isinstance(mapped, np.ndarray) and mapped.dtype.kind in "iu"
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next((row for row in csv.reader(f) if row), [])
+        return any(name.strip() == "i0" for name in header)
+    except Exception:  # a damaged file is reported by the reader, in one line
+        return False
+
+
+def read_indices(path: Path, fmt: str | None = None) -> tuple[Tensor, Tensor | None]:
+    """Codebook indices (int64, (N, P)) and labels if the file has them, from any of the three formats.
+
+    The indices must be a non-empty table of whole numbers from 0 up; whether
+    they fit a codebook is for the model's ``code_from_indices`` to say. A
+    bad file is a one-line :class:`DataError` naming it.
+    """
+    if not path.is_file():
+        raise DataError(f"no codes file at {path}.")
+    fmt = file_format(path, fmt)
+    labels = None
+    if fmt == "safetensors":
+        tensors = _read_safetensors(path)
+        if "indices" not in tensors:
+            names = ", ".join(sorted(tensors)[:8]) or "none"
+            raise DataError(f"{path} has no tensor 'indices' (it has: {names}).")
+        index, labels = tensors["indices"], tensors.get("labels")
+    elif fmt == "npy":
+        index = _npy_tensor(path, "indices")
+        if labels_path(path).is_file():
+            labels = _npy_tensor(labels_path(path), "labels")
+    else:
+        index, labels = _read_indices_csv(path)
+    index = _checked_indices(index, path)
+    return index, None if labels is None else _checked_labels(labels, len(index), path)
+
+
+def _checked_indices(index: Tensor, path: Path) -> Tensor:
+    if index.dim() != 2:
+        raise DataError(
+            f"{path} holds indices of shape {tuple(index.shape)}; indices are a table, one row per sample."
+        )
+    if len(index) == 0 or index.shape[1] == 0:
+        raise DataError(f"{path} holds no indices (shape {tuple(index.shape)}); write some with 'ae encode'.")
+    if not _integral(index):
+        raise DataError(
+            f"{path} holds {str(index.dtype).removeprefix('torch.')} indices; "
+            "codebook indices are whole numbers."
+        )
+    if index.dtype == torch.uint64 and int(index.numpy().max()) >= 2**63:
+        raise DataError(f"{path} has an index beyond the int64 range; codebook indices are small numbers.")
+    index = index.long()
+    if bool((index < 0).any()):
+        row = int((index < 0).any(1).nonzero()[0])
+        raise DataError(
+            f"{path} has a negative index in row {row} (rows count from 0); indices count from 0."
+        )
+    return index
+
+
+def _read_indices_csv(path: Path) -> tuple[Tensor, Tensor | None]:
+    """Columns ``i0 ..`` as whole numbers, and ``label`` where given (the layout ``write_table`` uses)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [(line, row) for line, row in enumerate(csv.reader(f), start=1) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} as CSV ({' '.join(str(exc).split())}).") from None
+    header = [name.strip() for name in rows[0][1]] if rows else []
+    columns = {int(n[1:]): i for i, n in enumerate(header) if n[:1] == "i" and n[1:].isdecimal()}
+    if not columns or sorted(columns) != list(range(len(columns))):
+        raise DataError(f"{path} has no index columns i0, i1, ... with no gap (as 'ae encode' writes).")
+    order = [columns[k] for k in range(len(columns))]
+    label_col = header.index("label") if "label" in header else None
+    values, labels = [], []
+    for line, row in rows[1:]:
+        try:
+            values.append([int(row[i]) for i in order])
+            if label_col is not None and label_col < len(row) and row[label_col].strip():
+                labels.append(int(row[label_col]))
+        except (ValueError, IndexError):
+            raise DataError(f"{path} row {line}: the indices and label are not all whole numbers.") from None
+    if labels and len(labels) != len(values):
+        raise DataError(f"{path} labels some rows and not others; label every row or none.")
+    try:
+        index = torch.tensor(values, dtype=torch.long).reshape(len(values), len(order))
+    except RuntimeError:  # an index beyond int64
+        raise DataError(
+            f"{path} has an index beyond the int64 range; codebook indices are small numbers."
+        ) from None
+    return index, torch.tensor(labels, dtype=torch.long) if labels else None
 
 
 #: The largest magnitude float32 holds: a larger code would become infinite.
