@@ -16,6 +16,7 @@ A component that cannot be built on ``meta`` is built for real, unbounded.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -101,10 +102,14 @@ def compose(
         dec_params = {**{k: v for k, v in enc_params.items() if k in shared}, **dec_params}
 
     shape = {"input_shape": input_shape, "latent_dim": latent_dim}
+    enc_part = _Part(enc_info, enc_params, "encoder", shape)
+    wants_shape = [_takes_code_shape(i) for i in reg_infos]
+    code = enc_part.code_shape() if any(wants_shape) else (latent_dim,)
+    contexts = [{"latent_dim": latent_dim, **({"code_shape": code} if w else {})} for w in wants_shape]
     parts = [
-        _Part(enc_info, enc_params, "encoder", shape),
+        enc_part,
         _Part(dec_info, dec_params, "decoder", shape),
-        *(_Part(i, params.get(i.name, {}), i.name, {"latent_dim": latent_dim}) for i in reg_infos),
+        *(_Part(i, params.get(i.name, {}), i.name, c) for i, c in zip(reg_infos, contexts, strict=True)),
     ]
     _check_size(parts, input_shape, latent_dim, limit)
     enc, dec, *reg_modules = (part.build() for part in parts)
@@ -176,6 +181,16 @@ class _Part:
             self.meta_failed = True
             return None
 
+    def code_shape(self) -> tuple[int, ...]:
+        """The shape of the code this (encoder) part gives, from a build on the meta device."""
+        latent = int(self.context.get("latent_dim", 0))
+        try:
+            with torch.device("meta"):
+                module = self.cls(self.config, **self.context)
+        except Exception:  # refused or lazy: built for real later, where its own error speaks
+            return (latent,)
+        return code_shape(module)
+
     def build(self) -> nn.Module:
         try:
             return self.cls(self.config, **self.context)
@@ -209,6 +224,15 @@ def _whole(value: Any) -> bool:
 
 def _shape(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape))
+
+
+def _takes_code_shape(info: registry.PluginInfo) -> bool:
+    """Whether a regularizer's constructor takes ``code_shape``: the encoder's code shape (C×H×W for
+    a spatial code), beside ``latent_dim``."""
+    try:
+        return "code_shape" in inspect.signature(info.load()).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_size(parts: list[_Part], input_shape: tuple[int, ...], latent_dim: int, limit: int) -> None:

@@ -189,7 +189,12 @@ class RunContext:
     fires ``ae_checkpoint_saved``. A trainer that supports resuming saves its
     state with ``save_resume(model, trainer_meta, trainer_tensors)`` and
     continues from ``resume`` when it is set. ``backend`` is the chosen
-    backend, or None for plain autograd.
+    backend, or None for plain autograd. ``model`` is the model being
+    trained (as the backend prepared it), and ``train_data`` and
+    ``val_data`` the splits it trains and validates on, so a hook can look
+    at them (draw reconstructions, say) without touching the training
+    computation; a hook must leave them as it found them (use
+    ``torch.no_grad()`` and restore ``model.training``).
     """
 
     out_dir: Path
@@ -202,3 +207,6 @@ class RunContext:
     resume: ResumeState | None = None
     save_resume: Callable[[Autoencoder, Mapping[str, Any], Mapping[str, Tensor]], Path] | None = None
     backend: Backend | None = None
+    model: Autoencoder | None = None
+    train_data: TensorData | None = None
+    val_data: TensorData | None = None

@@ -380,6 +380,7 @@ def _run_job(
     model.to(device)
     if backend is not None:
         model = backend.prepare(model, device)
+    run.model, run.train_data, run.val_data = model, train_split, val_split
     _register_component_hooks(pm, model)
 
     schedule = getattr(trainer, "schedule", None)

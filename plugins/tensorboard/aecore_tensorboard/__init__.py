@@ -82,10 +82,10 @@ _NO = {"0", "false", "no", "off"}
 class TensorBoardLogger:
     """Writes each run's scalars, reconstruction grids and hparams to RUN/tensorboard/.
 
-    aecore hands hooks neither the model nor the data at epoch end, so the
-    model is taken from the first ``ae_after_step`` and the samples from the
-    first batch it evaluates (validation), through a forward pre-hook that
-    removes itself once it has them.
+    The model and the samples for the reconstruction grid come from the run
+    (``run.model``; the first validation samples, or the first training
+    samples when there is no validation split), so nothing is attached to
+    the model and a backend's fast step is left alone.
     """
 
     def __init__(self) -> None:
@@ -106,9 +106,6 @@ class TensorBoardLogger:
         self.model: nn.Module | None = None
         self.samples: Tensor | None = None
         self.display = (0.0, 1.0)
-        self.wait_for_eval = True
-        self._capture_handle: Any = None
-        self._capture_error: Exception | None = None
 
     # -- hooks ---------------------------------------------------------------
 
@@ -123,23 +120,19 @@ class TensorBoardLogger:
         self.log_dir = Path(run.out_dir) / LOG_DIR
         self.total_epochs = total_epochs
         self.offset = self.step = len(run.resume.history) if run.resume is not None else 0
-        self.wait_for_eval = bool(run.info.get("val_size"))
-
-    @hookimpl
-    def ae_after_step(self, model: nn.Module) -> None:
-        if not self.enabled or self.model is not None:
-            return
-        self.model = model
-        if self.every and is_image_shape(getattr(model, "input_shape", ())):
-            self._capture_handle = model.register_forward_pre_hook(self._capture, with_kwargs=True)
+        self.model = getattr(run, "model", None)
+        val, train = getattr(run, "val_data", None), getattr(run, "train_data", None)
+        source = val if val is not None and len(val) else train
+        if self.every and source is not None and len(source) and is_image_shape(source.shape):
+            with self._failing():
+                self.samples = source.batch(slice(0, min(IMAGE_SAMPLES, len(source)))).float().cpu()
+                self.display = display_range(self.samples)
 
     @hookimpl
     def ae_epoch_end(self, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         with self._failing():
-            if self._capture_error is not None:
-                raise self._capture_error
             self.step += 1
             writer = self._writer()
             for name, value in metrics.items():
@@ -217,31 +210,7 @@ class TensorBoardLogger:
         writer.flush()
         self.config_logged = True
 
-    def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Keep the first evaluated batch's samples (the first training batch without validation).
-
-        It runs inside the model's forward, where aecore's guard cannot reach:
-        it never raises; an error is kept and raised at the next epoch end.
-        """
-        try:
-            if module.training and self.wait_for_eval:
-                return
-            x = args[0] if args else kwargs.get("x")
-            if isinstance(x, Tensor) and x.dim() == 4 and len(x):
-                self.samples = x[:IMAGE_SAMPLES].detach().float().clone()
-                self.display = display_range(self.samples)
-                self._stop_capture()
-        except Exception as exc:
-            self._capture_error = exc
-            self._stop_capture()
-
-    def _stop_capture(self) -> None:
-        if self._capture_handle is not None:
-            self._capture_handle.remove()
-            self._capture_handle = None
-
     def _release(self) -> None:
-        self._stop_capture()
         self.model = None
         self.samples = None
 
@@ -298,6 +267,9 @@ def display_range(samples: Tensor) -> tuple[float, float]:
 
 def reconstruct(model: nn.Module, x: Tensor) -> Tensor:
     """``model(x)`` in evaluation mode, without gradients; the mode and the random state stay as they were."""
+    weight = next(model.parameters(), None)
+    if weight is not None:
+        x = x.to(weight.device)  # the samples are kept on the CPU
     devices = [x.get_device()] if x.is_cuda else []
     was_training = model.training
     with torch.no_grad(), torch.random.fork_rng(devices=devices):

@@ -95,7 +95,7 @@ def test_emnist_splits_keep_their_published_labels(tmp_path, split, low, high, n
     x = images(4, 1, 28, seed=2)
     write_emnist(tmp_path, split, x[:2], [low, high], x[2:], [high, low])
     dataset = load_dataset(f"emnist?split={split}", tmp_path)
-    assert dataset.name == f"emnist?split={split}"
+    assert dataset.name == ("emnist" if split == "balanced" else f"emnist?split={split}")  # defaults unnamed
     assert torch.equal(dataset.train.x, torch.from_numpy(x[:2]))
     assert dataset.train.y.tolist() == [low, high] and dataset.test.y.tolist() == [high, low]
     names = dataset.spec.get("label_names")
@@ -120,9 +120,9 @@ def test_emnist_label_outside_its_split_is_refused(tmp_path, split, label):
     assert f"emnist-{split}-test-labels-idx1-ubyte" in str(excinfo.value)
 
 
-def test_emnist_needs_its_split_named(tmp_path):
-    with pytest.raises(DataError, match=r"missing required parameter\(s\): emnist\.split"):
-        load_dataset("emnist", tmp_path)
+def test_emnist_defaults_to_the_balanced_split_and_refuses_an_unknown_one(tmp_path):
+    with pytest.raises(DataError, match="emnist-balanced-train-images-idx3-ubyte"):
+        load_dataset("emnist", tmp_path)  # balanced is looked for: here its files are missing
     with pytest.raises(DataError, match="choose one of byclass"):
         load_dataset("emnist?split=upper", tmp_path)
 

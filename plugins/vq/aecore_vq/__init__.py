@@ -73,8 +73,8 @@ class VQConfig:
     codebook_size: int = param(512, "Codebook vectors K.", minimum=1)
     dim: int | None = param(
         None,
-        "Size D of each codebook vector (none: the channels of a spatial code, where aecore passes its "
-        "shape; a flat code needs it, and it must divide the latent size).",
+        "Size D of each codebook vector, dividing the latent size (none: the channels of a spatial code, "
+        "or the whole of a flat code, one vector per sample).",
         minimum=1,
     )
     layout: Layout = param(
@@ -125,6 +125,8 @@ def _resolve(config: VQConfig, latent_dim: int, code_shape: tuple[int, ...] | No
     if dim is None:
         if layout == "spatial" and spatial:
             dim = spatial[0]
+        elif layout == "flat":
+            dim = latent_dim  # the whole code is one codebook vector
         else:
             raise ShapeError(
                 f"vq cannot tell the size of its codebook vectors for a code of {latent_dim} values; "

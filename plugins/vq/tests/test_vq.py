@@ -92,8 +92,10 @@ def test_the_vector_size_comes_from_a_spatial_code_shape_or_must_be_given():
     vq = make(latent_dim=2 * 3 * 5, code_shape=(2, 3, 5))
     assert (vq.layout, vq.dim, vq.positions) == ("spatial", 2, 15)
     assert make(latent_dim=12, dim=4).layout == "flat"  # no shape known: groups of D
+    whole = make(latent_dim=12)  # a flat code without dim: one vector per sample
+    assert (whole.layout, whole.dim, whole.positions) == ("flat", 12, 1)
     with pytest.raises(ShapeError, match=r"set --set vq.dim=D"):
-        make(latent_dim=12)
+        make(latent_dim=12, layout="spatial")  # spatial, but no shape known
     with pytest.raises(ShapeError, match=r"does not divide the latent size 10"):
         make(latent_dim=10, dim=4)
     with pytest.raises(ShapeError, match=r"has 2 channels per position; set --set vq.dim=2"):
@@ -112,7 +114,13 @@ def test_bad_settings_are_one_line_config_errors(bad):
 
 
 def test_a_spatial_encoder_code_read_as_flat_groups_is_refused_at_the_first_step(tmp_path):
-    params = {**CONV, "vq": {"dim": 16, "codebook_size": 8}, "trainer": {"epochs": 1}}
+    # compose hands vq the encoder's code shape, so by default it reads a spatial code per position
+    model = aecore.compose(
+        "conv", regularizers=["vq"], input_shape=(1, 8, 8), latent_dim=CONV_LATENT,
+        params={**CONV, "vq": {"codebook_size": 8}},
+    )  # fmt: skip
+    assert (model.regularizers["vq"].layout, model.regularizers["vq"].dim) == ("spatial", 16)
+    params = {**CONV, "vq": {"dim": 16, "codebook_size": 8, "layout": "flat"}, "trainer": {"epochs": 1}}
     with pytest.raises(ShapeError, match=r"spatial \(16×2×2\).*set --set vq.layout=spatial --set vq.dim=16"):
         aecore.train(
             encoder="conv", regularizers=["vq"], data=tiny_dataset(shape=(1, 8, 8)), latent_dim=CONV_LATENT,
