@@ -41,7 +41,9 @@ def store(tmp_path_factory) -> str:
     """One sqlite tracking store for the module: making its tables takes seconds."""
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
     uri = f"sqlite:///{path}"
-    MlflowClient(uri).search_experiments()  # creates the tables now
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(path.parent)  # the Default experiment's ./mlruns lands here, not in the repository
+        MlflowClient(uri).search_experiments()  # creates the tables now
     return uri
 
 
