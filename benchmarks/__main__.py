@@ -38,7 +38,7 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only this section: throughput, inference, startup, completion, memory or data; "
+            help="Run only this section: throughput, inference, startup, completion, memory, data or sae; "
             "repeat for several."
         ),
     ] = None,

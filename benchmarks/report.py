@@ -7,6 +7,7 @@ a reader needs to judge the issue at a glance.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable
 from typing import Any
 
@@ -210,6 +211,20 @@ def _data(console: Console, r: dict[str, Any]) -> None:
     _targets(console, "Data targets", targets)
 
 
+def _sae(console: Console, r: dict[str, Any]) -> None:
+    w = r["workload"]
+    table = Table(
+        title=f"Sparse autoencoder: {w['model']}, {w['data']}, median of {w['repeats']}", title_justify="left"
+    )
+    for column in ("loop", "s/epoch", "test FVU"):
+        table.add_column(column, justify="left" if column == "loop" else "right")
+    for name, seconds in r["seconds_per_epoch"].items():
+        fvu = statistics.median(run["test_fvu"] for run in r["runs"][name])
+        table.add_row(name, _num(seconds, ".2f"), _num(fvu, ".4f"))
+    console.print(table)
+    _targets(console, "Sparse autoencoder target", [r["target"]])
+
+
 def print_report(console: Console, record: dict[str, Any]) -> None:
     """Print every section present in ``record``."""
     machine = record["machine"]
@@ -228,6 +243,7 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
         ("completion", _startup),
         ("memory", _memory),
         ("data", _data),
+        ("sae", _sae),
     )
     for name, show in sections:
         if name in record:

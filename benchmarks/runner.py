@@ -22,7 +22,7 @@ from rich.console import Console
 
 __all__ = ["SECTIONS", "BenchSettings", "machine_info", "run_bench"]
 
-SECTIONS = ("throughput", "inference", "startup", "completion", "memory", "data")
+SECTIONS = ("throughput", "inference", "startup", "completion", "memory", "data", "sae")
 SCHEMA = "aecore.bench/1"
 
 
@@ -174,6 +174,13 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
             limit=settings.limit,
             threads=torch.get_num_threads(),
             repeats=settings.repeats or 3,
+        )
+    if "sae" in settings.only:
+        from benchmarks.sae import run_sae_speed
+
+        console.print("[bold]sparse autoencoder[/] (aecore-sae against a plain loop) ...")
+        record["sae"] = run_sae_speed(
+            rows=settings.limit or 60_000, epochs=settings.epochs, repeats=settings.repeats or 3
         )
     record["machine"]["load_average_end"] = _load()
     record["duration_seconds"] = time.perf_counter() - clock

@@ -270,3 +270,19 @@ def test_completion_ratios_come_from_the_measured_figures(bench_run):
     for name, ratio in r["ratio_to_import_torch"].items():
         assert close(ratio, r["seconds"][name] / reference)
         assert set(r["exit_codes"][name]) == {0} and r["candidates"][name]
+
+
+def test_sae_section_times_both_loops_and_derives_its_ratio(tmp_path):
+    """The sae section on 4,096 rows, 1 epoch, 1 repetition: both loops learn, the ratio is theirs."""
+    out = tmp_path / "record.json"
+    args = ["--only", "sae", "--epochs", "1", "--limit", "4096", "--repeats", "1", "--json-out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.stdout, result.exception)
+    sae = json.loads(out.read_text())["sae"]
+    seconds = sae["seconds_per_epoch"]
+    assert set(seconds) == {"aecore", "plain"} and all(v > 0 for v in seconds.values())
+    assert close(sae["ratio"], seconds["aecore"] / seconds["plain"])
+    assert sae["target"]["limit"] == 1.0 and sae["target"]["value"] == sae["ratio"]
+    for runs in sae["runs"].values():
+        assert len(runs) == 1 and 0 < runs[0]["test_fvu"] < 1  # both learned something
+    assert "Sparse autoencoder" in result.stdout
