@@ -73,6 +73,12 @@ class RunRequest:
     )
     seed: int = param(0, "Random seed for weights, split and shuffling.")
     device: str = param("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+    threads: int | None = param(
+        None,
+        "torch intra-op threads while the run trains (default: torch's, one per core). A shared or "
+        "virtualised machine can be faster on 1: 'ae bench' measures it.",
+        minimum=1,
+    )
     backend: str = param(
         "auto", "Training backend: auto (the first installed one that serves the device), none, or a name."
     )

@@ -207,10 +207,17 @@ def check_regularizer(
     (encoder, decoder or the regularizer's own); a penalty that moves nothing
     trains nothing. A regularizer without a ``weight`` may instead return a
     constant zero (a pure transform such as TopK or denoising).
+
+    Without ``params``, the class attribute ``conformance_params`` is used
+    where the class has one: the settings under which a penalty that
+    depends on training history (AuxK's, zero until a latent has been idle
+    long enough) is active in a freshly built model.
     """
     from aecore.model import Autoencoder, ComponentSpec, ModelSpec, split_code
 
     input_shape, name = tuple(input_shape), cls.__name__
+    if params is None:
+        params = getattr(cls, "conformance_params", None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         reg, config = _build("regularizer", cls, params, latent_dim=latent_dim)

@@ -276,6 +276,40 @@ def test_kit_rejects_a_broken_regularizer(cls, message):
         testing.check_regularizer(cls, input_shape=(4,))
 
 
+@dataclass(frozen=True)
+class PatienceConfig:
+    weight: float = param(0.5, "Penalty weight.")
+    patience: int = param(100, "Training batches before the penalty acts.")
+
+
+class Patient(RegularizerBase):
+    """A penalty that acts only after ``patience`` training batches: zero in a fresh model."""
+
+    Config = PatienceConfig
+
+    def __init__(self, config, *, latent_dim):
+        super().__init__(config, latent_dim=latent_dim)
+        self.seen = 0
+
+    def penalty(self, x, z, recon, model):
+        self.seen += 1
+        if self.seen <= self.config.patience:
+            return torch.zeros(())
+        return self.config.weight * z.pow(2).mean()
+
+
+class DeclaresItsCheck(Patient):
+    conformance_params = {"patience": 0}
+
+
+def test_kit_checks_a_history_dependent_penalty_under_its_declared_settings():
+    with pytest.raises(AssertionError, match="carries no gradient"):
+        testing.check_regularizer(Patient, input_shape=(4,))  # zero at first: looks like it trains nothing
+    assert testing.check_regularizer(DeclaresItsCheck, input_shape=(4,)).config.patience == 0
+    with pytest.raises(AssertionError, match="carries no gradient"):  # explicit params win
+        testing.check_regularizer(DeclaresItsCheck, input_shape=(4,), params={"patience": 5})
+
+
 class StraightThroughQuantiser(RegularizerBase):
     """A vector-quantisation code written against penalty's z alone: the bug the kit must catch.
 

@@ -240,6 +240,9 @@ def _execute(
     Under torchrun every rank runs this; only rank 0 writes files and runs hooks.
     """
     job, device = distributed.setup(resolve_device(request.device))
+    threads_before = torch.get_num_threads()
+    if request.threads is not None:
+        torch.set_num_threads(request.threads)
     try:
         if job.active and state is not None:
             raise ConfigError("resuming a distributed run is not supported yet; resume it in one process.")
@@ -248,6 +251,7 @@ def _execute(
         distributed.barrier()
         return result
     finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the caller's setting as it was
         distributed.shutdown()
 
 

@@ -233,8 +233,8 @@ class AuxKConfig:
     dead_window: int = param(
         1_000_000,
         "A latent is dead, and gets the residual, when it has not fired in this many training samples "
-        "(a latent that has never fired counts as dead).",
-        minimum=1,
+        "(counted from the start of training; 0: every latent counts as dead).",
+        minimum=0,
     )
 
     def __post_init__(self) -> None:
@@ -253,10 +253,12 @@ class AuxK(RegularizerBase):
     """
 
     Config = AuxKConfig
+    #: A fresh model has no dead latent, so its penalty is 0: the conformance kit checks it with all dead.
+    conformance_params = {"dead_window": 0}
 
     def __init__(self, config: AuxKConfig, *, latent_dim: int) -> None:
         super().__init__(config, latent_dim=latent_dim)
-        self.register_buffer("since_fired", torch.full((latent_dim,), config.dead_window, dtype=torch.int64))
+        self.register_buffer("since_fired", torch.zeros(latent_dim, dtype=torch.int64))
 
     def transform_code(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return z, z  # the code passes unchanged; the penalty gets the encoder's output

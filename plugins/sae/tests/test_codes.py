@@ -180,32 +180,40 @@ def _model(dead_window: int = 10**9, order=("auxk", "topk")):
 
 def test_auxk_is_zero_while_no_latent_is_dead():
     model = _model()
-    model.regularizers["auxk"].since_fired.zero_()
+    assert not bool(model.regularizers["auxk"].dead_mask().any())  # counting starts with training
     terms = model(torch.randn(32, 16), F.mse_loss)
     assert float(terms["auxk"].detach()) == 0.0
 
 
-def test_auxk_counts_a_latent_that_never_fired_as_dead_and_updates_in_training_only():
-    model = _model(dead_window=100)
+def test_auxk_counts_idle_samples_in_training_only():
+    model = _model(dead_window=40)
     auxk = model.regularizers["auxk"]
-    assert bool(auxk.dead_mask().all())  # nothing has fired yet
     x = torch.randn(32, 16)
-    terms = model(x, F.mse_loss)
-    assert float(terms["auxk"].detach()) > 0
+    model(x, F.mse_loss)
     with torch.no_grad():
         fired = (model.regularizers["topk"].transform_code(model.encoder(x)) != 0).any(dim=0)
-    assert torch.equal(~auxk.dead_mask(), fired)  # those that fired in the batch came alive
-    assert torch.equal(auxk.since_fired[fired], torch.zeros(int(fired.sum()), dtype=torch.int64))
+    assert 0 < int(fired.sum()) < 64
+    assert torch.equal(auxk.since_fired, torch.where(fired, 0, 32))
+    assert not bool(auxk.dead_mask().any())  # 32 idle samples, window 40
+    terms = model(x, F.mse_loss)
+    assert float(terms["auxk"].detach()) == 0.0  # the dead set is the one before the batch
+    assert torch.equal(auxk.dead_mask(), ~fired)  # 64 idle samples now
+    assert float(model(x, F.mse_loss)["auxk"].detach()) > 0
     before = auxk.since_fired.clone()
     model.eval()
     model(x, F.mse_loss)
     assert torch.equal(auxk.since_fired, before)  # evaluation counts nothing
 
 
+def test_auxk_window_zero_counts_every_latent_as_dead():
+    model = _model(dead_window=0)
+    assert bool(model.regularizers["auxk"].dead_mask().all())
+    assert float(model(torch.randn(8, 16), F.mse_loss)["auxk"].detach()) > 0
+
+
 def test_auxk_rebuilds_the_residual_from_dead_latents_and_trains_them():
     model = _model()
     auxk = model.regularizers["auxk"]
-    auxk.since_fired.zero_()
     auxk.since_fired[:40] = 10**9  # latents 0..39 have not fired in the window
     dead = auxk.dead_mask().clone()
     x = torch.randn(32, 16)
@@ -244,6 +252,7 @@ def test_auxk_works_with_any_decoder():
         params={"topk": {"k": 4}, "auxk": {"k": 8}, "decoder": {"hidden": [8], "output_activation": "none"}},
     ).train()
     x = torch.randn(4, 16)
+    mixed.regularizers["auxk"].since_fired[:20] = 10**9
     dead = mixed.regularizers["auxk"].dead_mask().clone()
     penalty = mixed(x, F.mse_loss)["auxk"]
     with torch.no_grad():
