@@ -11,6 +11,7 @@ import math
 import re
 import tempfile
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import pytest
 import torch
@@ -299,7 +300,7 @@ class Patient(RegularizerBase):
 
 
 class DeclaresItsCheck(Patient):
-    conformance_params = {"patience": 0}
+    conformance_params: ClassVar[dict[str, int]] = {"patience": 0}
 
 
 def test_kit_checks_a_history_dependent_penalty_under_its_declared_settings():

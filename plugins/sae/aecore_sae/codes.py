@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -254,7 +254,7 @@ class AuxK(RegularizerBase):
 
     Config = AuxKConfig
     #: A fresh model has no dead latent, so its penalty is 0: the conformance kit checks it with all dead.
-    conformance_params = {"dead_window": 0}
+    conformance_params: ClassVar[dict[str, Any]] = {"dead_window": 0}
 
     def __init__(self, config: AuxKConfig, *, latent_dim: int) -> None:
         super().__init__(config, latent_dim=latent_dim)
