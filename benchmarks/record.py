@@ -4,10 +4,13 @@
 
 runs ``ae train --preset record-30`` on full MNIST (the same code path), and
 after every epoch measures the sum of squared errors per test image (pixels
-in [0, 1], all 10,000 test images). It writes ``curve.csv`` (seconds, epoch,
-test SSE per image) and ``curve.png`` with the anchors: PCA with 30
+in [0, 1], all 10,000 test images) beside the validation loss. The figure
+reported is the test SSE of the epoch chosen on the validation split (the
+lowest ``val_recon``): choosing by test error would tune on the test set.
+It writes ``curve.csv`` (seconds, epoch, validation loss, test SSE per image)
+and ``curve.png`` with the anchors: PCA with 30
 components (13.87), logistic PCA (8.01) and the deep autoencoder of Hinton
-and Salakhutdinov (Science, 2006): 3.00. The stretch goal is 2.5.
+and Salakhutdinov (Science, 2006): 3.00. The target is 2.2, the stretch goal 2.0.
 
 The clock starts when training starts (data already in memory) and includes
 the per-epoch test evaluation; the trainer's ``time_limit`` keeps the whole
@@ -25,11 +28,12 @@ from typing import Any
 
 from aecore.hooks import hookimpl
 
-__all__ = ["ANCHORS", "TestCurve", "run_record"]
+__all__ = ["ANCHORS", "TestCurve", "choose_on_validation", "run_record"]
 
 #: Reference figures: SSE per test image with a 30-d code.
 ANCHORS = {"PCA, 30 components": 13.87, "logistic PCA": 8.01, "Hinton & Salakhutdinov 2006": 3.00}
-STRETCH = 2.5
+TARGET = 2.2
+STRETCH = 2.0
 PRESET = "record-30"
 
 
@@ -56,9 +60,23 @@ class TestCurve:
             from aecore.evaluate import reconstruction_metrics
 
             sse = reconstruction_metrics(load(path), self.test)["sse_per_image"]
+        epoch = metrics.get("epoch", 0)
+        if self.points and self.points[-1]["epoch"] == epoch:
+            self.points.pop()  # the final save of the last epoch's model: one point per epoch
         self.points.append(
-            {"seconds": time.perf_counter() - self.started, "epoch": metrics.get("epoch", 0), "sse": sse}
+            {
+                "seconds": time.perf_counter() - self.started,
+                "epoch": epoch,
+                "val": metrics.get("val_recon", float("nan")),
+                "sse": sse,
+            }
         )
+
+
+def choose_on_validation(points: list[dict[str, float]]) -> dict[str, float]:
+    """The point with the lowest validation loss (the last one when there is no validation split)."""
+    scored = [p for p in points if p["val"] == p["val"]]  # NaN: no validation figure
+    return min(scored, key=lambda p: p["val"]) if scored else points[-1]
 
 
 def run_record(data_dir: Path, out: Path, *, minutes: float = 30.0, preset: str = PRESET) -> dict[str, Any]:
@@ -77,17 +95,20 @@ def run_record(data_dir: Path, out: Path, *, minutes: float = 30.0, preset: str 
         overwrite=True,
         hooks=[curve],
     )
-    best = min(curve.points, key=lambda p: p["sse"])
+    chosen = choose_on_validation(curve.points)
     summary = {
         "preset": preset,
         "minutes_budget": minutes,
         "minutes_used": curve.points[-1]["seconds"] / 60,
         "epochs": len(curve.points),
         "final_sse_per_image": result.metrics["test_sse_per_image"],
-        "best_sse_per_image": best["sse"],
-        "best_at_minutes": best["seconds"] / 60,
-        "target_3_00_met": best["sse"] <= 3.00,
-        "stretch_2_5_met": best["sse"] <= STRETCH,
+        "chosen_epoch": chosen["epoch"],
+        "chosen_val_recon": chosen["val"],
+        "chosen_sse_per_image": chosen["sse"],
+        "chosen_at_minutes": chosen["seconds"] / 60,
+        "lowest_test_sse_per_image": min(p["sse"] for p in curve.points),  # for reference, not a selection
+        "target_2_2_met": chosen["sse"] <= TARGET,
+        "stretch_2_0_met": chosen["sse"] <= STRETCH,
         "checkpoint": str(result.checkpoint),
     }
     _write(out, curve.points, summary)
@@ -99,7 +120,7 @@ def _write(out: Path, points: list[dict[str, float]], summary: dict[str, Any]) -
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "curve.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["seconds", "epoch", "sse"])
+        writer = csv.DictWriter(fh, fieldnames=["seconds", "epoch", "val", "sse"])
         writer.writeheader()
         writer.writerows(points)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -112,12 +133,15 @@ def _write(out: Path, points: list[dict[str, float]], summary: dict[str, Any]) -
         ax.annotate(
             f"{label}: {value:.2f}", (0, value), textcoords="offset points", xytext=(4, 3), fontsize=8
         )
+    ax.axhline(TARGET, linestyle=":", linewidth=0.8, color="green")
     ax.axhline(STRETCH, linestyle=":", linewidth=0.8, color="green")
+    ax.plot([summary["chosen_at_minutes"]], [summary["chosen_sse_per_image"]], "o", color="black")
     ax.set_yscale("log")
     ax.set_xlabel("minutes of training (2 CPU cores)")
     ax.set_ylabel("test SSE per image (log scale)")
     ax.set_title(
-        f"30-d MNIST: best {summary['best_sse_per_image']:.3f} after {summary['best_at_minutes']:.1f} min"
+        f"30-d MNIST: {summary['chosen_sse_per_image']:.3f} at epoch {summary['chosen_epoch']} "
+        f"(chosen on validation, {summary['chosen_at_minutes']:.1f} min)"
     )
     ax.legend(loc="upper right")
     save_figure(fig, out / "curve.png")

@@ -286,3 +286,24 @@ def test_sae_section_times_both_loops_and_derives_its_ratio(tmp_path):
     for runs in sae["runs"].values():
         assert len(runs) == 1 and 0 < runs[0]["test_fvu"] < 1  # both learned something
     assert "Sparse autoencoder" in result.stdout
+
+
+def test_the_record_chooses_its_epoch_on_validation_not_test():
+    from benchmarks.record import TestCurve, choose_on_validation
+
+    curve = TestCurve(test=None)
+    for epoch, val, sse in [(1, 0.03, 4.0), (2, 0.02, 3.1), (3, 0.025, 2.9)]:
+        curve.ae_checkpoint_saved(
+            run=None, path=Path("model.safetensors"),
+            metrics={"epoch": epoch, "val_recon": val, "test_sse_per_image": sse},
+        )  # fmt: skip
+    curve.ae_checkpoint_saved(  # the final save of epoch 3: replaces its point
+        run=None,
+        path=Path("model.safetensors"),
+        metrics={"epoch": 3, "val_recon": 0.025, "test_sse_per_image": 2.9},
+    )
+    assert [p["epoch"] for p in curve.points] == [1, 2, 3]
+    chosen = choose_on_validation(curve.points)
+    assert (chosen["epoch"], chosen["sse"]) == (2, 3.1)  # lowest validation loss, not lowest test SSE
+    no_val = [{**p, "val": math.nan} for p in curve.points]
+    assert choose_on_validation(no_val)["epoch"] == 3  # without a validation split: the last epoch
