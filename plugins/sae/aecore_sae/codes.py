@@ -270,15 +270,15 @@ class AuxK(RegularizerBase):
     def penalty(self, x: Tensor, z: Tensor, recon: Tensor, model: nn.Module, *, aux: Tensor) -> Tensor:
         """α·‖e − ê‖²/‖e‖² over the batch, e = x − x̂ (no gradient), ê from the top-k_aux dead latents.
 
-        The dead set is the one before this batch; a training batch then
-        updates the count from the final code ``z``.
+        A training batch first updates the count from the final code ``z``,
+        so a latent that fired in this batch is not dead (as in Gao et al.'s code).
         """
         self._check_first(model)
-        dead = self.dead_mask()
         if self.training:
             with torch.no_grad():
                 fired = (z.detach() != 0).flatten(1).any(dim=0)
                 self.since_fired.add_(z.shape[0]).masked_fill_(fired, 0)
+        dead = self.dead_mask()
         zero = torch.zeros((), device=z.device, dtype=z.dtype)
         count = int(dead.sum())
         if self.config.weight == 0 or count == 0:
