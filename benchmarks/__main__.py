@@ -38,7 +38,8 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only this section: throughput, inference, startup, completion, memory, data or sae; "
+            help="Run only this section: throughput, inference, startup, completion, memory, data, sae or "
+            "matrix; "
             "repeat for several."
         ),
     ] = None,

@@ -225,6 +225,34 @@ def _sae(console: Console, r: dict[str, Any]) -> None:
     _targets(console, "Sparse autoencoder target", [r["target"]])
 
 
+def _matrix(console: Console, r: dict[str, Any]) -> None:
+    w = r["workload"]
+    table = Table(
+        title=f"Matrix: aecore ÷ plain loop, seconds per step ({w['data']}, {w['rows']} rows, batch "
+        f"{w['batch_size']}, {w['threads']} thread(s), median of {w['repeats']})",
+        title_justify="left",
+    )
+    table.add_column("encoder")
+    for column in r["regularizers"]:
+        table.add_column(column, justify="right")
+    for row in r["encoders"]:
+        cells = [r["cells"][f"{row} × {column}"] for column in r["regularizers"]]
+        table.add_row(row, *(_ratio_cell(c) for c in cells))
+    console.print(table)
+    left = ", ".join(r["work_left"]) or "none"
+    console.print(f"cells above 0.9 (work left): {left}", highlight=False)
+    failed = [t for t in r["targets"] if not t["passed"]]
+    console.print(f"cells above 1.0: {len(failed)} of {len(r['targets'])}", highlight=False)
+
+
+def _ratio_cell(cell: dict[str, Any]) -> str:
+    value = cell["ratio"]
+    text = _num(value, ".2f")
+    if not value <= 1.0:
+        return f"[red]{text}[/]"
+    return f"[yellow]{text}[/]" if value > 0.9 else f"[green]{text}[/]"
+
+
 def print_report(console: Console, record: dict[str, Any]) -> None:
     """Print every section present in ``record``."""
     machine = record["machine"]
@@ -244,6 +272,7 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
         ("memory", _memory),
         ("data", _data),
         ("sae", _sae),
+        ("matrix", _matrix),
     )
     for name, show in sections:
         if name in record:

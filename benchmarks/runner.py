@@ -22,7 +22,7 @@ from rich.console import Console
 
 __all__ = ["SECTIONS", "BenchSettings", "machine_info", "run_bench"]
 
-SECTIONS = ("throughput", "inference", "startup", "completion", "memory", "data", "sae")
+SECTIONS = ("throughput", "inference", "startup", "completion", "memory", "data", "sae", "matrix")
 SCHEMA = "aecore.bench/1"
 
 
@@ -182,6 +182,11 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
         record["sae"] = run_sae_speed(
             rows=settings.limit or 60_000, epochs=settings.epochs, repeats=settings.repeats or 3
         )
+    if "matrix" in settings.only:
+        from benchmarks.matrix import run_matrix
+
+        console.print("[bold]matrix[/] (every encoder family × regularizer against a plain loop) ...")
+        record["matrix"] = run_matrix(settings.data_dir, repeats=settings.repeats or 2)
     record["machine"]["load_average_end"] = _load()
     record["duration_seconds"] = time.perf_counter() - clock
     record = _clean(record)

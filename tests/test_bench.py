@@ -307,3 +307,27 @@ def test_the_record_chooses_its_epoch_on_validation_not_test():
     assert (chosen["epoch"], chosen["sse"]) == (2, 3.1)  # lowest validation loss, not lowest test SSE
     no_val = [{**p, "val": math.nan} for p in curve.points]
     assert choose_on_validation(no_val)["epoch"] == 3  # without a validation split: the last epoch
+
+
+def test_matrix_section_fills_every_cell_and_derives_its_ratios(monkeypatch):
+    """The matrix on 2 steps per epoch, 1 repetition, the embedded sample: structure and ratios only."""
+    from benchmarks import matrix
+
+    record = matrix.run_matrix(None, steps=2, batch=16, repeats=1)
+    assert record["encoders"] == list(matrix.ENCODERS) and record["regularizers"] == list(matrix.REGULARIZERS)
+    assert len(record["cells"]) == len(matrix.ENCODERS) * len(matrix.REGULARIZERS)
+    for cell in record["cells"].values():
+        seconds = cell["seconds_per_step"]
+        assert seconds["aecore"] > 0 and seconds["plain"] > 0
+        assert close(cell["ratio"], seconds["aecore"] / seconds["plain"])
+    assert record["work_left"] == [n for n, c in record["cells"].items() if not c["ratio"] <= 0.9]
+    assert [t["value"] for t in record["targets"]] == [c["ratio"] for c in record["cells"].values()]
+    from rich.console import Console
+
+    from benchmarks.report import _matrix
+
+    console = Console(record=True, width=200)
+    _matrix(console, record)
+    text = console.export_text()
+    for name in (*matrix.ENCODERS, *matrix.REGULARIZERS, "work left"):
+        assert name in text

@@ -22,6 +22,7 @@ from aecore.model import Autoencoder, LossFn
 from aecore.protocols import StepFn
 from aecore_fastcpu import kernels, probes
 from aecore_fastcpu.chain import Chain, find_chain
+from aecore_fastcpu.heap import keep_freed_memory
 from aecore_fastcpu.optim import fused_adam
 from aecore_fastcpu.step import ByHandStep
 
@@ -37,6 +38,11 @@ class FastCPUConfig:
     )
     by_hand: bool = param(True, "Compute a chain of Linear layers' gradients without the autograd engine.")
     fused_adam: bool = param(True, "Adam with torch's fused kernel and no per-step regrouping of tensors.")
+    keep_heap: bool = param(
+        True,
+        "glibc: keep freed memory in the heap for the next step instead of returning it to the system and "
+        "faulting it in again (fixes malloc's trim and mmap thresholds for the process).",
+    )
 
 
 class FastCPU:
@@ -70,6 +76,8 @@ class FastCPU:
 
     def prepare(self, model: Autoencoder, device: torch.device) -> Autoencoder:
         """The model unchanged; its structure is traced now, so that the step costs nothing to build."""
+        if self.config.keep_heap and device.type == "cpu":
+            keep_freed_memory()
         if self.config.by_hand and device.type == "cpu" and probes.failure(self._step_probes()) is None:
             self._chain(model)
         return model
