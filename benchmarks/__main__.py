@@ -38,8 +38,8 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only this section: throughput, inference, startup, completion, memory, data, sae or "
-            "matrix; "
+            help="Run only this section: throughput, inference, startup, completion, memory, data, sae, "
+            "matrix or mainjob; "
             "repeat for several."
         ),
     ] = None,

@@ -253,6 +253,26 @@ def _ratio_cell(cell: dict[str, Any]) -> str:
     return f"[yellow]{text}[/]" if value > 0.9 else f"[green]{text}[/]"
 
 
+def _mainjob(console: Console, r: dict[str, Any]) -> None:
+    w = r["workload"]
+    table = Table(
+        title=f"Main job, conv + sparse: fresh processes on {w['data']}, {w['epochs']} epoch(s), "
+        f"{w['threads']} thread(s), median of {w['repeats']}",
+        title_justify="left",
+    )
+    for column in ("loop", "whole process s", "s/epoch", "test MSE/pixel"):
+        table.add_column(column, justify="left" if column == "loop" else "right")
+    for name, m in r["medians"].items():
+        table.add_row(
+            name,
+            _num(m["wall_seconds"], ".2f"),
+            _num(m["seconds_per_epoch"], ".2f"),
+            _num(m["test_mse"], ".6f"),
+        )
+    console.print(table)
+    _targets(console, "Main job targets", r["targets"])
+
+
 def print_report(console: Console, record: dict[str, Any]) -> None:
     """Print every section present in ``record``."""
     machine = record["machine"]
@@ -273,6 +293,7 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
         ("data", _data),
         ("sae", _sae),
         ("matrix", _matrix),
+        ("mainjob", _mainjob),
     )
     for name, show in sections:
         if name in record:

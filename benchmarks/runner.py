@@ -22,7 +22,7 @@ from rich.console import Console
 
 __all__ = ["SECTIONS", "BenchSettings", "machine_info", "run_bench"]
 
-SECTIONS = ("throughput", "inference", "startup", "completion", "memory", "data", "sae", "matrix")
+SECTIONS = ("throughput", "inference", "startup", "completion", "memory", "data", "sae", "matrix", "mainjob")
 SCHEMA = "aecore.bench/1"
 
 
@@ -187,6 +187,17 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
 
         console.print("[bold]matrix[/] (every encoder family × regularizer against a plain loop) ...")
         record["matrix"] = run_matrix(settings.data_dir, repeats=settings.repeats or 2)
+    if "mainjob" in settings.only:
+        from benchmarks.mainjob import run_mainjob
+
+        console.print("[bold]main job[/] (conv + sparse against a plain loop, fresh processes) ...")
+        record["mainjob"] = run_mainjob(
+            settings.data_dir,
+            epochs=1,
+            threads=settings.threads or 1,
+            repeats=settings.repeats or 3,
+            limit=settings.limit,
+        )
     record["machine"]["load_average_end"] = _load()
     record["duration_seconds"] = time.perf_counter() - clock
     record = _clean(record)

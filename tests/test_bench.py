@@ -331,3 +331,19 @@ def test_matrix_section_fills_every_cell_and_derives_its_ratios(monkeypatch):
     text = console.export_text()
     for name in (*matrix.ENCODERS, *matrix.REGULARIZERS, "work left"):
         assert name in text
+
+
+def test_mainjob_section_runs_both_processes_and_derives_its_ratios(tmp_path):
+    """Fresh processes of both loops on 256 embedded images, 1 repetition: structure and ratios only."""
+    out = tmp_path / "record.json"
+    args = ["--only", "mainjob", "--limit", "256", "--repeats", "1", "--threads", "1", "--json-out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.stdout, result.exception)
+    job = json.loads(out.read_text())["mainjob"]
+    med = job["medians"]
+    for key in ("wall_seconds", "seconds_per_epoch"):
+        assert close(job["ratios"][key], med["aecore"][key] / med["plain"][key])
+    assert all(0 < med[n]["test_mse"] < 1 for n in ("aecore", "plain"))
+    assert close(job["test_mse_gap"], abs(med["aecore"]["test_mse"] / med["plain"]["test_mse"] - 1))
+    assert [t["limit"] for t in job["targets"]] == [0.8, 0.8, 0.02]
+    assert "Main job" in result.stdout
