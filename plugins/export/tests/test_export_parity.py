@@ -72,6 +72,14 @@ CASES: dict[str, tuple | str] = {
         {"encoder": {"hidden": (16,)}, "denoising": {"kind": "mask"}},
     ),
 }
+if "sae" in {c.name for c in registry.list_components("encoder")}:  # aecore-sae, where installed
+    CASES.update(
+        {
+            "sae-batchtopk-trained": ("sae", ("auxk", "batchtopk"), MNIST, 64, {"batchtopk": {"k": 4}}),
+            "sae-batchtopk-untrained": ("sae", ("batchtopk",), MNIST, 64, {"batchtopk": {"k": 4}}),
+            "sae-jumprelu": ("sae", ("jumprelu",), MNIST, 64, {"encoder": {"activation": "none"}}),
+        }
+    )
 PARTS = ("encoder", "decoder", "autoencoder")
 
 
@@ -86,6 +94,10 @@ def model(case: str) -> Autoencoder:
         encoder, regs, shape, latent, params = recipe
         net = aecore.compose(encoder, regularizers=regs, input_shape=shape, latent_dim=latent, params=params)
     randomise(net, seed=len(case))
+    if case == "sae-batchtopk-trained":  # an evaluation threshold, as training leaves one
+        reg = net.regularizers["batchtopk"]
+        reg.threshold_batches.fill_(50)
+        reg.threshold_average.fill_(0.2 * (1 - 0.99**50))
     return net.train()
 
 

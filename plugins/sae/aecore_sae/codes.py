@@ -118,11 +118,15 @@ class BatchTopK(RegularizerBase):
             kept = z[rows, cols]
             self._update_threshold(kept.detach())
             return torch.zeros_like(z).index_put((rows, cols), kept)
-        threshold = self.threshold
-        if threshold is None:  # never trained: each sample keeps its own k largest
-            values, index = z.topk(self.config.k, dim=1)
-            return torch.zeros_like(z).scatter(1, index, values)
-        return torch.where(z > threshold, z, torch.zeros_like(z))
+        # Tensor operations only, no Python branch on a value, so the model exports: before any
+        # training batch (no threshold yet) each sample keeps its own k largest instead.
+        trained = self.threshold_batches > 0
+        batches = self.threshold_batches.clamp_min(1).to(z.dtype)
+        threshold = self.threshold_average.to(z.dtype) / (1.0 - self.config.threshold_beta**batches)
+        kth = z.topk(self.config.k, dim=1).values[:, -1:]
+        bound = torch.where(trained, threshold, kth)
+        keep = (z > bound) | ((z == bound) & ~trained)  # trained: above the threshold; else >= the kth
+        return torch.where(keep, z, torch.zeros_like(z))
 
     @torch.no_grad()
     def _update_threshold(self, kept: Tensor) -> None:
