@@ -150,6 +150,18 @@ def _offsets(sorted_bags: Tensor, bags: int) -> Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
+def _per_latent_sums(rows: Tensor, cols: Tensor, values: Tensor, source: Tensor, latents: int) -> Tensor:
+    """Row j: Σ of v·source[r] over the entries (r, j, v): a (latents, d) gradient from sparse entries."""
+    order = torch.argsort(cols, stable=True)
+    return F.embedding_bag(
+        rows.index_select(0, order),
+        source,
+        _offsets(cols.index_select(0, order), latents),
+        mode="sum",
+        per_sample_weights=values.index_select(0, order),
+    )
+
+
 def _zeros_take_no_gradient(z: Tensor) -> bool:
     """Whether the op that made ``z`` ignores the gradient at z's zero entries.
 
@@ -212,14 +224,7 @@ class _SparseCombine(torch.autograd.Function):
             else:
                 grad_z = grad @ weight.T
         if ctx.needs_input_grad[1]:
-            order = torch.argsort(cols, stable=True)
-            grad_w = F.embedding_bag(
-                rows.index_select(0, order),
-                grad,
-                _offsets(cols.index_select(0, order), weight.shape[0]),
-                mode="sum",
-                per_sample_weights=values.index_select(0, order),
-            )
+            grad_w = _per_latent_sums(rows, cols, values, grad, weight.shape[0])
             if ctx.project:
                 grad_w = without_parallel(grad_w, weight)
         return grad_z, grad_w, None, None, None, None, None
@@ -254,14 +259,7 @@ class _Encode(torch.autograd.Function):
                 grad_w = grad.T @ centred
             else:
                 rows, cols, values = entries
-                order = torch.argsort(cols, stable=True)
-                grad_w = F.embedding_bag(
-                    rows.index_select(0, order),
-                    centred,
-                    _offsets(cols.index_select(0, order), weight.shape[0]),
-                    mode="sum",
-                    per_sample_weights=values.index_select(0, order),
-                )
+                grad_w = _per_latent_sums(rows, cols, values, centred, weight.shape[0])
         total = grad.sum(dim=0) if ctx.needs_input_grad[2] or ctx.needs_input_grad[3] else None
         grad_b = total if ctx.needs_input_grad[2] else None
         grad_pre = -(total @ weight) if ctx.needs_input_grad[3] and total is not None else None
