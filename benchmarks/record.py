@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ class TestCurve:
 
 def choose_on_validation(points: list[dict[str, float]]) -> dict[str, float]:
     """The point with the lowest validation loss (the last one when there is no validation split)."""
-    scored = [p for p in points if p["val"] == p["val"]]  # NaN: no validation figure
+    scored = [p for p in points if not math.isnan(p["val"])]  # NaN: no validation figure
     return min(scored, key=lambda p: p["val"]) if scored else points[-1]
 
 

@@ -75,12 +75,16 @@ def measure_threads(
     """
     import torch
 
+    from aecore import registry
+    from aecore.config import config_from_dict
     from aecore.sources import load_dataset
     from aecore.training import check_request, train
 
     counts = counts or tuple(sorted({1, torch.get_num_threads()}))
     plan = check_request(request)
-    batch = int(plan.trainer_params.get("batch_size") or _default_batch_size(request))
+    trainer = registry.get("trainer", request.trainer)
+    settings = config_from_dict(trainer.Config, plan.trainer_params, owner="trainer")
+    batch = int(getattr(settings, "batch_size", 128))  # a trainer without batches: slices of 128
     dataset = load_dataset(request.data, request.data_dir)
     rows = min(len(dataset.train), steps * batch)
     if rows < batch:
@@ -102,13 +106,6 @@ def measure_threads(
                 train(run, data=sliced, progress=False, hooks=[timer])
                 times[n].append(timer.seconds_per_step())
     return times
-
-
-def _default_batch_size(request: RunRequest) -> int:
-    from aecore import registry
-
-    trainer = registry.get("trainer", request.trainer)
-    return int(getattr(trainer.Config(), "batch_size", 128))
 
 
 @options_from(RunRequest, exclude=EXCLUDED, complete=RUN_REQUEST)
