@@ -181,6 +181,12 @@ class AnomalyReport:
     per_label: list[LabelAUC] = field(default_factory=list)
     pixel: PixelMetrics | None = None
     pixel_note: str = ""
+    #: The score's name (``mse``, ``ssim``, ``code`` or a sum such as ``ssim+code``).
+    score: str = "mse"
+    #: Each score's test values when the chosen one is not the plain ``mse``: the parts, mse, the sum.
+    by_score: dict[str, Tensor] = field(default_factory=dict)
+    #: ``metrics`` of each score in ``by_score``, so the chosen one can be read beside the plain one.
+    metrics_by_score: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def detect(
@@ -194,6 +200,7 @@ def detect(
     label_names: Sequence[str] | None = None,
     smooth: float = 0.0,
     exact_pixels: int = EXACT_PIXELS,
+    score: str = "mse",
     device: torch.device | str = "cpu",
 ) -> AnomalyReport:
     """Score ``test``, set the threshold, flag, and measure detection against the labels and masks.
@@ -204,7 +211,14 @@ def detect(
     Images (C, H, W) are also scored per pixel when ``test`` has masks
     (``extras["mask"]``), the error maps smoothed by a Gaussian of ``smooth``
     pixels first; ``label_names`` adds the AUC of each anomalous label.
+    ``score`` names the image score (see :mod:`aecore_analysis.scores`); any
+    but ``mse`` is fitted to the same normal training samples as the
+    percentile, and the report then also measures the plain score and each
+    part beside it. The pixel maps stay squared errors whatever the score.
     """
+    from aecore_analysis.scores import fit_score, parse_score
+
+    parts = parse_score(score)
     if percentile is not None and contamination is not None:
         raise ConfigError("give either --percentile or --contamination, not both.")
     if percentile is None and contamination is None:
@@ -227,14 +241,21 @@ def detect(
             raise ConfigError(
                 f"--smooth smooths per-pixel error maps; the samples have shape {test.shape}, not images."
             )
-        scores = reconstruction_scores(model, test, device=device)
+        scores = reconstruction_scores(model, test, device=device) if parts == ("mse",) else None
+    reference = train
+    if classes is not None and train.y is not None:
+        reference = train.subset(anomaly_mask(train.y, classes).logical_not().nonzero().flatten())
+    by_score: dict[str, Tensor] = {}
+    reference_scores = None
+    if parts != ("mse",):
+        fitted = fit_score(model, reference, parts, device=device)
+        by_score = fitted.score(model, test, device=device)
+        scores, reference_scores = by_score[fitted.name], fitted.reference[fitted.name]
+    assert scores is not None
     if percentile is not None:
-        reference = train
-        if classes is not None and train.y is not None:
-            reference = train.subset(anomaly_mask(train.y, classes).logical_not().nonzero().flatten())
-        threshold = threshold_from_percentile(
-            reconstruction_scores(model, reference, device=device), percentile
-        )
+        if reference_scores is None:
+            reference_scores = reconstruction_scores(model, reference, device=device)
+        threshold = threshold_from_percentile(reference_scores, percentile)
     else:
         assert contamination is not None
         threshold = threshold_from_contamination(scores, contamination)
@@ -246,6 +267,8 @@ def detect(
         normal_classes=classes,
         pixel=pixel,
         pixel_note=pixel_note,
+        score="+".join(parts),
+        by_score=by_score,
     )
     if test.y is None:
         report.note = "the test split has no labels: scores only, no AUC."
@@ -259,6 +282,9 @@ def detect(
         n_pos = int(report.is_anomaly.sum())
         if 0 < n_pos < len(test):
             report.metrics = detection_metrics(scores, report.is_anomaly)
+            report.metrics_by_score = {
+                name: detection_metrics(values, report.is_anomaly) for name, values in by_score.items()
+            }
             if label_names is not None:
                 report.per_label = per_label_auc(scores, test.y, classes, label_names)
         else:

@@ -163,6 +163,13 @@ def anomaly_command(
         int,
         typer.Option(help="Heat maps of up to N normal and N anomalous test images (0: no heat-map figure)."),
     ] = 8,
+    score: Annotated[
+        str,
+        typer.Option(
+            help="Image score: mse (plain), ssim (structure, images only), code (a Gaussian density on the "
+            "codes), or a sum such as ssim+code; any but mse is reported beside the plain one."
+        ),
+    ] = "mse",
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "cpu",
@@ -196,6 +203,9 @@ def anomaly_command(
     if maps < 0:
         raise ConfigError(f"--maps must be 0 (no figure) or more, got {maps}.")
     classes = _parse_classes(normal_class)
+    from aecore_analysis.scores import parse_score
+
+    parse_score(score)
 
     from aecore.training.run import resolve_device
     from aecore_analysis.anomaly import detect, label_names_of, normal_classes_of
@@ -239,11 +249,16 @@ def anomaly_command(
         normal_classes=classes,
         label_names=names,
         smooth=smooth,
+        score=score,
         device=torch_device,
     )
 
     header = ["index", "score"]
     columns: list[Sequence[Any]] = [range(len(report.scores)), report.scores.tolist()]
+    for name, values in report.by_score.items():  # every part and the plain mse, beside the chosen one
+        if name != report.score:
+            header.append(f"score_{name}")
+            columns.append(values.tolist())
     if report.labels is not None:
         labels = report.labels.tolist()
         header.append("label")
@@ -279,6 +294,7 @@ def anomaly_command(
         "samples": len(report.scores),
         "normal_classes": report.normal_classes,
         "normal_classes_from": origin if report.normal_classes is not None else None,
+        "score": report.score,
         "threshold": report.threshold,
         "rule": rule,
         "flagged": int(report.flagged.sum()),
@@ -287,6 +303,7 @@ def anomaly_command(
             if report.metrics and report.is_anomaly is not None
             else None
         ),
+        "by_score": report.metrics_by_score or None,
         "per_label": [entry.to_dict() for entry in report.per_label],
         "pixel": report.pixel.to_dict() if report.pixel is not None else None,
         "notes": notes,
@@ -300,12 +317,24 @@ def anomaly_command(
         f"threshold {report.threshold:.6g} ({rule}): "
         f"flagged {int(report.flagged.sum())} of {len(report.scores)}"
     )
+    if report.score != "mse":
+        console.print(f"score: {report.score}")
     if report.metrics:
         n_pos = int(report.is_anomaly.sum()) if report.is_anomaly is not None else 0
         console.print(
             f"ROC-AUC {report.metrics['roc_auc']:.4f} · average precision "
             f"{report.metrics['average_precision']:.4f} ({n_pos} anomalies)"
         )
+    if report.metrics_by_score:
+        from rich.table import Table
+
+        table = Table(title="image ROC-AUC of each score (the chosen one is marked *)")
+        for name in ("score", "ROC-AUC", "average precision"):
+            table.add_column(name, justify="left" if name == "score" else "right")
+        for name, figures in report.metrics_by_score.items():
+            mark = " *" if name == report.score else ""
+            table.add_row(name + mark, f"{figures['roc_auc']:.4f}", f"{figures['average_precision']:.4f}")
+        console.print(table)
     if report.per_label:
         from rich.table import Table
 
@@ -367,7 +396,9 @@ def _anomaly_histogram(report: Any, path: Path) -> None:
     else:
         ax.hist(scores, bins=bins, alpha=0.7, label=f"test ({len(scores)})", color="tab:gray")
     ax.axvline(report.threshold, color="black", linestyle="--", label="threshold")
-    ax.set_xlabel("reconstruction MSE per sample")
+    ax.set_xlabel(
+        "reconstruction MSE per sample" if report.score == "mse" else f"score {report.score} per sample"
+    )
     ax.set_ylabel("density" if report.is_anomaly is not None else "samples")
     title = "Anomaly scores"
     if report.metrics:
