@@ -14,7 +14,11 @@ still renders well costs nothing. Two more scores look at what it misses:
 ``code``
     the squared Mahalanobis distance of the sample's code from a Gaussian
     fitted to the codes of the reference (the normal training samples): a
-    density on the codes.
+    density on the codes;
+``knn``
+    the distance from the sample's code to its 5th nearest reference code:
+    a density on the codes that assumes no shape (a reference sample's own
+    code does not count among its neighbours).
 
 A sum such as ``ssim+code`` adds the parts after putting them on one scale:
 each part's log score, minus the mean of its logs over the reference, over
@@ -36,8 +40,10 @@ from aecore.model import Autoencoder
 
 __all__ = [
     "MAX_CODE_SIZE",
+    "NEIGHBOURS",
     "SCORES",
     "CodeGaussian",
+    "CodeNeighbours",
     "FittedScore",
     "fit_score",
     "parse_score",
@@ -49,7 +55,10 @@ SCORES: dict[str, str] = {
     "mse": "mean squared reconstruction error (the plain score)",
     "ssim": "1 − structural similarity of image and reconstruction (images only)",
     "code": "Mahalanobis distance of the code from the normal codes' Gaussian",
+    "knn": "distance of the code to its 5th nearest normal code",
 }
+#: The neighbour whose distance ``knn`` scores.
+NEIGHBOURS = 5
 #: The ``code`` score inverts a covariance of this many values a side at most.
 MAX_CODE_SIZE = 4096
 _WINDOW_SIGMA = 1.5
@@ -138,6 +147,30 @@ class CodeGaussian:
         return solved.pow(2).sum(dim=0)
 
 
+@dataclass(frozen=True)
+class CodeNeighbours:
+    """The reference codes, and the distance to the k-th nearest of them."""
+
+    codes: Tensor
+    k: int = NEIGHBOURS
+
+    def distance(self, codes: Tensor, *, exclude_self: bool = False) -> Tensor:
+        """Euclidean distance of each code (N, D) to its k-th nearest reference code, float64.
+
+        With ``exclude_self`` the codes are the reference's own, in order, and
+        each one's zero distance to itself is skipped. Distances are taken in
+        blocks of at most 2**24 pairs, so memory stays bounded.
+        """
+        ref = self.codes.float()
+        k = min(self.k + int(exclude_self), len(ref))
+        step = max(1, 2**24 // max(1, len(ref)))
+        out = []
+        for start in range(0, len(codes), step):
+            block = torch.cdist(codes[start : start + step].float(), ref)
+            out.append(block.topk(k, dim=1, largest=False).values[:, -1].double())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
 @dataclass
 class FittedScore:
     """A score fitted to the reference: what ``code`` and the sums need to score new samples.
@@ -148,6 +181,7 @@ class FittedScore:
 
     parts: tuple[str, ...]
     gaussian: CodeGaussian | None
+    neighbours: CodeNeighbours | None
     log_stats: dict[str, tuple[float, float]]
     reference: dict[str, Tensor] = field(default_factory=dict)
 
@@ -164,7 +198,7 @@ class FittedScore:
         reported beside it.
         """
         wanted = tuple(dict.fromkeys(("mse", *self.parts)))
-        table = _part_scores(model, data, wanted, self.gaussian, device)
+        table = _part_scores(model, data, wanted, self, device)
         if len(self.parts) > 1:
             table[self.name] = self._sum(table)
         return table
@@ -193,17 +227,25 @@ def fit_score(
         )
     if len(reference) == 0:
         raise DataError("no normal training samples to fit the score to (the reference is empty).")
-    gaussian = None
-    if "code" in parts:
+    gaussian = neighbours = None
+    if "code" in parts or "knn" in parts:
         codes = _codes(model, reference, device)
-        if codes.shape[1] > MAX_CODE_SIZE:
-            raise ConfigError(
-                f"--score code fits a Gaussian over the code's {codes.shape[1]} values, more than the "
-                f"{MAX_CODE_SIZE} it can invert; use --score mse or ssim for this model."
-            )
-        gaussian = CodeGaussian.fit(codes)
-    fitted = FittedScore(parts, gaussian, {})
-    table = _part_scores(model, reference, tuple(dict.fromkeys(("mse", *parts))), gaussian, device)
+        if "code" in parts:
+            if codes.shape[1] > MAX_CODE_SIZE:
+                raise ConfigError(
+                    f"--score code fits a Gaussian over the code's {codes.shape[1]} values, more than the "
+                    f"{MAX_CODE_SIZE} it can invert; use --score knn, mse or ssim for this model."
+                )
+            gaussian = CodeGaussian.fit(codes)
+        if "knn" in parts:
+            if len(codes) <= NEIGHBOURS:
+                raise DataError(
+                    f"--score knn needs more than {NEIGHBOURS} normal training samples, got {len(codes)}."
+                )
+            neighbours = CodeNeighbours(codes.float())
+    fitted = FittedScore(parts, gaussian, neighbours, {})
+    wanted = tuple(dict.fromkeys(("mse", *parts)))
+    table = _part_scores(model, reference, wanted, fitted, device, reference=True)
     if len(parts) > 1:
         for part in parts:
             logs = table[part].clamp_min(_LOG_FLOOR).log()
@@ -240,10 +282,15 @@ def _part_scores(
     model: Autoencoder,
     data: TensorData,
     parts: tuple[str, ...],
-    gaussian: CodeGaussian | None,
+    fitted: FittedScore,
     device: torch.device | str,
+    *,
+    reference: bool = False,
 ) -> dict[str, Tensor]:
-    """One pass: encode and decode each batch once, and take every part's score from it."""
+    """One pass: encode and decode each batch once, and take every part's score from it.
+
+    ``reference`` says ``data`` is the reference itself (knn then skips each sample's own code).
+    """
     from aecore_analysis.localisation import rows_per_batch
 
     out: dict[str, list[Tensor]] = {part: [] for part in parts}
@@ -259,9 +306,12 @@ def _part_scores(
                     value = (recon.double() - x.double()).pow(2).flatten(1).mean(dim=1)
                 elif part == "ssim":
                     value = 1.0 - ssim(x, recon)
+                elif part == "code":
+                    assert fitted.gaussian is not None
+                    value = fitted.gaussian.distance(z.flatten(1).cpu())
                 else:
-                    assert gaussian is not None
-                    value = gaussian.distance(z.flatten(1).cpu())
+                    assert fitted.neighbours is not None
+                    value = fitted.neighbours.distance(z.flatten(1).cpu(), exclude_self=reference)
                 out[part].append(value.cpu())
     finally:
         model.train(was_training)

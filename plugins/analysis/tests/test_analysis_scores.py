@@ -89,6 +89,27 @@ def test_code_gaussian_survives_codes_that_never_vary():
         scores.CodeGaussian.fit(codes[:1])
 
 
+def test_code_neighbours_is_the_kth_nearest_distance_and_skips_a_reference_samples_own_code():
+    g = torch.Generator().manual_seed(3)
+    ref, probe = torch.randn(300, 6, generator=g), torch.randn(40, 6, generator=g)
+    near = scores.CodeNeighbours(ref, k=5)
+    expected = torch.cdist(probe.double(), ref.double()).sort(dim=1).values[:, 4]
+    assert torch.allclose(near.distance(probe), expected, rtol=1e-5)
+    # a reference code's nearest code is itself, at distance 0: excluded, the 5th other one counts
+    own = torch.cdist(ref.double(), ref.double()).sort(dim=1).values[:, 5]
+    assert torch.allclose(near.distance(ref, exclude_self=True), own, rtol=1e-5)
+    # blocks of at most 2**24 pairs give the same figures as one block
+    big = scores.CodeNeighbours(torch.randn(2**15, 2, generator=g), k=1)
+    many = torch.randn(1200, 2, generator=g)
+    assert torch.allclose(big.distance(many), torch.cdist(many, big.codes).min(dim=1).values.double())
+
+
+def test_knn_needs_more_reference_samples_than_neighbours(zero_model, apply_split):
+    few = apply_split.train.subset(torch.arange(scores.NEIGHBOURS))
+    with pytest.raises(DataError, match="more than 5 normal training samples"):
+        scores.fit_score(zero_model, few, ("knn",))
+
+
 # -- names and sums -----------------------------------------------------------------------------
 
 
@@ -124,16 +145,16 @@ def apply_split(apply_data):
 
 def test_a_sum_puts_each_part_on_the_references_scale(zero_model, apply_split):
     zeros = apply_split.train.subset((apply_split.train.y == 0).nonzero().flatten())
-    fitted = scores.fit_score(zero_model, zeros, ("ssim", "code"))
+    fitted = scores.fit_score(zero_model, zeros, ("ssim", "code", "knn"))
     ref = fitted.reference
-    assert set(ref) == {"mse", "ssim", "code", "ssim+code"}
-    for part in ("ssim", "code"):
+    assert set(ref) == {"mse", "ssim", "code", "knn", "ssim+code+knn"}
+    for part in ("ssim", "code", "knn"):
         mean, std = fitted.log_stats[part]
         z = (ref[part].log() - mean) / std
         assert float(z.mean()) == pytest.approx(0.0, abs=1e-9) and float(z.std()) == pytest.approx(1.0)
     assert torch.allclose(
-        ref["ssim+code"],
-        sum((ref[p].log() - fitted.log_stats[p][0]) / fitted.log_stats[p][1] for p in ("ssim", "code")),
+        ref["ssim+code+knn"],
+        sum((ref[p].log() - fitted.log_stats[p][0]) / fitted.log_stats[p][1] for p in ("ssim", "code", "knn")),
     )
     # the parts are the functions above, applied to the model's own reconstructions and codes
     x = zeros.batch(slice(0, len(zeros)))
@@ -142,6 +163,7 @@ def test_a_sum_puts_each_part_on_the_references_scale(zero_model, apply_split):
         recon = zero_model.decode(z)
     assert torch.allclose(ref["ssim"], 1 - scores.ssim(x, recon), atol=1e-6)
     assert torch.allclose(ref["code"], fitted.gaussian.distance(z.flatten(1)), rtol=1e-9)
+    assert torch.allclose(ref["knn"], fitted.neighbours.distance(z.flatten(1), exclude_self=True), rtol=1e-6)
     assert torch.allclose(ref["mse"], anomaly.reconstruction_scores(zero_model, zeros), rtol=1e-9)
 
 
