@@ -39,7 +39,7 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Run only this section: throughput, inference, startup, completion, memory, data, sae, "
-            "matrix or mainjob; "
+            "matrix, mainjob or anomaly; "
             "repeat for several."
         ),
     ] = None,

@@ -38,7 +38,8 @@ def _targets(console: Console, title: str, targets: Iterable[dict[str, Any]]) ->
         verdict = "[green]PASS[/]" if t["passed"] else "[red]FAIL[/]"
         if t.get("note"):
             verdict += f" ({t['note']})"
-        table.add_row(t["name"], _num(t["value"]), f"≤ {t['limit']:g}", verdict)
+        bound = "≥" if t.get("at_least") else "≤"
+        table.add_row(t["name"], _num(t["value"]), f"{bound} {t['limit']:g}", verdict)
     console.print(table)
 
 
@@ -273,6 +274,29 @@ def _mainjob(console: Console, r: dict[str, Any]) -> None:
     _targets(console, "Main job targets", r["targets"])
 
 
+def _anomaly(console: Console, r: dict[str, Any]) -> None:
+    w = r["workload"]
+    names = list(r["mean_roc_auc"])
+    table = Table(
+        title=f"One-class anomaly detection on {w['data']}: ROC-AUC per normal digit and score "
+        f"(recipe {w['recipe']}, {w['threads']} thread(s); the recipe's score is marked *)",
+        title_justify="left",
+    )
+    table.add_column("digit", justify="right")
+    for name in names:
+        table.add_column(name + (" *" if name == w["score"] else ""), justify="right")
+    table.add_column("train s", justify="right")
+    for row in r["digits"]:
+        table.add_row(
+            str(row["digit"]),
+            *(_num(row["roc_auc"][n], ".4f") for n in names),
+            _num(row["train_seconds"], ".1f"),
+        )
+    table.add_row("mean", *(_num(r["mean_roc_auc"][n], ".4f") for n in names), "")
+    console.print(table)
+    _targets(console, "Anomaly detection targets", r["targets"])
+
+
 def print_report(console: Console, record: dict[str, Any]) -> None:
     """Print every section present in ``record``."""
     machine = record["machine"]
@@ -294,6 +318,7 @@ def print_report(console: Console, record: dict[str, Any]) -> None:
         ("sae", _sae),
         ("matrix", _matrix),
         ("mainjob", _mainjob),
+        ("anomaly", _anomaly),
     )
     for name, show in sections:
         if name in record:

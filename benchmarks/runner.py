@@ -22,7 +22,18 @@ from rich.console import Console
 
 __all__ = ["SECTIONS", "BenchSettings", "machine_info", "run_bench"]
 
-SECTIONS = ("throughput", "inference", "startup", "completion", "memory", "data", "sae", "matrix", "mainjob")
+SECTIONS = (
+    "throughput",
+    "inference",
+    "startup",
+    "completion",
+    "memory",
+    "data",
+    "sae",
+    "matrix",
+    "mainjob",
+    "anomaly",
+)
 SCHEMA = "aecore.bench/1"
 
 
@@ -197,6 +208,13 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
             threads=settings.threads or 1,
             repeats=settings.repeats or 3,
             limit=settings.limit,
+        )
+    if "anomaly" in settings.only:
+        from benchmarks.anomaly import run_anomaly
+
+        console.print("[bold]anomaly[/] (one-class MNIST, all ten digits, every score) ...")
+        record["anomaly"] = run_anomaly(
+            settings.data_dir, epochs=None if settings.data_dir else 1, threads=settings.threads or 1
         )
     record["machine"]["load_average_end"] = _load()
     record["duration_seconds"] = time.perf_counter() - clock

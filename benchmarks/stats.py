@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["median", "ratio", "target"]
+__all__ = ["at_least", "median", "ratio", "target"]
 
 
 def median(values: Sequence[float]) -> float:
@@ -29,3 +29,15 @@ def ratio(numerator: float, denominator: float) -> float:
 def target(name: str, value: float, limit: float, *, note: str = "") -> dict[str, Any]:
     """A target ``value <= limit`` and whether it is met (NaN never passes)."""
     return {"name": name, "value": value, "limit": limit, "passed": bool(value <= limit), "note": note}
+
+
+def at_least(name: str, value: float, limit: float, *, note: str = "") -> dict[str, Any]:
+    """A target ``value >= limit`` (a quality floor) and whether it is met (NaN never passes)."""
+    return {
+        "name": name,
+        "value": value,
+        "limit": limit,
+        "passed": bool(value >= limit),
+        "note": note,
+        "at_least": True,
+    }

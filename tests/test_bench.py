@@ -347,3 +347,31 @@ def test_mainjob_section_runs_both_processes_and_derives_its_ratios(tmp_path):
     assert close(job["test_mse_gap"], abs(med["aecore"]["test_mse"] / med["plain"]["test_mse"] - 1))
     assert [t["limit"] for t in job["targets"]] == [0.8, 0.8, 0.02]
     assert "Main job" in result.stdout
+
+
+def test_anomaly_section_scores_every_digit_and_checks_its_targets(tmp_path):
+    """Two digits of the embedded sample, 1 epoch each: structure, means and targets only."""
+    out = tmp_path / "record.json"
+    from benchmarks import anomaly
+
+    record = anomaly.run_anomaly(None, digits=(0, 7), epochs=1)
+    assert [row["digit"] for row in record["digits"]] == [0, 7]
+    names = list(record["mean_roc_auc"])
+    assert names[:1] == ["mse"] and {"ssim", "knn", "code", *anomaly.SCORES} <= set(names)
+    for name in names:
+        values = [row["roc_auc"][name] for row in record["digits"]]
+        assert all(0.0 <= v <= 1.0 for v in values), (name, values)  # one epoch: figures, not quality
+        assert close(record["mean_roc_auc"][name], sum(values) / 2)
+    auc_target, time_target = record["targets"]
+    assert auc_target["limit"] == 0.98 and auc_target["value"] == record["mean_roc_auc"][anomaly.RECIPE_SCORE]
+    assert auc_target["passed"] == (auc_target["value"] >= 0.98)
+    assert time_target["value"] == max(row["train_seconds"] for row in record["digits"]) > 0
+    from rich.console import Console
+
+    from benchmarks.report import _anomaly
+
+    console = Console(record=True, width=250)
+    _anomaly(console, record)
+    text = console.export_text()
+    assert f"{anomaly.RECIPE_SCORE} *" in text and "≥ 0.98" in text and "mean" in text
+    out.write_text(json.dumps(record))  # the record is plain JSON
