@@ -154,7 +154,7 @@ def test_a_sum_puts_each_part_on_the_references_scale(zero_model, apply_split):
         assert float(z.mean()) == pytest.approx(0.0, abs=1e-9) and float(z.std()) == pytest.approx(1.0)
     assert torch.allclose(
         ref["ssim+code+knn"],
-        sum((ref[p].log() - fitted.log_stats[p][0]) / fitted.log_stats[p][1] for p in ("ssim", "code", "knn")),
+        sum((ref[p].log() - fitted.log_stats[p][0]) / fitted.log_stats[p][1] for p in fitted.parts),
     )
     # the parts are the functions above, applied to the model's own reconstructions and codes
     x = zeros.batch(slice(0, len(zeros)))
