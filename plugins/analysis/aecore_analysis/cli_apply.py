@@ -167,7 +167,8 @@ def anomaly_command(
         str,
         typer.Option(
             help="Image score: mse (plain), ssim (structure, images only), code (a Gaussian density on the "
-            "codes), or a sum such as ssim+code; any but mse is reported beside the plain one."
+            "codes), knn (distance to the 5th nearest normal code), or a sum such as ssim+knn; any but mse "
+            "is reported beside the plain one."
         ),
     ] = "mse",
     data: DataOpt = None,
