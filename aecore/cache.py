@@ -48,12 +48,19 @@ _PREFIX = ".prep-"
 def cache_key(name: str, options: dict[str, Any], sources: Sequence[Path]) -> str | None:
     """A key for this dataset and the current state of its files; None if a file is missing."""
     files = []
+    # Strings, and each folder resolved once: a tree of many files then costs one stat per file,
+    # not a path object and a chain of lstat calls each.
+    folders: dict[str, str] = {}
     for path in sources:
+        head, base = os.path.split(os.fspath(path))
         try:
-            stat = path.stat()
+            stat = os.stat(os.path.join(head, base))
+            folder = folders.get(head)
+            if folder is None:
+                folder = folders[head] = os.path.realpath(head or ".")
         except OSError:
             return None
-        files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        files.append([os.path.join(folder, base), stat.st_size, stat.st_mtime_ns])
     blob = json.dumps({"format": _FORMAT, "name": name, "options": options, "files": files}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

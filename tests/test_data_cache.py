@@ -97,3 +97,37 @@ def test_mnist_from_cache_matches_the_decoded_files(cache, real_mnist_dir):
     second = load_dataset("mnist", real_mnist_dir)
     _same(first, second)
     assert first.train.x.dtype == torch.uint8 and len(first.train) == 60_000
+
+
+def test_the_key_covers_name_options_and_every_files_place_size_and_time(tmp_path):
+    from aecore.cache import cache_key
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    files = []
+    for i in range(3):
+        path = folder / f"{i}.bin"
+        path.write_bytes(b"x" * (i + 1))
+        files.append(path)
+    key = cache_key("csv:a", {"k": 1}, files)
+    assert key == cache_key("csv:a", {"k": 1}, list(files))  # stable
+    assert key != cache_key("csv:b", {"k": 1}, files)  # the dataset's name counts
+    assert key != cache_key("csv:a", {"k": 2}, files)
+    assert key != cache_key("csv:a", {"k": 1}, files[:2])
+    # the same files reached through a linked folder or a relative path give the same key
+    (tmp_path / "link").symlink_to(folder)
+    assert cache_key("csv:a", {"k": 1}, [tmp_path / "link" / p.name for p in files]) == key
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder)
+        assert cache_key("csv:a", {"k": 1}, [type(files[0])(p.name) for p in files]) == key
+    finally:
+        os.chdir(cwd)
+    files[1].write_bytes(b"changed!")  # another size
+    assert cache_key("csv:a", {"k": 1}, files) != key
+    stat = files[1].stat()
+    before = cache_key("csv:a", {"k": 1}, files)
+    os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, a later time
+    assert cache_key("csv:a", {"k": 1}, files) != before
+    files[2].unlink()
+    assert cache_key("csv:a", {"k": 1}, files) is None  # a missing file: no key

@@ -594,7 +594,7 @@ def test_images_are_decoded_by_the_stores_workers_straight_into_its_tensors(tmp_
 
     monkeypatch.setattr(aecore_images.decode, "ThreadPoolExecutor", Pool)
     monkeypatch.setattr(aecore_images.decode, "decode_image", where)
-    tree(tmp_path / "imgs", {"a": 40, "b": 40})
+    tree(tmp_path / "imgs", {"a": 40, "b": 40}, shape=(64, 64))  # large enough for threads to pay
     (tmp_path / "store").mkdir()
     store = RecordingStore(tmp_path / "store", workers=3)
     source = ImageFolder(ImageFolder.Config(channels=1))
@@ -605,3 +605,41 @@ def test_images_are_decoded_by_the_stores_workers_straight_into_its_tensors(tmp_
     assert store.files[id(data.train.storage["x"])] == "train.x.safetensors"
     assert pools == [3] and len(decodes) == 80
     assert 1 <= len(threads) <= 3 and all(t.startswith("aecore-images") for t in threads)
+
+
+def test_small_images_decode_in_one_thread_and_give_the_same_pixels(tmp_path, monkeypatch):
+    """Below 64×64 pixels one thread is faster than several (the interpreter lock); the result is the same."""
+    import concurrent.futures
+
+    import aecore_images.decode
+
+    pools = []
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers, **kwargs):
+            pools.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    monkeypatch.setattr(aecore_images.decode, "ThreadPoolExecutor", Pool)
+    written = tree(tmp_path / "small", {"a": 6, "b": 6}, shape=(63, 64))  # 4,032 pixels: one thread
+    tree(tmp_path / "large", {"a": 6, "b": 6}, shape=(64, 64))
+    store_dir = tmp_path / "store"
+    (store_dir / "s").mkdir(parents=True)
+    (store_dir / "l").mkdir()
+    source = ImageFolder(ImageFolder.Config(channels=1))
+    small = source.load(
+        str(tmp_path / "small"),
+        data_dir=None,
+        normalisation=None,
+        store=RecordingStore(store_dir / "s", workers=4),
+    )
+    source.load(
+        str(tmp_path / "large"),
+        data_dir=None,
+        normalisation=None,
+        store=RecordingStore(store_dir / "l", workers=4),
+    )
+    assert pools == [1, 4]
+    rows = torch.cat([small.train.x, small.test.x])
+    expected = sorted(bytes(p.tobytes()) for p in written.values())
+    assert sorted(bytes(r.numpy().tobytes()) for r in rows) == expected  # every image, to the pixel
