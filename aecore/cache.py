@@ -54,7 +54,7 @@ def cache_key(name: str, options: dict[str, Any], sources: Sequence[Path]) -> st
     for path in sources:
         head, base = os.path.split(os.fspath(path))
         try:
-            stat = os.stat(os.path.join(head, base))
+            stat = os.stat(path)
             folder = folders.get(head)
             if folder is None:
                 folder = folders[head] = os.path.realpath(head or ".")

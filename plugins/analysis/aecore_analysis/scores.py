@@ -22,7 +22,7 @@ still renders well costs nothing. Two more scores look at what it misses:
 
 A sum such as ``ssim+code`` adds the parts after putting them on one scale:
 each part's log score, minus the mean of its logs over the reference, over
-their standard deviation. The parts are each scored in the same pass.
+their standard deviation. Every part comes from one pass over the data.
 """
 
 from __future__ import annotations
@@ -128,17 +128,16 @@ class CodeGaussian:
         vary (dead latents, fewer samples than dimensions), at a negligible
         cost to the distances along the directions that do vary.
         """
-        z = codes.double()
-        if len(z) < 2:
+        from aecore_analysis.latent import fit_gaussian
+
+        if len(codes) < 2:
             raise DataError(
                 "--score code fits a Gaussian to the normal training codes and needs 2 or more of them."
             )
-        mean = z.mean(dim=0)
-        centred = z - mean
-        cov = centred.T @ centred / (len(z) - 1)
-        ridge = 1e-3 * float(cov.diagonal().mean()) or 1e-12
-        cov.diagonal().add_(ridge)
-        return cls(mean, torch.linalg.cholesky(cov))
+        gaussian = fit_gaussian(codes)
+        cov = gaussian.cov.clone()
+        cov.diagonal().add_(1e-3 * float(cov.diagonal().mean()) or 1e-12)
+        return cls(gaussian.mean, torch.linalg.cholesky(cov))
 
     def distance(self, codes: Tensor) -> Tensor:
         """Squared Mahalanobis distance of each code (N, D) from the mean, float64."""
@@ -197,11 +196,26 @@ class FittedScore:
         The plain ``mse`` is always among them, so the chosen score can be
         reported beside it.
         """
-        wanted = tuple(dict.fromkeys(("mse", *self.parts)))
-        table = _part_scores(model, data, wanted, self, device)
+        table, codes = _one_pass(model, data, self.parts, device)
+        table = self._complete(table, codes, reference=False)
         if len(self.parts) > 1:
             table[self.name] = self._sum(table)
         return table
+
+    def _complete(
+        self, table: dict[str, Tensor], codes: Tensor | None, *, reference: bool
+    ) -> dict[str, Tensor]:
+        """The pass's table with ``code`` and ``knn`` added from its codes, as mse then the parts in order.
+
+        ``reference``: the codes are the reference's own, so knn skips each one's zero distance to itself.
+        """
+        if self.gaussian is not None:
+            assert codes is not None
+            table["code"] = self.gaussian.distance(codes)
+        if self.neighbours is not None:
+            assert codes is not None
+            table["knn"] = self.neighbours.distance(codes, exclude_self=reference)
+        return {name: table[name] for name in dict.fromkeys(("mse", *self.parts))}
 
     def _sum(self, table: dict[str, Tensor]) -> Tensor:
         total = torch.zeros_like(table[self.parts[0]])
@@ -227,9 +241,9 @@ def fit_score(
         )
     if len(reference) == 0:
         raise DataError("no normal training samples to fit the score to (the reference is empty).")
+    table, codes = _one_pass(model, reference, parts, device)
     gaussian = neighbours = None
-    if "code" in parts or "knn" in parts:
-        codes = _codes(model, reference, device)
+    if codes is not None:
         if "code" in parts:
             if codes.shape[1] > MAX_CODE_SIZE:
                 raise ConfigError(
@@ -242,10 +256,9 @@ def fit_score(
                 raise DataError(
                     f"--score knn needs more than {NEIGHBOURS} normal training samples, got {len(codes)}."
                 )
-            neighbours = CodeNeighbours(codes.float())
+            neighbours = CodeNeighbours(codes)
     fitted = FittedScore(parts, gaussian, neighbours, {})
-    wanted = tuple(dict.fromkeys(("mse", *parts)))
-    table = _part_scores(model, reference, wanted, fitted, device, reference=True)
+    table = fitted._complete(table, codes, reference=True)
     if len(parts) > 1:
         for part in parts:
             logs = table[part].clamp_min(_LOG_FLOOR).log()
@@ -262,38 +275,17 @@ def fit_score(
 
 
 @torch.no_grad()
-def _codes(model: Autoencoder, data: TensorData, device: torch.device | str) -> Tensor:
+def _one_pass(
+    model: Autoencoder, data: TensorData, parts: tuple[str, ...], device: torch.device | str
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Encode and decode each batch once: ``mse`` (always) and ``ssim`` per sample, and the codes
+    (float32, CPU, flattened) when ``code`` or ``knn`` needs them, else None."""
     from aecore_analysis.localisation import rows_per_batch
 
-    was_training = model.training
-    model.eval()
-    try:
-        out = [
-            model.encode(xb.to(device)).flatten(1).double().cpu()
-            for xb in data.batches(rows_per_batch(data.shape))
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def _part_scores(
-    model: Autoencoder,
-    data: TensorData,
-    parts: tuple[str, ...],
-    fitted: FittedScore,
-    device: torch.device | str,
-    *,
-    reference: bool = False,
-) -> dict[str, Tensor]:
-    """One pass: encode and decode each batch once, and take every part's score from it.
-
-    ``reference`` says ``data`` is the reference itself (knn then skips each sample's own code).
-    """
-    from aecore_analysis.localisation import rows_per_batch
-
-    out: dict[str, list[Tensor]] = {part: [] for part in parts}
+    want_ssim, want_codes = "ssim" in parts, "code" in parts or "knn" in parts
+    mse: list[Tensor] = []
+    structure: list[Tensor] = []
+    codes: list[Tensor] = []
     was_training = model.training
     model.eval()
     try:
@@ -301,21 +293,18 @@ def _part_scores(
             x = xb.to(device)
             z = model.encode(x)
             recon = model.decode(z)
-            for part in parts:
-                if part == "mse":
-                    value = (recon.double() - x.double()).pow(2).flatten(1).mean(dim=1)
-                elif part == "ssim":
-                    value = 1.0 - ssim(x, recon)
-                elif part == "code":
-                    assert fitted.gaussian is not None
-                    value = fitted.gaussian.distance(z.flatten(1).cpu())
-                else:
-                    assert fitted.neighbours is not None
-                    value = fitted.neighbours.distance(z.flatten(1).cpu(), exclude_self=reference)
-                out[part].append(value.cpu())
+            mse.append((recon.double() - x.double()).pow(2).flatten(1).mean(dim=1).cpu())
+            if want_ssim:
+                structure.append((1.0 - ssim(x, recon)).cpu())
+            if want_codes:
+                codes.append(z.flatten(1).float().cpu())
     finally:
         model.train(was_training)
-    return {
-        part: torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
-        for part, values in out.items()
-    }
+
+    def joined(values: list[Tensor], dtype: torch.dtype = torch.float64) -> Tensor:
+        return torch.cat(values) if values else torch.zeros(0, dtype=dtype)
+
+    table = {"mse": joined(mse)}
+    if want_ssim:
+        table["ssim"] = joined(structure)
+    return table, joined(codes, torch.float32) if want_codes else None
