@@ -57,6 +57,27 @@ def test_an_empty_tensor_file_round_trips(tmp_path):
     assert open_mapped(path).shape == (0, 4)
 
 
+@pytest.mark.parametrize("mapped", [True, False])
+def test_a_discarded_key_loses_its_file_and_can_be_asked_for_again(tmp_path, mapped):
+    store = TensorStore(tmp_path if mapped else None, show_progress=False)
+    first = store.empty("train.x", (4, 1, 2, 2))
+    first.fill_(7)
+    with pytest.raises(ValueError, match="already holds"):
+        store.empty("train.x", (4, 3, 2, 2))
+    store.discard("train.x")
+    assert not (tmp_path / "train.x.safetensors").exists() and id(first) not in store.files
+    again = store.empty("train.x", (4, 3, 2, 2))
+    again.fill_(9)
+    assert again.shape == (4, 3, 2, 2)
+    if mapped:  # the new file is the new tensor's, whatever the old map still holds
+        assert store.files[id(again)] == "train.x.safetensors"
+        assert torch.equal(
+            open_mapped(tmp_path / "train.x.safetensors"), torch.full((4, 3, 2, 2), 9, dtype=torch.uint8)
+        )
+    with pytest.raises(KeyError, match=r"holds no 'test\.x'"):
+        store.discard("test.x")
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"\x00" * 7, b"\xff" * 8 + b"{}", b"\x02\x00\x00\x00\x00\x00\x00\x00{}"],

@@ -182,6 +182,22 @@ class TensorStore:
         self._tensors[key] = tensor
         return tensor
 
+    def discard(self, key: str) -> None:
+        """Forget ``key``'s tensor and delete its file, so the key can be asked for again.
+
+        For a source that learns only while filling a tensor that it needs
+        another shape (the image folders' ``channels=auto`` meeting a colour
+        file after gray ones). A tensor still referenced keeps its pages (a
+        deleted file stays mapped), but it no longer belongs to the dataset.
+        """
+        tensor = self._tensors.pop(key, None)
+        if tensor is None:
+            raise KeyError(f"the store holds no '{key}'")
+        name = self.files.pop(id(tensor), None)
+        if name is not None and self.directory is not None:
+            with contextlib.suppress(OSError):
+                (self.directory / name).unlink()
+
     def progress(self, total: int, description: str) -> Callable[[int], None]:
         """``advance(n)`` for a progress bar of ``total`` steps on stderr (silent off a terminal)."""
         if not self._show or total <= 0:

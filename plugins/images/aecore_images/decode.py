@@ -11,7 +11,11 @@ One decoder serves both sources. Every file goes through the same steps:
    PNGs; 32-bit float images are refused.
 3. Pillow's ``L`` or ``RGB`` conversion gives the channel count: alpha is
    dropped, not blended; colour becomes gray as ``L = R·299/1000 +
-   G·587/1000 + B·114/1000``; gray becomes RGB by repeating it.
+   G·587/1000 + B·114/1000``; gray becomes RGB by repeating it. With
+   ``channels=auto`` the first readable file's mode sets the count: colour
+   gives 3 at once; gray gives 1 until a colour file turns up, and then the
+   gray tensors are thrown away and every file is decoded again as RGB. So
+   no file is opened twice unless a colour one follows gray ones.
 4. The geometry (:func:`fit`) with a bilinear filter for images and nearest
    neighbour for masks, ``reducing_gap=None``: no approximation.
 
@@ -36,7 +40,7 @@ from torch import Tensor
 
 from aecore.data import UINT8_IMAGES, TensorData
 from aecore.errors import DataError, Notice
-from aecore_images.options import TensorStore, empty, progress, workers
+from aecore_images.options import TensorStore, discard, empty, progress, workers
 
 __all__ = [
     "FORMATS",
@@ -65,6 +69,10 @@ _TASK = 16
 
 class BadImage(Exception):
     """A file that cannot be decoded as an image: damaged, truncated, not an image, too large."""
+
+
+class ColourImage(Exception):
+    """A colour file met while ``channels=auto`` decodes as gray (every file so far was gray)."""
 
 
 class SizeMismatch(Exception):
@@ -135,15 +143,20 @@ def _reason(exc: BaseException) -> str:
     return f"it is damaged or truncated ({type(exc).__name__}: {text})" if text else type(exc).__name__
 
 
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def _open(path: Path) -> Image.Image:
     """The file opened by one of :data:`FORMATS` (header only), or :class:`BadImage`."""
     try:
-        if path.stat().st_size == 0:
-            raise BadImage("the file is empty")
         image = Image.open(path, formats=FORMATS)
-    except BadImage:
-        raise
     except Exception as exc:  # a hostile file can make a decoder raise almost anything
+        if _is_empty(path):  # asked only on failure: a stat per file is a tenth of a small PNG's cost
+            raise BadImage("the file is empty") from None
         raise BadImage(_reason(exc)) from None
     limit = Image.MAX_IMAGE_PIXELS
     width, height = image.size
@@ -216,14 +229,18 @@ def fit(image: Image.Image, size: tuple[int, int], policy: str, resample: str) -
 
 
 def decode_image(
-    path: Path, channels: int, size: tuple[int, int], policy: str, *, fixed: bool
+    path: Path, channels: int, size: tuple[int, int], policy: str, *, fixed: bool, gray_only: bool = False
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """One image file as a (C, H, W) uint8 array, and its own (width, height) before resizing.
 
     ``fixed``: no resizing was asked for, so an image of another size is a
-    :class:`SizeMismatch`. Raises :class:`BadImage` for a file that cannot be read.
+    :class:`SizeMismatch`. ``gray_only``: a colour file is a
+    :class:`ColourImage` rather than converted. Raises :class:`BadImage` for
+    a file that cannot be read.
     """
     with _open(path) as image:
+        if gray_only and image.mode not in GRAY_MODES:
+            raise ColourImage(image.mode)
         original = image.size
         if fixed and original != (size[1], size[0]):
             raise SizeMismatch(original)
@@ -233,8 +250,20 @@ def decode_image(
         except Exception as exc:  # truncated data, bad checksums, decoder errors of any kind
             raise BadImage(_reason(exc)) from None
         converted = _eight_bit(image, channels)
-    pixels = np.asarray(fit(converted, size, policy, IMAGE_RESAMPLE), dtype=np.uint8)
-    return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), original
+    return _channels_first(fit(converted, size, policy, IMAGE_RESAMPLE)), original
+
+
+def _channels_first(image: Image.Image) -> np.ndarray:
+    """An ``L`` or ``RGB`` image's pixels as (C, H, W), from its raw bytes.
+
+    The bytes ``np.asarray`` would read, without its array-interface detour,
+    which costs a small image a tenth of its decoding time.
+    """
+    width, height = image.size
+    flat = np.frombuffer(image.tobytes(), dtype=np.uint8)
+    if image.mode == "L":
+        return flat.reshape(1, height, width)
+    return flat.reshape(height, width, 3).transpose(2, 0, 1)
 
 
 def _nonzero(image: Image.Image) -> np.ndarray:
@@ -274,7 +303,7 @@ class _Failure:
 
     index: int
     path: Path
-    kind: str  # "bad": unreadable; "size": an image of another size; "mask-size": a mask unlike its image
+    kind: str  # "bad": unreadable; "size": another size; "mask-size": a mask unlike its image; "colour"
     detail: str
     size: tuple[int, int] = (0, 0)  # (width, height) of the file, for the size kinds
 
@@ -290,10 +319,8 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-#: Images with fewer pixels than this decode in one thread (see :meth:`_Reader._small`).
+#: Images with fewer pixels than this decode in one thread (see :meth:`_Reader.first_header`).
 SMALL_IMAGE = 64 * 64
-#: How many leading files may be unreadable before the size check gives up (and keeps the threads).
-_PEEK = 32
 
 
 class _Reader:
@@ -309,25 +336,30 @@ class _Reader:
         self.store = store
         self.workers = workers(store)
         self.skipped: dict[int, _Failure] = {}
-        if self.workers > 1 and self._small():
-            self.workers = 1
+        self.keys: list[str] = []  # what allocate asked the store for
+        self.again = False  # decoding again after release
 
-    def _small(self) -> bool:
-        """Whether the first readable image (by its header) has fewer than :data:`SMALL_IMAGE` pixels.
+    def first_header(self) -> tuple[int, str, tuple[int, int]] | None:
+        """The first readable image's position, Pillow mode and (width, height), from its header.
 
-        Such an image decodes in less time than the interpreter lock takes to
-        change hands between threads, so several decoding threads are slower
-        than one (on two cores, 1.5 times slower for MNIST's 28×28 PNGs); from
-        about 64×64 up the threads win. Failures are not recorded here: the
-        decoding pass meets the same files again.
+        Unreadable files before it are failures like any other. Its mode
+        sets ``channels=auto``'s first guess, its size the output size when
+        there is no ``size=``, and whether to decode in threads: an image
+        under :data:`SMALL_IMAGE` pixels decodes in less time than the
+        interpreter lock takes to change hands, so several threads are slower
+        than one (on two cores, 1.5 times slower for MNIST's 28×28 PNGs);
+        from about 64×64 up the threads win.
         """
-        for _, item in self.order[:_PEEK]:
+        for i, (_, item) in enumerate(self.order):
             try:
-                width, height = probe(item.path)[1]
-            except BadImage:
+                mode, size = probe(item.path)
+            except BadImage as exc:
+                self.fail(_Failure(i, item.path, "bad", str(exc)))
                 continue
-            return width * height < SMALL_IMAGE
-        return False
+            if self.workers > 1 and size[0] * size[1] < SMALL_IMAGE:
+                self.workers = 1
+            return i, mode, size
+        return None
 
     def fail(self, failure: _Failure) -> None:
         """Leave out a bad file under ``skip_bad``; anything else stops loading with one line."""
@@ -354,56 +386,33 @@ class _Reader:
         """The files left out so far, sorted by their path."""
         return sorted(self.skipped.values(), key=lambda f: _relative(f.path, self.root))
 
-    def probe_all(self, pool: ThreadPoolExecutor) -> dict[int, tuple[str, tuple[int, int]]]:
-        """Every file's mode and (width, height) from its header, by position (bad files left out)."""
-        advance = progress(self.store, len(self.order), "reading image headers")
-
-        def task(span: range) -> list[tuple[int, tuple[str, tuple[int, int]] | str]]:
-            found: list[tuple[int, tuple[str, tuple[int, int]] | str]] = []
-            for i in span:
-                try:
-                    found.append((i, probe(self.order[i][1].path)))
-                except BadImage as exc:
-                    found.append((i, str(exc)))
-            return found
-
-        headers: dict[int, tuple[str, tuple[int, int]]] = {}
-        step = _TASK * 4
-        spans = [range(i, min(i + step, len(self.order))) for i in range(0, len(self.order), step)]
-        for span, result in zip(spans, pool.map(task, spans), strict=True):
-            for i, header in result:
-                if isinstance(header, str):
-                    self.fail(_Failure(i, self.order[i][1].path, "bad", header))
-                else:
-                    headers[i] = header
-            advance(len(span))
-        return headers
-
-    def first_size(self) -> tuple[int, tuple[int, int]] | None:
-        """The position and (width, height) of the first readable image, by its header."""
-        for i, (_, item) in enumerate(self.order):
-            try:
-                return i, probe(item.path)[1]
-            except BadImage as exc:
-                self.fail(_Failure(i, item.path, "bad", str(exc)))
-        return None
-
     def allocate(self, channels: int, size: tuple[int, int], masks: Sequence[str]) -> dict[str, Decoded]:
         """Each split's output tensors (from the store when there is one), labels filled in."""
         out: dict[str, Decoded] = {}
         for split, items in self.splits.items():
             keep = [item for i, (s, item) in enumerate(self.order) if s == split and i not in self.skipped]
             n = len(keep)
-            x = empty(self.store, f"{split}.x", (n, channels, *size), torch.uint8)
+            x = self._empty(f"{split}.x", (n, channels, *size), torch.uint8)
             y = None
             if items and items[0].label is not None:
-                y = empty(self.store, f"{split}.y", (n,), torch.long)
+                y = self._empty(f"{split}.y", (n,), torch.long)
                 y.copy_(torch.tensor([item.label for item in keep], dtype=torch.long))
             mask = None
             if split in masks:
-                mask = empty(self.store, f"{split}.extras.mask", (n, 1, *size), torch.uint8)
+                mask = self._empty(f"{split}.extras.mask", (n, 1, *size), torch.uint8)
             out[split] = Decoded(x, y, mask)
         return out
+
+    def _empty(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        self.keys.append(key)
+        return empty(self.store, key, shape, dtype)
+
+    def release(self) -> None:
+        """Give back every tensor :meth:`allocate` took, to allocate again (their files are deleted)."""
+        for key in self.keys:
+            discard(self.store, key)
+        self.keys.clear()
+        self.again = True
 
     def decode_all(
         self,
@@ -413,10 +422,15 @@ class _Reader:
         size: tuple[int, int],
         policy: str,
         reference: Path | None,
-    ) -> None:
+        *,
+        gray_only: bool = False,
+    ) -> bool:
         """Decode every item left into its row, a chunk at a time; failures in order after each chunk.
 
-        ``reference`` is the image whose size every other must have (no ``size=``), else None.
+        ``reference`` is the image whose size every other must have (no
+        ``size=``), else None. With ``gray_only`` a colour file stops the
+        decoding: False is returned, once the failures before it in order
+        are judged, and the tensors must be allocated again with 3 channels.
         """
         rows: list[tuple[int, str, int]] = []  # (position in the order, split, row in its split)
         counters = dict.fromkeys(self.splits, 0)
@@ -424,19 +438,28 @@ class _Reader:
             if i not in self.skipped:
                 rows.append((i, split, counters[split]))
                 counters[split] += 1
-        advance = progress(self.store, len(rows), "decoding images")
+        what = "decoding images"
+        if self.again:
+            what += " again as RGB (a colour one follows gray ones)"
+        advance = progress(self.store, len(rows), what)
         fixed = None if reference is None else f"{reference} is {_wh((size[1], size[0]))}"
         chunk = _TASK * 8 * self.workers
+
+        def run(task: list[tuple[int, str, int]]) -> list[_Failure]:
+            return self._decode(task, out, channels, size, policy, fixed, gray_only)
+
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
-            tasks = [part[i : i + _TASK] for i in range(0, len(part), _TASK)]
-            results = pool.map(lambda task: self._decode(task, out, channels, size, policy, fixed), tasks)
+            results = pool.map(run, [part[i : i + _TASK] for i in range(0, len(part), _TASK)])
             for failure in sorted((f for found in results for f in found), key=lambda f: f.index):
+                if failure.kind == "colour":
+                    return False
                 self.fail(failure)
             advance(len(part))
         for split in self.splits:
             holes = sorted(row for i, s, row in rows if s == split and i in self.skipped)
             out[split].drop(holes)
+        return True
 
     def _decode(
         self,
@@ -446,21 +469,28 @@ class _Reader:
         size: tuple[int, int],
         policy: str,
         fixed: str | None,
+        gray_only: bool,
     ) -> list[_Failure]:
         """A worker thread's unit: a few images into their rows; what failed, for the caller to judge."""
         failures = []
+        images = {split: decoded.x.numpy() for split, decoded in out.items()}  # rows without a torch view
         for index, split, row in task:
             item = self.order[index][1]
             target = out[split]
             try:
-                pixels, original = decode_image(item.path, channels, size, policy, fixed=bool(fixed))
+                pixels, original = decode_image(
+                    item.path, channels, size, policy, fixed=bool(fixed), gray_only=gray_only
+                )
+            except ColourImage:
+                failures.append(_Failure(index, item.path, "colour", ""))
+                break  # everything is decoded again as RGB: the rest of this task would be wasted
             except BadImage as exc:
                 failures.append(_Failure(index, item.path, "bad", str(exc)))
                 continue
             except SizeMismatch as exc:
                 failures.append(_Failure(index, item.path, "size", fixed or "", exc.args[0]))
                 continue
-            target.x[row].numpy()[...] = pixels
+            images[split][row] = pixels
             if target.mask is None:
                 continue
             if item.mask is None:
@@ -488,27 +518,42 @@ def read_splits(
 ) -> tuple[dict[str, Decoded], dict[str, Any]]:
     """Decode every split's items into tensors; returns them and what the dataset's spec records.
 
-    ``channels`` is 1, 3 or ``"auto"`` (a pass over the headers decides: 1
-    when every image is grayscale, else 3). Without ``size`` (height, width)
-    every image must have the size of the first. The splits named in
+    ``channels`` is 1, 3 or ``"auto"`` (1 when every image is grayscale,
+    else 3; see the module's notes for how it is found without a pass over
+    the headers). Without ``size`` (height, width) every image must have the
+    size of the first readable one. The splits named in
     ``masks`` get their items' masks (all zero where an item has none). A
     bad file stops loading with one :class:`DataError` naming it, the first
     in order; with ``skip_bad`` it is left out, counted in one warning and
     listed in the spec's ``skipped`` (paths relative to ``root``).
     """
     reader = _Reader(splits, root, skip_bad, store)
-    pool = ThreadPoolExecutor(max_workers=reader.workers, thread_name_prefix="aecore-images")
-    try:
-        with warnings.catch_warnings():
-            # Pillow's notices (odd EXIF data, palette transparency) change no pixel, and its
-            # decompression-bomb warning becomes a bad file through the size check in _open.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
-            channels, target, reference = _geometry(reader, pool, channels, size)
+    with warnings.catch_warnings():
+        # Pillow's notices (odd EXIF data, palette transparency) change no pixel, and its
+        # decompression-bomb warning becomes a bad file through the size check in _open.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+        first = reader.first_header()
+        if first is None:
+            _nothing_readable(reader)
+        index, mode, (width, height) = first
+        gray_only = channels == "auto" and mode in GRAY_MODES
+        if channels == "auto":
+            channels = 1 if gray_only else 3
+        assert channels in (1, 3)
+        channels = int(channels)
+        target = size if size is not None else (height, width)
+        reference = None if size is not None else reader.order[index][1].path
+        pool = ThreadPoolExecutor(max_workers=reader.workers, thread_name_prefix="aecore-images")
+        try:
             out = reader.allocate(channels, target, masks)
-            reader.decode_all(pool, out, channels, target, policy, reference)
-    finally:  # an error or Ctrl-C: the queued work is dropped, not finished first
-        pool.shutdown(wait=True, cancel_futures=True)
+            if not reader.decode_all(pool, out, channels, target, policy, reference, gray_only=gray_only):
+                reader.release()
+                channels = 3
+                out = reader.allocate(channels, target, masks)
+                reader.decode_all(pool, out, channels, target, policy, reference)
+        finally:  # an error or Ctrl-C: the queued work is dropped, not finished first
+            pool.shutdown(wait=True, cancel_futures=True)
     if not any(len(d) for d in out.values()):
         _nothing_readable(reader)
     spec: dict[str, Any] = {
@@ -529,39 +574,6 @@ def read_splits(
             stacklevel=3,
         )
     return out, spec
-
-
-def _geometry(
-    reader: _Reader, pool: ThreadPoolExecutor, channels: int | str, size: tuple[int, int] | None
-) -> tuple[int, tuple[int, int], Path | None]:
-    """The channel count, the output (height, width), and the image setting it when no size= is given.
-
-    channels=auto reads every header first (its mode decides); the sizes then
-    are checked before anything is decoded. Otherwise only the first
-    readable header is read, for its size, when there is no size=.
-    """
-    first: tuple[int, tuple[int, int]] | None = None  # the first readable image: position, (w, h)
-    headers: dict[int, tuple[str, tuple[int, int]]] = {}
-    if channels == "auto":
-        headers = reader.probe_all(pool)
-        channels = 1 if all(mode in GRAY_MODES for mode, _ in headers.values()) else 3
-        if headers:
-            index = min(headers)
-            first = index, headers[index][1]
-    elif size is None:
-        first = reader.first_size()
-    assert channels in (1, 3)
-    if size is not None:
-        return int(channels), size, None
-    if first is None:
-        _nothing_readable(reader)
-    index, (width, height) = first
-    reference = reader.order[index][1].path
-    for i, (_, wh) in sorted(headers.items()):
-        if wh != (width, height):
-            detail = f"{reference} is {_wh((width, height))}"
-            reader.fail(_Failure(i, reader.order[i][1].path, "size", detail, wh))
-    return int(channels), (height, width), reference
 
 
 def _nothing_readable(reader: _Reader) -> NoReturn:

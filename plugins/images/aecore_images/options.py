@@ -76,12 +76,20 @@ class TensorStore(Protocol):
 
     def empty(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor: ...
 
+    def discard(self, key: str) -> None: ...
+
     def progress(self, total: int, description: str) -> Callable[[int], None]: ...
 
 
 def empty(store: TensorStore | None, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """A writable tensor from the store (memory-mapped into the cache file), else plain memory."""
     return torch.empty(shape, dtype=dtype) if store is None else store.empty(key, shape, dtype)
+
+
+def discard(store: TensorStore | None, key: str) -> None:
+    """Give back a tensor from :func:`empty` that will not be used (its cache file is deleted)."""
+    if store is not None:
+        store.discard(key)
 
 
 def workers(store: TensorStore | None) -> int:

@@ -325,6 +325,93 @@ def test_channels_auto_is_one_only_when_every_image_is_gray(tmp_path):
     assert mixed.spec["shape"][0] == 3 and mixed.train.shape == (3, 8, 8)
 
 
+def test_channels_auto_opens_each_gray_or_colour_file_once(tmp_path, decodes, monkeypatch):
+    probes = []
+    real = aecore_images.decode.probe
+    monkeypatch.setattr(aecore_images.decode, "probe", lambda path: probes.append(path) or real(path))
+    tree(tmp_path / "gray", {"a": 4, "b": 4})
+    save(tmp_path / "rgb" / "train" / "k" / "a.png", noise(1, (8, 8, 3)))
+    save(tmp_path / "rgb" / "train" / "k" / "b.png", noise(2, (8, 8)))  # gray after colour: no second pass
+    save(tmp_path / "rgb" / "test" / "k" / "c.png", noise(3, (8, 8)))
+    for folder, channels, files in (("gray", 1, 8), ("rgb", 3, 3)):
+        decodes.clear(), probes.clear()
+        data = load_dataset(f"folder:{tmp_path / folder}")
+        assert data.spec["shape"][0] == channels
+        assert len(decodes) == files and len(probes) == 1  # the first file's header, then one decode each
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_colour_file_after_gray_ones_decodes_everything_again_as_rgb(
+    tmp_path, decodes, cached, monkeypatch
+):
+    if cached:
+        monkeypatch.setenv("AECORE_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.delenv("AECORE_NO_DATA_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("AECORE_NO_DATA_CACHE", "1")
+    root = tmp_path / "mixed"
+    tree(root, {"a": 40, "b": 30}, shape=(8, 8))
+    save(root / "b" / "0020c.png", noise(5, (8, 8, 3)))  # after b/002.png: neither first nor last
+    auto = load_dataset(f"folder:{root}?test_fraction=0.3")
+    assert auto.spec["shape"] == [3, 8, 8] and auto.train.shape == (3, 8, 8)
+    assert 71 < len(decodes) < 2 * 71  # the gray pass stopped at the colour file
+    decodes.clear()
+    three = load_dataset(f"folder:{root}?test_fraction=0.3&channels=3")
+    assert len(decodes) == 71  # channels=3 is another cache entry, decoded once
+    for a, b in ((auto.train, three.train), (auto.test, three.test)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    if cached:  # the gray pass's files are gone: the entry holds the RGB tensors only
+        entries = list((tmp_path / "cache" / "datasets").iterdir())
+        sizes = sorted(f.stat().st_size for e in entries for f in e.glob("*.x.safetensors"))
+        assert sizes and all(size >= 3 * 8 * 8 * 21 for size in sizes)
+        decodes.clear()
+        again = load_dataset(f"folder:{root}?test_fraction=0.3")
+        assert not decodes and torch.equal(again.train.x, auto.train.x)
+
+
+def test_restarting_as_rgb_asks_the_store_again_and_deletes_the_gray_files(tmp_path):
+    root = tmp_path / "imgs"
+    tree(root, {"a": 3, "b": 3}, shape=(8, 8))
+    save(root / "b" / "z.png", noise(6, (8, 8, 3)))
+    (tmp_path / "store").mkdir()
+    store = RecordingStore(tmp_path / "store", workers=1)
+    data = ImageFolder(ImageFolder.Config(test_fraction=0.3)).load(
+        str(root), data_dir=None, normalisation=None, store=store
+    )
+    assert store.keys == ["train.x", "train.y", "test.x", "test.y"] * 2
+    assert [d for _, d in store.bars] == [
+        "decoding images",
+        "decoding images again as RGB (a colour one follows gray ones)",
+    ]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(set(store.files.values()))
+    assert store.files[id(data.train.storage["x"])] == "train.x.safetensors" and data.train.shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_skip_bad_with_a_restart_lists_each_bad_file_once(tmp_path, where):
+    root = tmp_path / "imgs"
+    written = tree(root, {"a": 4, "b": 4}, shape=(8, 8))
+    colour = noise(7, (8, 8, 3))
+    save(root / "b" / "0001c.png", colour)
+    bad = "a/0001x.png" if where == "before" else "b/0003x.png"
+    truncated_png(root / bad, (8, 8))
+    with pytest.warns(SkippedImagesWarning, match="skipped 1 "):
+        data = load_dataset(f"folder:{root}?skip_bad=true&test_fraction=0.3")
+    assert data.spec["skipped"] == [bad] and data.spec["shape"] == [3, 8, 8]
+    images = {img.tobytes() for img in all_images(data)}
+    assert len(images) == len(written) + 1 and colour.tobytes() in images
+    assert all(np.stack([g] * 3, axis=-1).tobytes() in images for g in written.values())
+
+
+def test_a_bad_file_before_the_first_readable_one_is_named(tmp_path):
+    root = tmp_path / "imgs"
+    tree(root, {"": 3})
+    (root / "0.png").write_bytes(b"")
+    with pytest.raises(DataError) as exc:
+        load_dataset(f"folder:{root}")
+    one_line(exc, f"cannot read the image {root / '0.png'}: the file is empty", "skip_bad=true")
+
+
 def test_alpha_is_dropped_not_blended(tmp_path):
     rgba = noise(1, (5, 5, 4))
     rgba[..., 3] = 0  # fully transparent: blending would make it black
@@ -387,7 +474,7 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("channels", ["auto", "1"])  # auto reads every header before decoding
+@pytest.mark.parametrize("channels", ["auto", "1"])  # auto may decode twice: a bad file still stops it
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_a_bad_file_stops_loading_in_one_line_naming_it(tmp_path, channels, kind):
     tree(tmp_path, {"a": 3, "b": 3}, shape=(28, 28))
