@@ -69,11 +69,11 @@ def list_dir(folder: Path, prefix: str, pattern: str | None) -> Listing:
     listing = Listing()
     for entry in _entries(folder):
         if _is_dir(entry):
-            listing.folders.append((entry.name, Path(entry.path)))
+            listing.folders.append((entry.name, folder / entry.name))
         elif _is_file(entry) and is_image_name(entry.name):
             name = prefix + entry.name
             if pattern is None or fnmatchcase(name, pattern):
-                listing.files.append(Entry(Path(entry.path), name))
+                listing.files.append(Entry(folder / entry.name, name))
     return listing
 
 
@@ -95,10 +95,10 @@ def _walk(folder: Path, prefix: str, pattern: str | None, seen: set[tuple[int, i
     if key in seen:
         return
     seen.add(key)
-    for entry in _entries(folder):
+    for entry in _entries(folder):  # paths made as children of the folder's: a fraction of Path(str)
         if _is_dir(entry):
-            yield from _walk(Path(entry.path), f"{prefix}{entry.name}/", pattern, seen)
+            yield from _walk(folder / entry.name, f"{prefix}{entry.name}/", pattern, seen)
         elif _is_file(entry) and is_image_name(entry.name):
             name = prefix + entry.name
             if pattern is None or fnmatchcase(name, pattern):
-                yield Entry(Path(entry.path), name)
+                yield Entry(folder / entry.name, name)
