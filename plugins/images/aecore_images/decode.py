@@ -19,16 +19,27 @@ One decoder serves both sources. Every file goes through the same steps:
 4. The geometry (:func:`fit`) with a bilinear filter for images and nearest
    neighbour for masks, ``reducing_gap=None``: no approximation.
 
-Images are decoded by a thread pool (Pillow releases the GIL while it
-decodes and resamples) and written straight into the preallocated output,
-chunk by chunk, so the whole dataset is never held twice.
+Images are decoded on every core and written straight into the
+preallocated output, chunk by chunk, so the whole dataset is never held
+twice. Large images decode in a thread pool (Pillow releases the GIL while
+it decodes and resamples). Small ones spend most of their time in Pillow's
+Python code, under the GIL, so threads do not help them: on Linux, when the
+output tensors are maps onto the cache's files (shared with any process),
+forked worker processes decode them instead, each writing its rows into the
+same files; elsewhere they decode in one thread. The workers run Pillow and
+numpy only, never a torch kernel.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
+import sys
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -65,6 +76,8 @@ GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;
 _SIXTEEN_BIT = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 #: Images decoded per task given to a worker thread: enough to hide the pool's overhead.
 _TASK = 16
+#: Per task given to a worker process, whose tasks and results cross a pipe.
+_PROCESS_TASK = 64
 
 
 class BadImage(Exception):
@@ -335,6 +348,7 @@ class _Reader:
         self.skip_bad = skip_bad
         self.store = store
         self.workers = workers(store)
+        self.small = False  # set by first_header: images too small for threads to pay
         self.skipped: dict[int, _Failure] = {}
         self.keys: list[str] = []  # what allocate asked the store for
         self.again = False  # decoding again after release
@@ -356,8 +370,7 @@ class _Reader:
             except BadImage as exc:
                 self.fail(_Failure(i, item.path, "bad", str(exc)))
                 continue
-            if self.workers > 1 and size[0] * size[1] < SMALL_IMAGE:
-                self.workers = 1
+            self.small = size[0] * size[1] < SMALL_IMAGE
             return i, mode, size
         return None
 
@@ -416,7 +429,6 @@ class _Reader:
 
     def decode_all(
         self,
-        pool: ThreadPoolExecutor,
         out: dict[str, Decoded],
         channels: int,
         size: tuple[int, int],
@@ -443,23 +455,52 @@ class _Reader:
             what += " again as RGB (a colour one follows gray ones)"
         advance = progress(self.store, len(rows), what)
         fixed = None if reference is None else f"{reference} is {_wh((size[1], size[0]))}"
-        chunk = _TASK * 8 * self.workers
-
-        def run(task: list[tuple[int, str, int]]) -> list[_Failure]:
-            return self._decode(task, out, channels, size, policy, fixed, gray_only)
-
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            results = pool.map(run, [part[i : i + _TASK] for i in range(0, len(part), _TASK)])
-            for failure in sorted((f for found in results for f in found), key=lambda f: f.index):
-                if failure.kind == "colour":
-                    return False
-                self.fail(failure)
-            advance(len(part))
+        job = (self, out, channels, size, policy, fixed, gray_only)
+        with self._pool(out, job) as (pool, count, task):
+            chunk = task * 8 * count
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                results = pool.map(_run, [part[i : i + task] for i in range(0, len(part), task)])
+                for failure in sorted((f for found in results for f in found), key=lambda f: f.index):
+                    if failure.kind == "colour":
+                        return False
+                    self.fail(failure)
+                advance(len(part))
         for split in self.splits:
             holes = sorted(row for i, s, row in rows if s == split and i in self.skipped)
             out[split].drop(holes)
         return True
+
+    @contextmanager
+    def _pool(self, out: dict[str, Decoded], job: tuple[Any, ...]) -> Iterator[tuple[Executor, int, int]]:
+        """The pool for one decoding pass, its worker count and its task size; shut down on leaving.
+
+        Small images go to forked processes when they can write into the
+        outputs (see the module's notes), else to one thread.
+        """
+        global _JOB
+        count = self.workers
+        outputs = [t for d in out.values() for t in (d.x, d.mask) if t is not None]
+        forked = count > 1 and self.small and _can_fork() and all(t.is_shared() for t in outputs)
+        if self.small and not forked:
+            count = 1
+        _JOB = job  # what forked workers inherit: only row lists cross the pipe to them
+        pool: Executor
+        if forked:
+            context = multiprocessing.get_context("fork")
+            pool = ProcessPoolExecutor(count, mp_context=context, initializer=_ignore_interrupts)
+        else:
+            pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="aecore-images")
+        try:
+            yield pool, count, _PROCESS_TASK if forked else _TASK
+        except BrokenProcessPool:
+            raise DataError(
+                f"a process decoding the images under {self.root} died; a file there may crash Pillow. "
+                "Set AECORE_NO_DATA_CACHE=1 to decode in this process and find it."
+            ) from None
+        finally:  # an error or Ctrl-C: the queued work is dropped, not finished first
+            pool.shutdown(wait=True, cancel_futures=True)
+            _JOB = None
 
     def _decode(
         self,
@@ -474,6 +515,7 @@ class _Reader:
         """A worker thread's unit: a few images into their rows; what failed, for the caller to judge."""
         failures = []
         images = {split: decoded.x.numpy() for split, decoded in out.items()}  # rows without a torch view
+        masks = {split: decoded.mask.numpy() for split, decoded in out.items() if decoded.mask is not None}
         for index, split, row in task:
             item = self.order[index][1]
             target = out[split]
@@ -494,15 +536,36 @@ class _Reader:
             if target.mask is None:
                 continue
             if item.mask is None:
-                target.mask[row].zero_()
+                masks[split][row] = 0
                 continue
             try:
-                target.mask[row].numpy()[...] = decode_mask(item.mask, original, size, policy)
+                masks[split][row] = decode_mask(item.mask, original, size, policy)
             except BadImage as exc:
                 failures.append(_Failure(index, item.mask, "bad", str(exc)))
             except SizeMismatch as exc:
                 failures.append(_Failure(index, item.mask, "mask-size", _wh(original), exc.args[0]))
         return failures
+
+
+#: The pass being decoded, for :func:`_run`: set before a pool starts, so forked workers inherit it.
+_JOB: tuple[Any, ...] | None = None
+
+
+def _run(task: list[tuple[int, str, int]]) -> list[_Failure]:
+    """A pool's unit of work (a module function, so a worker process can be handed it by name)."""
+    assert _JOB is not None
+    reader, out, channels, size, policy, fixed, gray_only = _JOB
+    return reader._decode(task, out, channels, size, policy, fixed, gray_only)
+
+
+def _can_fork() -> bool:
+    """Whether worker processes may be forked: Linux only (macOS's system libraries forbid it)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _ignore_interrupts() -> None:
+    """A worker leaves Ctrl-C to the main process, which stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def read_splits(
@@ -533,6 +596,8 @@ def read_splits(
         # decompression-bomb warning becomes a bad file through the size check in _open.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+        # Python 3.12+ warns when a process with threads forks; the workers take no lock they hold.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"multiprocessing(\.|$)")
         first = reader.first_header()
         if first is None:
             _nothing_readable(reader)
@@ -544,16 +609,12 @@ def read_splits(
         channels = int(channels)
         target = size if size is not None else (height, width)
         reference = None if size is not None else reader.order[index][1].path
-        pool = ThreadPoolExecutor(max_workers=reader.workers, thread_name_prefix="aecore-images")
-        try:
+        out = reader.allocate(channels, target, masks)
+        if not reader.decode_all(out, channels, target, policy, reference, gray_only=gray_only):
+            reader.release()
+            channels = 3
             out = reader.allocate(channels, target, masks)
-            if not reader.decode_all(pool, out, channels, target, policy, reference, gray_only=gray_only):
-                reader.release()
-                channels = 3
-                out = reader.allocate(channels, target, masks)
-                reader.decode_all(pool, out, channels, target, policy, reference)
-        finally:  # an error or Ctrl-C: the queued work is dropped, not finished first
-            pool.shutdown(wait=True, cancel_futures=True)
+            reader.decode_all(out, channels, target, policy, reference)
     if not any(len(d) for d in out.values()):
         _nothing_readable(reader)
     spec: dict[str, Any] = {

@@ -30,4 +30,5 @@ def decodes(monkeypatch) -> list:
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(decode, "decode_image", counting)
+    monkeypatch.setattr(decode, "_can_fork", lambda: False)  # a forked worker's calls would not be seen
     return calls

@@ -694,39 +694,104 @@ def test_images_are_decoded_by_the_stores_workers_straight_into_its_tensors(tmp_
     assert 1 <= len(threads) <= 3 and all(t.startswith("aecore-images") for t in threads)
 
 
-def test_small_images_decode_in_one_thread_and_give_the_same_pixels(tmp_path, monkeypatch):
-    """Below 64×64 pixels one thread is faster than several (the interpreter lock); the result is the same."""
-    import concurrent.futures
+class Pools:
+    """Which pools decoding made: ("thread" | "process", workers), recorded through the real classes."""
 
-    import aecore_images.decode
+    def __init__(self, monkeypatch) -> None:
+        import concurrent.futures
 
-    pools = []
+        self.made: list[tuple[str, int]] = []
+        made = self.made
 
-    class Pool(concurrent.futures.ThreadPoolExecutor):
-        def __init__(self, max_workers, **kwargs):
-            pools.append(max_workers)
-            super().__init__(max_workers, **kwargs)
+        class Threads(concurrent.futures.ThreadPoolExecutor):
+            def __init__(self, max_workers, **kwargs):
+                made.append(("thread", max_workers))
+                super().__init__(max_workers, **kwargs)
 
-    monkeypatch.setattr(aecore_images.decode, "ThreadPoolExecutor", Pool)
-    written = tree(tmp_path / "small", {"a": 6, "b": 6}, shape=(63, 64))  # 4,032 pixels: one thread
+        class Processes(concurrent.futures.ProcessPoolExecutor):
+            def __init__(self, max_workers, **kwargs):
+                made.append(("process", max_workers))
+                super().__init__(max_workers, **kwargs)
+
+        monkeypatch.setattr(aecore_images.decode, "ThreadPoolExecutor", Threads)
+        monkeypatch.setattr(aecore_images.decode, "ProcessPoolExecutor", Processes)
+
+
+def _load_into(source, folder: Path, store_dir: Path | None, workers: int):
+    store = None
+    if store_dir is not None:
+        store_dir.mkdir(parents=True)
+        store = RecordingStore(store_dir, workers=workers)
+    return source.load(str(folder), data_dir=None, normalisation=None, store=store)
+
+
+def test_small_images_decode_in_forked_processes_into_the_cache_files(tmp_path, monkeypatch):
+    """Below 64×64 pixels threads lose to the interpreter lock: processes decode them, to the same pixels."""
+    pools = Pools(monkeypatch)
+    written = tree(tmp_path / "small", {"a": 60, "b": 60}, shape=(63, 64))  # 4,032 pixels: small
     tree(tmp_path / "large", {"a": 6, "b": 6}, shape=(64, 64))
-    store_dir = tmp_path / "store"
-    (store_dir / "s").mkdir(parents=True)
-    (store_dir / "l").mkdir()
     source = ImageFolder(ImageFolder.Config(channels=1))
-    small = source.load(
-        str(tmp_path / "small"),
-        data_dir=None,
-        normalisation=None,
-        store=RecordingStore(store_dir / "s", workers=4),
-    )
-    source.load(
-        str(tmp_path / "large"),
-        data_dir=None,
-        normalisation=None,
-        store=RecordingStore(store_dir / "l", workers=4),
-    )
-    assert pools == [1, 4]
+    small = _load_into(source, tmp_path / "small", tmp_path / "s", workers=4)
+    _load_into(source, tmp_path / "large", tmp_path / "l", workers=4)
+    in_memory = _load_into(source, tmp_path / "small", None, workers=4)  # not shared: one thread
+    assert pools.made == [("process", 4), ("thread", 4), ("thread", 1)]
     rows = torch.cat([small.train.x, small.test.x])
     expected = sorted(bytes(p.tobytes()) for p in written.values())
     assert sorted(bytes(r.numpy().tobytes()) for r in rows) == expected  # every image, to the pixel
+    for a, b in ((small.train, in_memory.train), (small.test, in_memory.test)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+def test_where_forking_is_not_possible_small_images_decode_in_one_thread(tmp_path, monkeypatch):
+    pools = Pools(monkeypatch)
+    monkeypatch.setattr(aecore_images.decode, "_can_fork", lambda: False)  # macOS, Windows
+    tree(tmp_path / "small", {"a": 6, "b": 6}, shape=(8, 8))
+    data = _load_into(ImageFolder(ImageFolder.Config(channels=1)), tmp_path / "small", tmp_path / "s", 4)
+    assert pools.made == [("thread", 1)] and len(data.train) + len(data.test) == 12
+
+
+def test_forked_workers_report_bad_files_and_restart_as_rgb_like_threads(tmp_path, monkeypatch):
+    pools = Pools(monkeypatch)
+    root = tmp_path / "imgs"
+    tree(root, {"a": 50, "b": 50}, shape=(8, 8))
+    save(root / "b" / "0040c.png", noise(8, (8, 8, 3)))
+    truncated_png(root / "a" / "0002x.png", (8, 8))
+    source = ImageFolder(ImageFolder.Config(skip_bad=True))
+    with pytest.warns(SkippedImagesWarning, match="skipped 1 "):
+        forked = _load_into(source, root, tmp_path / "s", workers=2)
+    assert pools.made == [("process", 2), ("process", 2)]  # gray, then again as RGB
+    with pytest.warns(SkippedImagesWarning, match="skipped 1 "):
+        threaded = _load_into(source, root, None, workers=2)
+    assert forked.spec == threaded.spec and forked.spec["skipped"] == ["a/0002x.png"]
+    for a, b in ((forked.train, threaded.train), (forked.test, threaded.test)):
+        assert a.x.shape[1] == 3 and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+def test_a_bad_file_stops_forked_decoding_in_one_line(tmp_path, monkeypatch):
+    Pools(monkeypatch)
+    root = tmp_path / "imgs"
+    tree(root, {"a": 50, "b": 50}, shape=(8, 8))
+    truncated_png(root / "b" / "0030x.png", (8, 8))
+    with pytest.raises(DataError) as exc:
+        _load_into(ImageFolder(ImageFolder.Config()), root, tmp_path / "s", workers=2)
+    one_line(exc, f"cannot read the image {root / 'b' / '0030x.png'}:", "skip_bad=true")
+
+
+def test_a_worker_process_that_dies_is_one_line(tmp_path, monkeypatch):
+    import os
+
+    Pools(monkeypatch)
+    root = tmp_path / "imgs"
+    tree(root, {"": 40}, shape=(8, 8))
+    real = aecore_images.decode.decode_image
+    parent = os.getpid()
+
+    def crash(path, *args, **kwargs):
+        if os.getpid() != parent and path.name == "020.png":
+            os._exit(11)  # what a decoder's segmentation fault looks like to the pool
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(aecore_images.decode, "decode_image", crash)
+    with pytest.raises(DataError) as exc:
+        _load_into(ImageFolder(ImageFolder.Config()), root, tmp_path / "s", workers=2)
+    one_line(exc, f"a process decoding the images under {root} died", "AECORE_NO_DATA_CACHE=1")

@@ -174,3 +174,33 @@ def test_any_nonzero_mask_value_is_an_anomalous_pixel(tmp_path, mask):
     with pytest.warns(UnmaskedDefectsWarning):
         data = load_dataset(f"mvtec:{root}?size=40")
     assert torch.equal(data.test.extras["mask"][2, 0], torch.from_numpy(defect_mask() // 255))
+
+
+def test_forked_workers_decode_images_and_masks_like_one_thread(tmp_path, monkeypatch):
+    import aecore_images.decode
+    from aecore.data import TensorStore
+
+    class TwoWorkers(TensorStore):
+        workers = 2
+
+    made = []
+    real = aecore_images.decode.ProcessPoolExecutor
+
+    def recording(*args, **kwargs):
+        made.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(aecore_images.decode, "ProcessPoolExecutor", recording)
+    root = category(tmp_path / "c")
+    source = MVTec(MVTec.Config(size="20"))
+    (tmp_path / "store").mkdir()
+    store = TwoWorkers(tmp_path / "store", show_progress=False)
+    with pytest.warns(UnmaskedDefectsWarning):
+        forked = source.load(str(root), data_dir=None, normalisation=None, store=store)
+    with pytest.warns(UnmaskedDefectsWarning):
+        threaded = source.load(str(root), data_dir=None, normalisation=None)
+    assert made == [2]  # 40×40 images: small, and the store's files are shared with the workers
+    assert torch.equal(forked.test.extras["mask"], threaded.test.extras["mask"])
+    assert int(forked.test.extras["mask"].sum()) > 0
+    for a, b in ((forked.train, threaded.train), (forked.test, threaded.test)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
