@@ -35,8 +35,9 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import sys
+import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -456,11 +457,11 @@ class _Reader:
         advance = progress(self.store, len(rows), what)
         fixed = None if reference is None else f"{reference} is {_wh((size[1], size[0]))}"
         job = (self, out, channels, size, policy, fixed, gray_only)
-        with self._pool(out, job) as (pool, count, task):
+        with self._pool(out, job) as (pool, count, task, run):
             chunk = task * 8 * count
             for start in range(0, len(rows), chunk):
                 part = rows[start : start + chunk]
-                results = pool.map(_run, [part[i : i + task] for i in range(0, len(part), task)])
+                results = pool.map(run, [part[i : i + task] for i in range(0, len(part), task)])
                 for failure in sorted((f for found in results for f in found), key=lambda f: f.index):
                     if failure.kind == "colour":
                         return False
@@ -472,35 +473,40 @@ class _Reader:
         return True
 
     @contextmanager
-    def _pool(self, out: dict[str, Decoded], job: tuple[Any, ...]) -> Iterator[tuple[Executor, int, int]]:
-        """The pool for one decoding pass, its worker count and its task size; shut down on leaving.
+    def _pool(
+        self, out: dict[str, Decoded], job: tuple[Any, ...]
+    ) -> Iterator[tuple[Executor, int, int, Task]]:
+        """One decoding pass's pool, worker count, task size and unit of work; shut down on leaving.
 
         Small images go to forked processes when they can write into the
         outputs (see the module's notes), else to one thread.
         """
-        global _JOB
         count = self.workers
         outputs = [t for d in out.values() for t in (d.x, d.mask) if t is not None]
         forked = count > 1 and self.small and _can_fork() and all(t.is_shared() for t in outputs)
-        if self.small and not forked:
-            count = 1
-        _JOB = job  # what forked workers inherit: only row lists cross the pipe to them
-        pool: Executor
-        if forked:
+        if not forked:
+            threads = 1 if self.small else count
+            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="aecore-images")
+            try:
+                yield pool, threads, _TASK, lambda task: _decode_job(job, task)
+            finally:  # an error or Ctrl-C: the queued work is dropped, not finished first
+                pool.shutdown(wait=True, cancel_futures=True)
+            return
+        global _JOB
+        with _FORKING:  # one forked pass at a time: its workers inherit _JOB when they are forked
+            _JOB = job
             context = multiprocessing.get_context("fork")
-            pool = ProcessPoolExecutor(count, mp_context=context, initializer=_ignore_interrupts)
-        else:
-            pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="aecore-images")
-        try:
-            yield pool, count, _PROCESS_TASK if forked else _TASK
-        except BrokenProcessPool:
-            raise DataError(
-                f"a process decoding the images under {self.root} died; a file there may crash Pillow. "
-                "Set AECORE_NO_DATA_CACHE=1 to decode in this process and find it."
-            ) from None
-        finally:  # an error or Ctrl-C: the queued work is dropped, not finished first
-            pool.shutdown(wait=True, cancel_futures=True)
-            _JOB = None
+            processes = ProcessPoolExecutor(count, mp_context=context, initializer=_ignore_interrupts)
+            try:
+                yield processes, count, _PROCESS_TASK, _run
+            except BrokenProcessPool:
+                raise DataError(
+                    f"a process decoding the images under {self.root} died; a file there may crash "
+                    "Pillow. Set AECORE_NO_DATA_CACHE=1 to decode in this process and find it."
+                ) from None
+            finally:
+                processes.shutdown(wait=True, cancel_futures=True)
+                _JOB = None
 
     def _decode(
         self,
@@ -547,15 +553,21 @@ class _Reader:
         return failures
 
 
-#: The pass being decoded, for :func:`_run`: set before a pool starts, so forked workers inherit it.
+Task = Callable[[list[tuple[int, str, int]]], list[_Failure]]
+#: The forked pass being decoded, for :func:`_run`: forked workers inherit it (under ``_FORKING``).
 _JOB: tuple[Any, ...] | None = None
+_FORKING = threading.Lock()
+
+
+def _decode_job(job: tuple[Any, ...], task: list[tuple[int, str, int]]) -> list[_Failure]:
+    reader, out, channels, size, policy, fixed, gray_only = job
+    return reader._decode(task, out, channels, size, policy, fixed, gray_only)
 
 
 def _run(task: list[tuple[int, str, int]]) -> list[_Failure]:
-    """A pool's unit of work (a module function, so a worker process can be handed it by name)."""
+    """A worker process's unit of work: a module function, so the pool can hand it over by name."""
     assert _JOB is not None
-    reader, out, channels, size, policy, fixed, gray_only = _JOB
-    return reader._decode(task, out, channels, size, policy, fixed, gray_only)
+    return _decode_job(_JOB, task)
 
 
 def _can_fork() -> bool:

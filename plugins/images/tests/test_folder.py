@@ -795,3 +795,26 @@ def test_a_worker_process_that_dies_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DataError) as exc:
         _load_into(ImageFolder(ImageFolder.Config()), root, tmp_path / "s", workers=2)
     one_line(exc, f"a process decoding the images under {root} died", "AECORE_NO_DATA_CACHE=1")
+
+
+def test_folders_loaded_at_once_from_several_threads_each_get_their_own_images(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    trees = {name: tree(tmp_path / name, {"a": 40, "b": 40}, shape=(8, 8)) for name in ("p", "q", "r")}
+    save(tmp_path / "q" / "b" / "z.png", noise(3, (8, 8, 3)))  # q restarts as RGB meanwhile
+    source = ImageFolder(ImageFolder.Config())
+
+    def load(name: str):
+        store_dir = tmp_path / f"store-{name}" if name != "r" else None  # p, q forked; r in threads
+        return _load_into(source, tmp_path / name, store_dir, workers=2)
+
+    with ThreadPoolExecutor(3) as pool:
+        loaded = dict(zip(trees, pool.map(load, trees), strict=True))
+    for name, written in trees.items():
+        data = loaded[name]
+        images = {img.tobytes() for img in all_images(data)}
+        if name == "q":
+            assert data.spec["shape"][0] == 3 and len(images) == 81
+            assert all(np.stack([g] * 3, axis=-1).tobytes() in images for g in written.values())
+        else:
+            assert images == {g.tobytes() for g in written.values()}
