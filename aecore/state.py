@@ -313,6 +313,10 @@ def load_optimizer_state(
                     f"{what} '{name}' is {_dims(value)} {_dtype(value)} on {value.device}, but its parameter "
                     f"is {_dims(p)} {_dtype(p)} on {p.device}; {_DAMAGED}."
                 )
+            if moved and value.stride() != p.stride():
+                # A fused kernel pairs moments with parameters element by element in memory, so a
+                # channels-last parameter needs channels-last moments (the file holds contiguous ones).
+                held[name] = torch.empty_like(p).copy_(value)
 
 
 def _check_moment(value: Tensor, param: Tensor, name: str, key: str, what: str) -> None:

@@ -170,3 +170,30 @@ def test_the_cli_prints_a_damaged_resume_file_in_one_line(finished, tmp_path):
 def test_read_resume_still_reads_an_intact_file(finished):
     state = read_resume(finished)
     assert state.trainer["done"] is True and "torch" in state.rng
+
+
+def test_restored_moments_take_their_parameters_memory_layout():
+    """A fused Adam kernel pairs moments with parameters element by element in memory, so a
+    channels-last parameter must get channels-last moments back from the (contiguous) file."""
+    from aecore.state import load_optimizer_state, optimizer_state
+
+    def adam_after_one_step(channels_last: bool) -> tuple[torch.nn.Conv2d, torch.optim.Adam]:
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(3, 4, 3)
+        if channels_last:
+            conv.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(conv.parameters(), lr=1e-2, fused=True)
+        conv(torch.rand(2, 3, 5, 5)).square().mean().backward()
+        optimizer.step()
+        return conv, optimizer
+
+    conv, optimizer = adam_after_one_step(channels_last=True)
+    meta, tensors = optimizer_state(optimizer)
+    tensors = {key: t.contiguous() for key, t in tensors.items()}  # as the resume file holds them
+    assert any(t.stride() != conv.weight.stride() for t in tensors.values() if t.dim() == 4)
+    fresh = torch.optim.Adam(conv.parameters(), lr=1e-2, fused=True)
+    load_optimizer_state(fresh, meta, tensors)
+    for p, held in fresh.state.items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert held[name].stride() == p.stride()
+            torch.testing.assert_close(held[name], optimizer.state[p][name], rtol=0, atol=0)

@@ -1,8 +1,9 @@
 """The ``fastcpu`` backend: what the core asks of a backend, answered with this package's parts.
 
 It serves CPU runs only. ``probe`` checks the private torch APIs the
-enabled parts use (:mod:`aecore_fastcpu.probes`); ``prepare`` finds the
-model's chain once; ``step`` and ``optimizer`` hand out the by-hand step
+enabled parts use (:mod:`aecore_fastcpu.probes`); ``prepare`` puts a
+convolutional model in channels-last order (:mod:`aecore_fastcpu.layout`)
+and finds a Linear model's chain once; ``step`` and ``optimizer`` hand out the by-hand step
 and :class:`FusedAdam` where they apply, and None elsewhere, which leaves
 that part to the core's plain autograd and ``Adam(fused=True)``.
 """
@@ -23,6 +24,7 @@ from aecore.protocols import StepFn
 from aecore_fastcpu import kernels, probes
 from aecore_fastcpu.chain import Chain, find_chain
 from aecore_fastcpu.heap import keep_freed_memory
+from aecore_fastcpu.layout import Layout, to_channels_last, wants_channels_last
 from aecore_fastcpu.optim import fused_adam
 from aecore_fastcpu.step import ByHandStep
 
@@ -42,6 +44,12 @@ class FastCPUConfig:
         True,
         "glibc: keep freed memory in the heap for the next step instead of returning it to the system and "
         "faulting it in again (fixes malloc's trim and mmap thresholds for the process).",
+    )
+    channels_last: Layout = param(
+        "auto",
+        "Convolutional models in channels-last memory order, oneDNN's own, so no convolution reorders its "
+        "tensors: auto for models without normalisation layers (torch's channels-last batch norm loses "
+        "float32 precision on CPU), always, or never.",
     )
 
 
@@ -75,9 +83,11 @@ class FastCPU:
         return probes.failure((*self._step_probes(), *self._adam_probes()))
 
     def prepare(self, model: Autoencoder, device: torch.device) -> Autoencoder:
-        """The model unchanged; its structure is traced now, so that the step costs nothing to build."""
+        """The same model, convolutions channels-last where that applies; a Linear chain traced now."""
         if self.config.keep_heap and device.type == "cpu":
             keep_freed_memory()
+        if device.type == "cpu" and wants_channels_last(model, self.config.channels_last):
+            to_channels_last(model)
         if self.config.by_hand and device.type == "cpu" and probes.failure(self._step_probes()) is None:
             self._chain(model)
         return model
