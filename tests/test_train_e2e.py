@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import aecore
 from aecore.cli import app
 from aecore.errors import ConfigError
+from aecore.hooks import hookimpl
 from aecore.training import train
 
 pytestmark = pytest.mark.slow
@@ -212,3 +213,112 @@ def test_divergence_mid_run_names_epoch_and_step_and_keeps_the_last_good_checkpo
     kept = load(tmp_path / "run")  # epoch 1's checkpoint, untouched by the bad step
     assert kept.metadata["metrics"]["epoch"] == 1
     assert all(torch.isfinite(p).all() for p in kept.parameters())
+
+
+# -- the loss check on an accelerator: a device flag read every few steps, never a sync per step -----------
+
+
+class _PoisonAt:
+    """Makes the weights infinite after a given step, as an exploding update would."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+
+    @hookimpl
+    def ae_after_step(self, run, model, epoch, step):
+        if (epoch, step) == self.at:
+            next(model.parameters()).fill_(float("inf"))
+
+
+class _LossReads:
+    """Counts how often a loss is turned into a Python number (each is a device sync on a GPU)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = torch.Tensor.item
+
+        def item(tensor):
+            self.count += 1
+            return real(tensor)
+
+        monkeypatch.setattr(torch.Tensor, "item", item)
+
+
+def _deferred(monkeypatch: pytest.MonkeyPatch, steps: int = 4) -> None:
+    from aecore.training import default
+
+    monkeypatch.setattr(default, "_loss_check_steps", lambda device: steps)
+
+
+def _train_small(tiny_data, out, **kwargs):
+    return train(
+        "mlp",
+        params={"encoder": {"hidden": "16"}, "trainer": {"epochs": 3, "batch_size": 50}},
+        latent_dim=4,
+        data=tiny_data,
+        out=out,
+        progress=False,
+        val_fraction=0.0,
+        **kwargs,
+    )
+
+
+def test_the_cpu_reads_the_loss_every_step_and_an_accelerator_does_not(tiny_data, tmp_path, monkeypatch):
+    from aecore.training.default import ACCELERATOR_LOSS_CHECK_STEPS, _loss_check_steps
+
+    assert _loss_check_steps(torch.device("cpu")) == 1
+    assert _loss_check_steps(torch.device("cuda", 0)) == ACCELERATOR_LOSS_CHECK_STEPS > 1
+    steps = 3 * 20  # 3 epochs of 1,000 images in batches of 50
+    reads = _LossReads(monkeypatch)
+    every = _train_small(tiny_data, tmp_path / "every")
+    per_step = reads.count
+    assert per_step >= steps
+    _deferred(monkeypatch)
+    reads.count = 0
+    windowed = _train_small(tiny_data, tmp_path / "windowed")
+    assert per_step - reads.count >= steps  # no read per step
+    for name, tensor in every.model.state_dict().items():  # the check changes nothing else
+        assert torch.equal(windowed.model.state_dict()[name], tensor), name
+
+
+def test_a_deferred_check_names_the_window_and_saves_nothing_diverged(tiny_data, tmp_path, monkeypatch):
+    from aecore.checkpoint import load
+    from aecore.state import read_resume
+    from aecore.training.default import TrainingDiverged
+
+    _deferred(monkeypatch)
+    with pytest.raises(TrainingDiverged) as excinfo:
+        train(
+            "mlp",
+            params={
+                "encoder": {"hidden": "16"},
+                "trainer": {"epochs": 3, "batch_size": 50, "save_every_steps": 7},
+            },
+            latent_dim=4,
+            data=tiny_data,
+            out=tmp_path / "run",
+            progress=False,
+            val_fraction=0.0,
+            hooks=[_PoisonAt(2, 5)],
+        )
+    message = str(excinfo.value)
+    # Step 7 (the poisoned weights' first loss) lies in the window of steps 5 to 7, closed early by
+    # the save due after step 7: the check runs before anything is written.
+    assert "the loss became NaN or infinite in epoch 2, steps 5 to 7" in message
+    assert "every 4 steps" in message and "--lr" in message
+    kept = load(tmp_path / "run")  # epoch 1's checkpoint, untouched
+    assert kept.metadata["metrics"]["epoch"] == 1
+    assert all(torch.isfinite(p).all() for p in kept.parameters())
+    state = read_resume(tmp_path / "run")  # the end of epoch 1: the save after step 7 was refused
+    assert (state.trainer["epoch"], state.trainer["step"]) == (2, 0)
+    assert all(torch.isfinite(t).all() for t in state.model_state.values() if t.is_floating_point())
+
+
+def test_a_deferred_check_closes_every_epoch(tiny_data, tmp_path, monkeypatch):
+    """A NaN in an epoch's last steps is caught at the epoch's end, before its figures or files."""
+    from aecore.training.default import TrainingDiverged
+
+    _deferred(monkeypatch, steps=50)  # longer than an epoch of 20 steps
+    with pytest.raises(TrainingDiverged, match=r"in epoch 1, steps 1 to 20 \(cpu checks it every 50"):
+        _train_small(tiny_data, tmp_path / "run", hooks=[_PoisonAt(1, 17)])
+    assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -45,6 +45,13 @@ __all__ = [
 
 BEST_CHECKPOINT = "best.safetensors"
 LAST_CHECKPOINT = "model.safetensors"
+#: Steps between loss checks on an accelerator, where reading the loss waits for the device.
+ACCELERATOR_LOSS_CHECK_STEPS = 50
+
+
+def _loss_check_steps(device: torch.device) -> int:
+    """1 on the CPU (every step, before the step is applied); a window of steps on an accelerator."""
+    return 1 if device.type == "cpu" else ACCELERATOR_LOSS_CHECK_STEPS
 
 
 class TrainingDiverged(AecoreError):
@@ -69,6 +76,14 @@ class _Position:
     metrics: dict[str, float] = field(default_factory=dict)
     epoch_rng: torch.Tensor | None = None  # shuffle generator state at the start of ``epoch``
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _PendingCheck:
+    """Losses not yet looked at on an accelerator: a device flag, and where the window began."""
+
+    flag: torch.Tensor | None = None
+    first: int = 1  # the window's first step in its epoch
 
 
 class _StopSignal:
@@ -257,21 +272,41 @@ class DefaultTrainer:
                 return dict(pos.metrics)
         started = time.perf_counter()
         first_epoch = pos.epoch
+        check_steps = _loss_check_steps(device)
+        pending = _PendingCheck()
+
+        def hint() -> str:
+            return f"{_what_is_kept(run.out_dir)} Try a lower --lr or --set trainer.grad_clip=1.0."
+
+        def check_pending() -> None:
+            """On an accelerator: whether a loss since the last look was NaN or infinite (one sync).
+
+            It runs every ``check_steps`` steps, at each epoch's end and before anything is saved,
+            so a window never spans two epochs and nothing diverged is ever written.
+            """
+            if pending.flag is None:
+                return
+            bad, pending.flag = bool(pending.flag), None
+            if bad:
+                raise TrainingDiverged(
+                    f"the loss became NaN or infinite in epoch {pos.epoch}, steps {pending.first} to "
+                    f"{pos.step} ({device.type} checks it every {check_steps} steps rather than wait for "
+                    f"the device each step); {hint()}"
+                )
 
         def check_finite() -> None:
             """Nothing diverged is ever saved, so every file a run leaves is a good one."""
             if not _finite(model):
                 when = f"in epoch {pos.epoch}, step {pos.step}" if pos.step else f"in epoch {pos.epoch - 1}"
-                raise TrainingDiverged(
-                    f"the weights became NaN or infinite {when}; "
-                    f"{_what_is_kept(run.out_dir)} Try a lower --lr or --set trainer.grad_clip=1.0."
-                )
+                raise TrainingDiverged(f"the weights became NaN or infinite {when}; {hint()}")
 
         def save_checkpoint(name: str, figures: dict[str, float]) -> None:
+            check_pending()
             check_finite()
             run.save_checkpoint(model, name, figures)
 
         def save_state(done: bool = False) -> None:
+            check_pending()
             check_finite()
             if run.save_resume is not None:
                 meta, tensors = self._state(pos, optimizer, scheduler, cosine, done)
@@ -305,11 +340,18 @@ class DefaultTrainer:
                         with autocast:
                             terms = engine(xb, loss_fn=run.loss_fn)
                     loss = functools.reduce(operator.add, terms.values())  # sum() would add a 0 first
-                    if not math.isfinite(loss.item()):
-                        raise TrainingDiverged(
-                            f"the loss became {float(loss.detach())} in epoch {epoch}, step {step + 1}; "
-                            f"{_what_is_kept(run.out_dir)} Try a lower --lr or --set trainer.grad_clip=1.0."
-                        )
+                    if check_steps == 1:  # the CPU: before the step is applied
+                        if not math.isfinite(loss.item()):
+                            raise TrainingDiverged(
+                                f"the loss became {float(loss.detach())} in epoch {epoch}, step {step + 1}; "
+                                f"{hint()}"
+                            )
+                    else:  # an accelerator: a flag on the device, read every check_steps steps
+                        bad = ~torch.isfinite(loss.detach())
+                        if pending.flag is None:
+                            pending.flag, pending.first = bad, step + 1
+                        else:
+                            pending.flag = pending.flag | bad
                     if backward:
                         loss.backward()
                     if cfg.grad_clip is not None:
@@ -326,6 +368,8 @@ class DefaultTrainer:
                         else:
                             pos.sums[name] = value.detach().float() * n
                     pos.epoch, pos.step = epoch, step + 1
+                    if check_steps > 1 and pos.step % check_steps == 0:
+                        check_pending()
                     run.hooks.ae_step_end(
                         run=run, epoch=epoch, step=step, batch_size=n * job.world_size, loss=loss.detach()
                     )
@@ -339,6 +383,7 @@ class DefaultTrainer:
                     if cfg.save_every_steps and pos.step % cfg.save_every_steps == 0:
                         save_state()
 
+                check_pending()
                 metrics = self._epoch_metrics(epoch, pos.sums, len(train), optimizer)
                 metrics.update(model.epoch_metrics())  # the components' own figures (codebook use...)
                 improved = False
