@@ -244,16 +244,20 @@ class _LossReads:
         monkeypatch.setattr(torch.Tensor, "item", item)
 
 
-def _deferred(monkeypatch: pytest.MonkeyPatch, steps: int = 4) -> None:
+def _deferred(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU checks the loss as an accelerator would: every ``trainer.loss_check_every`` steps."""
     from aecore.training import default
 
-    monkeypatch.setattr(default, "_loss_check_steps", lambda device: steps)
+    monkeypatch.setattr(default, "_loss_check_steps", lambda device, every: every)
 
 
-def _train_small(tiny_data, out, **kwargs):
+def _train_small(tiny_data, out, every: int = 4, **kwargs):
     return train(
         "mlp",
-        params={"encoder": {"hidden": "16"}, "trainer": {"epochs": 3, "batch_size": 50}},
+        params={
+            "encoder": {"hidden": "16"},
+            "trainer": {"epochs": 3, "batch_size": 50, "loss_check_every": every},
+        },
         latent_dim=4,
         data=tiny_data,
         out=out,
@@ -264,10 +268,12 @@ def _train_small(tiny_data, out, **kwargs):
 
 
 def test_the_cpu_reads_the_loss_every_step_and_an_accelerator_does_not(tiny_data, tmp_path, monkeypatch):
-    from aecore.training.default import ACCELERATOR_LOSS_CHECK_STEPS, _loss_check_steps
+    from aecore.training.default import DefaultTrainerConfig, _loss_check_steps
 
-    assert _loss_check_steps(torch.device("cpu")) == 1
-    assert _loss_check_steps(torch.device("cuda", 0)) == ACCELERATOR_LOSS_CHECK_STEPS > 1
+    every = DefaultTrainerConfig().loss_check_every
+    assert every > 1
+    assert _loss_check_steps(torch.device("cpu"), every) == 1
+    assert _loss_check_steps(torch.device("cuda", 0), every) == every
     steps = 3 * 20  # 3 epochs of 1,000 images in batches of 50
     reads = _LossReads(monkeypatch)
     every = _train_small(tiny_data, tmp_path / "every")
@@ -292,7 +298,7 @@ def test_a_deferred_check_names_the_window_and_saves_nothing_diverged(tiny_data,
             "mlp",
             params={
                 "encoder": {"hidden": "16"},
-                "trainer": {"epochs": 3, "batch_size": 50, "save_every_steps": 7},
+                "trainer": {"epochs": 3, "batch_size": 50, "save_every_steps": 7, "loss_check_every": 4},
             },
             latent_dim=4,
             data=tiny_data,
@@ -318,7 +324,13 @@ def test_a_deferred_check_closes_every_epoch(tiny_data, tmp_path, monkeypatch):
     """A NaN in an epoch's last steps is caught at the epoch's end, before its figures or files."""
     from aecore.training.default import TrainingDiverged
 
-    _deferred(monkeypatch, steps=50)  # longer than an epoch of 20 steps
+    _deferred(monkeypatch)
     with pytest.raises(TrainingDiverged, match=r"in epoch 1, steps 1 to 20 \(cpu checks it every 50"):
-        _train_small(tiny_data, tmp_path / "run", hooks=[_PoisonAt(1, 17)])
+        _train_small(tiny_data, tmp_path / "run", every=50, hooks=[_PoisonAt(1, 17)])  # epochs: 20 steps
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_loss_check_every_must_be_a_positive_step_count(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="loss_check_every must be at least 1"):
+        _train_small(tiny_data, tmp_path / "run", every=0)
+    assert not (tmp_path / "run").exists()

@@ -45,13 +45,11 @@ __all__ = [
 
 BEST_CHECKPOINT = "best.safetensors"
 LAST_CHECKPOINT = "model.safetensors"
-#: Steps between loss checks on an accelerator, where reading the loss waits for the device.
-ACCELERATOR_LOSS_CHECK_STEPS = 50
 
 
-def _loss_check_steps(device: torch.device) -> int:
-    """1 on the CPU (every step, before the step is applied); a window of steps on an accelerator."""
-    return 1 if device.type == "cpu" else ACCELERATOR_LOSS_CHECK_STEPS
+def _loss_check_steps(device: torch.device, every: int) -> int:
+    """1 on the CPU (every step, before the step is applied); ``every`` steps on an accelerator."""
+    return 1 if device.type == "cpu" else every
 
 
 class TrainingDiverged(AecoreError):
@@ -188,6 +186,11 @@ class DefaultTrainerConfig:
     amp: bool = param(
         False, "Mixed precision: bfloat16 autocast on CUDA and CPU (fast where the CPU has bf16 units)."
     )
+    loss_check_every: int = param(
+        50,
+        "On a GPU or other accelerator, steps between looks at the NaN check of the loss (each waits for "
+        "the device); the CPU checks every step.",
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -204,6 +207,8 @@ class DefaultTrainerConfig:
             raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
         if self.cosine and self.plateau_patience is not None:
             raise ValueError("choose either cosine or plateau_patience for the learning rate, not both")
+        if self.loss_check_every < 1:
+            raise ValueError(f"loss_check_every must be at least 1, got {self.loss_check_every}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be positive, got {self.time_limit}")
         for name in ("plateau_patience", "early_stopping", "save_every_steps"):
@@ -272,7 +277,7 @@ class DefaultTrainer:
                 return dict(pos.metrics)
         started = time.perf_counter()
         first_epoch = pos.epoch
-        check_steps = _loss_check_steps(device)
+        check_steps = _loss_check_steps(device, cfg.loss_check_every)
         pending = _PendingCheck()
 
         def hint() -> str:
