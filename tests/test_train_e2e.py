@@ -276,14 +276,14 @@ def test_the_cpu_reads_the_loss_every_step_and_an_accelerator_does_not(tiny_data
     assert _loss_check_steps(torch.device("cuda", 0), every) == every
     steps = 3 * 20  # 3 epochs of 1,000 images in batches of 50
     reads = _LossReads(monkeypatch)
-    every = _train_small(tiny_data, tmp_path / "every")
+    checked_each_step = _train_small(tiny_data, tmp_path / "every")
     per_step = reads.count
     assert per_step >= steps
     _deferred(monkeypatch)
     reads.count = 0
     windowed = _train_small(tiny_data, tmp_path / "windowed")
     assert per_step - reads.count >= steps  # no read per step
-    for name, tensor in every.model.state_dict().items():  # the check changes nothing else
+    for name, tensor in checked_each_step.model.state_dict().items():  # the check changes nothing else
         assert torch.equal(windowed.model.state_dict()[name], tensor), name
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
 import sys
 import warnings
@@ -12,11 +10,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from fastcpu_helpers import InterruptAt
 from torch import nn
 from torch.optim import optimizer as torch_optimizer
 
 from aecore import registry
-from aecore.hooks import hookimpl
 from aecore.training import backends, resume, train
 from aecore.training.backends import BackendNotice, choose_backend
 from aecore.training.default import TrainingInterrupted
@@ -239,24 +237,12 @@ def test_training_under_a_torch_without_the_private_apis_falls_back_with_one_not
     assert fallback.metrics == plain.metrics  # it is plain autograd
 
 
-class _InterruptAt:
-    """Sends this process SIGINT after a given step, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        self.at = (epoch, step)
-
-    @hookimpl
-    def ae_step_end(self, run, epoch, step, batch_size, loss):
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_data, tmp_path, monkeypatch, taken):
     """FusedAdam's cached lists and the by-hand step pick up a resume file's state exactly."""
     monkeypatch.setattr(kernels, "onednn_pays", lambda: True)
     reference = _train(tiny_data, tmp_path, "reference", "fastcpu")
     with pytest.raises(TrainingInterrupted):
-        _train(tiny_data, tmp_path, "interrupted", "fastcpu", hooks=[_InterruptAt(1, 7)])
+        _train(tiny_data, tmp_path, "interrupted", "fastcpu", hooks=[InterruptAt(1, 7)])
     resumed = resume(tmp_path / "interrupted", data=tiny_data, progress=False)
     assert all(taken["steps"]) and all(taken["onednn"]) and set(taken["optimizers"]) == {FusedAdam}
     assert resumed.history == reference.history

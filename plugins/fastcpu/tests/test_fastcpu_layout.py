@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
-from fastcpu_helpers import wrap
+from fastcpu_helpers import InterruptAt, wrap
 from torch import nn
 
 from aecore.checkpoint import load
-from aecore.hooks import hookimpl
 from aecore.training import resume, train
 from aecore.training.default import TrainingInterrupted
 from aecore_fastcpu import FastCPU, FastCPUConfig
@@ -99,18 +95,6 @@ def test_channels_last_gives_the_same_outputs_and_gradients():
 
 
 # --- whole runs, with the conv plugin --------------------------------------------------------------------
-
-
-class InterruptAt:
-    """Sends this process SIGINT after a given step, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        self.at = (epoch, step)
-
-    @hookimpl
-    def ae_step_end(self, run, epoch, step, batch_size, loss):
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _train_conv(tiny_data, out, choice: str, **kwargs):
