@@ -35,6 +35,7 @@ import math
 import operator
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from aecore.training import TrainResult
 
 __all__ = [
+    "InterruptAt",
     "LinearDecoder",
     "LinearEncoder",
     "check_backend",
@@ -159,6 +161,34 @@ def tiny_dataset(
     train = TensorData(x[:n_train].clone(), y[:n_train].clone(), UINT8_IMAGES)
     test = TensorData(x[n_train:].clone(), y[n_train:].clone(), UINT8_IMAGES)
     return Dataset(KIT_DIST, train, test, {"name": KIT_DIST})
+
+
+class InterruptAt:
+    """Hook plugin: Ctrl-C at a chosen point of a run, to test that it stops, saves and resumes.
+
+    It sends this process SIGINT, as a terminal would, so the run takes the path a real
+    interruption takes: after the step the hooks number ``step`` (counting from 0) of
+    epoch ``epoch``, or at the end of that epoch when ``step`` is None. It fires once.
+    """
+
+    def __init__(self, epoch: int, step: int | None = None) -> None:
+        self.at = (epoch, step)
+        self.fired = False
+
+    @hookimpl
+    def ae_step_end(self, epoch: int, step: int) -> None:
+        if (epoch, step) == self.at:
+            self._interrupt()
+
+    @hookimpl
+    def ae_epoch_end(self, epoch: int) -> None:
+        if (epoch, None) == self.at:
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        if not self.fired:
+            self.fired = True
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 # -- components ----------------------------------------------------------------

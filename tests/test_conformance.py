@@ -950,3 +950,55 @@ def test_tiny_dataset_is_the_same_whatever_the_random_state():
     second = testing.tiny_dataset()
     assert torch.equal(first.train.x, second.train.x) and first.train.x.dtype == torch.uint8
     assert set(first.train.y.tolist()) == {0, 1}
+
+
+# -- InterruptAt: Ctrl-C at a chosen point, for a plugin's resume tests -----------------
+
+
+def _kit_run(out, hooks=(), *, resume_from=None):
+    from aecore.training import resume, train
+
+    with (
+        registry.registered("encoder", "kit-lin", testing.LinearEncoder),
+        registry.registered("decoder", "kit-lin", testing.LinearDecoder),
+    ):
+        if resume_from is not None:
+            return resume(resume_from, data=testing.tiny_dataset(), progress=False)
+        return train(
+            encoder="kit-lin",
+            data=testing.tiny_dataset(),
+            latent_dim=4,
+            params={"trainer": {"epochs": 3, "batch_size": 16}},
+            out=out,
+            progress=False,
+            hooks=hooks,
+        )
+
+
+@pytest.mark.parametrize(("at", "saved"), [((1, 0), (1, 1)), ((2, 2), (2, 3)), ((2, None), (3, 0))])
+def test_interrupt_at_stops_the_run_where_asked_and_it_resumes_to_the_same_weights(tmp_path, at, saved):
+    from aecore.state import read_resume
+    from aecore.training.default import TrainingInterrupted
+
+    reference = _kit_run(tmp_path / "reference")
+    hook = testing.InterruptAt(*at)
+    with pytest.raises(TrainingInterrupted):
+        _kit_run(tmp_path / "run", [hook])
+    assert hook.fired
+    state = read_resume(tmp_path / "run")
+    assert (state.trainer["epoch"], state.trainer["step"]) == saved
+    resumed = _kit_run(tmp_path / "run", resume_from=tmp_path / "run")
+    ref, got = reference.model.state_dict(), resumed.model.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_interrupt_at_a_point_the_run_never_reaches_does_nothing(tmp_path):
+    hook = testing.InterruptAt(9, 0)
+    result = _kit_run(tmp_path / "run", [hook])
+    assert not hook.fired and [m["epoch"] for m in result.history] == [1, 2, 3]
+
+
+def test_interrupt_at_fires_once_even_if_its_point_comes_again():
+    hook = testing.InterruptAt(1, 0)
+    hook.fired = True  # as after the first run: a resumed run that replays the step is not stopped again
+    hook.ae_step_end(epoch=1, step=0)  # would raise KeyboardInterrupt if it sent the signal

@@ -28,6 +28,7 @@ from aecore.data import Dataset
 from aecore.errors import FileSystemError, Notice, RunDirectoryError, RunLockedError
 from aecore.hooks import hookimpl
 from aecore.state import RESUME_FILE, read_resume
+from aecore.testing import InterruptAt
 from aecore.training import lock as lock_module
 from aecore.training import resume, train
 from aecore.training.default import TrainingDiverged, TrainingInterrupted
@@ -365,23 +366,6 @@ def test_cli_full_disk_is_one_line_and_eval_keeps_the_old_file(runner, run_dir, 
 
 
 # -- what a killed run leaves behind --------------------------------------------------------------
-
-
-class InterruptAt:
-    """Sends this process SIGINT after a given step (or at an epoch's end, step None), as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int | None) -> None:
-        self.at = (epoch, step)
-
-    @hookimpl
-    def ae_step_end(self, run, epoch, step, batch_size, loss):
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    @hookimpl
-    def ae_epoch_end(self, run, epoch, metrics):
-        if (epoch, None) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_the_next_run_holding_the_lock_removes_leftover_temporaries(tiny_data, tmp_path):

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from aecore.cli import app
 from aecore.errors import CheckpointError, ConfigError
-from aecore.hooks import hookimpl
 from aecore.state import RESUME_FILE, read_resume
+from aecore.testing import InterruptAt
 from aecore.training import resume, train
 from aecore.training.default import TrainingInterrupted
 
@@ -25,18 +25,6 @@ PARAMS = {
     "encoder": {"hidden": (32,), "dropout": 0.1},
     "trainer": {"epochs": 3, "batch_size": 64, "save_every_steps": 2, "plateau_patience": 0},
 }
-
-
-class InterruptAt:
-    """Sends this process SIGINT after a given step, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        self.at = (epoch, step)
-
-    @hookimpl
-    def ae_step_end(self, run, epoch, step, batch_size, loss):
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _train(tiny_data, out, **kwargs):

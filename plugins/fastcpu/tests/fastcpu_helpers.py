@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import torch
 from torch import Tensor, nn
 
-from aecore.hooks import hookimpl
 from aecore.model import Autoencoder, ComponentSpec, ModelSpec
 
-__all__ = ["Flattening", "InterruptAt", "Reshaping", "wrap"]
-
-
-class InterruptAt:
-    """Hook plugin: sends this process SIGINT after a given step, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        self.at = (epoch, step)
-
-    @hookimpl
-    def ae_step_end(self, run, epoch, step, batch_size, loss):
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
+__all__ = ["Flattening", "Reshaping", "wrap"]
 
 
 def wrap(encoder: nn.Module, decoder: nn.Module, shape=(1, 4, 4), latent=3) -> Autoencoder:

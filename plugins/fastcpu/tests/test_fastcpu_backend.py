@@ -10,11 +10,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from fastcpu_helpers import InterruptAt
 from torch import nn
 from torch.optim import optimizer as torch_optimizer
 
 from aecore import registry
+from aecore.testing import InterruptAt
 from aecore.training import backends, resume, train
 from aecore.training.backends import BackendNotice, choose_backend
 from aecore.training.default import TrainingInterrupted

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fastcpu_helpers import InterruptAt, wrap
+from fastcpu_helpers import wrap
 from torch import nn
 
 from aecore.checkpoint import load
+from aecore.testing import InterruptAt
 from aecore.training import resume, train
 from aecore.training.default import TrainingInterrupted
 from aecore_fastcpu import FastCPU, FastCPUConfig

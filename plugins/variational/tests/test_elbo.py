@@ -4,8 +4,6 @@ IWAE, the importance-sampled NLL, the β warm-up across a resume and the β-TC d
 from __future__ import annotations
 
 import math
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,8 @@ from aecore.checkpoint import load, save
 from aecore.composition import compose
 from aecore.errors import ConfigError, DataError
 from aecore.evaluate import component_metrics
-from aecore.hooks import hookimpl
 from aecore.losses import bce
+from aecore.testing import InterruptAt
 from aecore.training.default import TrainingInterrupted
 from aecore_variational import (
     NLL_IMAGES_ENV,
@@ -277,18 +275,6 @@ def test_warmup_raises_beta_linearly_per_optimizer_step() -> None:
     assert seen == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
     assert "regularizers.variational.steps" in model.state_dict()
     assert "regularizers.variational.steps" not in model_with(likelihood="bernoulli").state_dict()
-
-
-class InterruptAt:
-    """Sends this process SIGINT after a given step, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        self.at = (epoch, step)
-
-    @hookimpl
-    def ae_step_end(self, epoch: int, step: int) -> None:
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _train(data, out: Path, **kwargs):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -16,8 +14,13 @@ from aecore.composition import compose
 from aecore.config import config_from_dict
 from aecore.errors import ConfigError, DataError, ShapeError
 from aecore.evaluate import component_metrics
-from aecore.hooks import hookimpl
-from aecore.testing import check_checkpoint_roundtrip, check_preset, check_regularizer, tiny_dataset
+from aecore.testing import (
+    InterruptAt,
+    check_checkpoint_roundtrip,
+    check_preset,
+    check_regularizer,
+    tiny_dataset,
+)
 from aecore.training.default import TrainingInterrupted
 from aecore_vq import VectorQuantiser, VQConfig, perplexity
 from aecore_vq.presets import vq_mnist
@@ -386,18 +389,6 @@ def test_the_eval_forward_changes_no_state():
 
 
 # ---------------------------------------------------------------------- checkpoints and resuming
-
-
-class InterruptAt:
-    """Sends this process SIGINT after a given step, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        self.at = (epoch, step)
-
-    @hookimpl
-    def ae_step_end(self, run, epoch, step, batch_size, loss):
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _train_ema(data, out, **kwargs):
