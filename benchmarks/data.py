@@ -26,7 +26,6 @@ Every comparison is made within one run, on the same machine and threads:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import median, ratio, target
+from benchmarks.throughput import EpochTimer
 
 __all__ = ["run_data"]
 
@@ -66,31 +66,6 @@ def _cache_dir() -> Iterator[Path]:
                 os.environ.pop("AECORE_CACHE_DIR", None)
             else:
                 os.environ["AECORE_CACHE_DIR"] = old
-
-
-class _Clock:
-    """A hook plugin that notes when training starts and each epoch ends."""
-
-    def __init__(self) -> None:
-        from aecore.hooks import hookimpl
-
-        self.start = float("nan")
-        self.ends: list[float] = []
-
-        class _Hooks:
-            @hookimpl
-            def ae_train_start(inner, run: Any, total_epochs: Any, steps_per_epoch: Any) -> None:
-                self.start = time.perf_counter()
-
-            @hookimpl
-            def ae_epoch_end(inner, run: Any, epoch: int, metrics: dict[str, float]) -> None:
-                self.ends.append(time.perf_counter())
-
-        self.hooks = _Hooks()
-
-    def epochs(self) -> list[float]:
-        marks = [self.start, *self.ends]
-        return [b - a for a, b in itertools.pairwise(marks)]
 
 
 # --- folder against ImageFolder ----------------------------------------------------------------------
@@ -127,7 +102,7 @@ def _aecore_folder(tree: Path, epochs: int, out: Path) -> dict[str, Any]:
         start = time.perf_counter()
         dataset = load_dataset(f"folder:{tree}")
         prepare = time.perf_counter() - start
-        clock = _Clock()
+        clock = EpochTimer()
         result = aecore.train(
             preset="simple",
             data=dataset,
@@ -135,12 +110,12 @@ def _aecore_folder(tree: Path, epochs: int, out: Path) -> dict[str, Any]:
             params=_simple_params(epochs),
             out=str(out),
             progress=False,
-            hooks=[clock.hooks],
+            hooks=[clock],
         )
         start = time.perf_counter()
         load_dataset(f"folder:{tree}")
         cached = time.perf_counter() - start
-    epochs_s = clock.epochs()
+    epochs_s = clock.epoch_seconds()
     return {
         "prepare_seconds": prepare,
         "cached_load_seconds": cached,
@@ -323,7 +298,7 @@ def mapped_probe(args: dict[str, Any]) -> dict[str, Any]:
         x = x.clone()
     test = x[: min(1000, len(x))].clone()
     dataset = Dataset("synthetic", TensorData(x, None, UINT8_IMAGES), TensorData(test, None, UINT8_IMAGES))
-    clock = _Clock()
+    clock = EpochTimer()
     with _PeakAnon() as peak:
         aecore.train(
             "mlp",
@@ -334,12 +309,12 @@ def mapped_probe(args: dict[str, Any]) -> dict[str, Any]:
             params={"encoder": {"hidden": ()}, "trainer": {"epochs": 1, "batch_size": BATCH}},
             out=args["out"],
             progress=False,
-            hooks=[clock.hooks],
+            hooks=[clock],
         )
     return {
         "rows": len(x),
         "bytes": x.numel(),
-        "epoch_seconds": clock.epochs()[0],
+        "epoch_seconds": clock.epoch_seconds()[0],
         "rss_anon_start": base,
         "rss_anon_peak": peak.peak,
     }
@@ -453,7 +428,7 @@ def run_colour(limit: int | None, repeats: int, epochs: int = 1) -> dict[str, An
         dataset = load_dataset("cifar10", tmp)
         x = dataset.train.batch(slice(0, len(dataset.train)))  # the plain loop's one float tensor
         for rep in range(repeats):
-            clock = _Clock()
+            clock = EpochTimer()
             aecore.train(
                 preset=COLOUR_PRESET,
                 data=dataset,
@@ -461,9 +436,9 @@ def run_colour(limit: int | None, repeats: int, epochs: int = 1) -> dict[str, An
                 params={"trainer": {"epochs": epochs, "cosine": False}},
                 out=str(Path(tmp) / f"run-{rep}"),
                 progress=False,
-                hooks=[clock.hooks],
+                hooks=[clock],
             )
-            times["aecore"].append(median(clock.epochs()))
+            times["aecore"].append(median(clock.epoch_seconds()))
             torch.manual_seed(0)
             model = compose_preset(preset)
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)
