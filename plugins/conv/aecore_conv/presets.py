@@ -46,24 +46,29 @@ conv_strided = Preset(
     reference_params=840_577,
 )
 
-# The 30-d MNIST record recipe (docs/recipes/record-30.md): three stride-2 stages with batch norm
-# and a flat 30-d code, trained with Adam and a cosine schedule inside a time budget.
+# The 30-d MNIST record recipe (docs/recipes/record-30.md): three stride-2 stages with GELU and batch
+# norm and a flat 30-d code, trained with Adam on small batches and a cosine schedule that fits the
+# record's 30-minute budget on two CPU cores (batches of 32 beat 128 for the same time).
 record_30 = Preset(
     "conv",
     30,
     "conv",
     params={
-        "encoder": {"channels": (32, 64, 128), "batch_norm": True},
-        "trainer": {"epochs": 45, "lr": 2e-3, "cosine": True, "batch_size": 128},
+        "encoder": {"channels": (32, 64, 128), "batch_norm": True, "activation": "gelu"},
+        "trainer": {"epochs": 60, "lr": 2e-3, "cosine": True, "batch_size": 32},
     },
-    description="1→32→64→128 stride-2 convs with BN, Linear to a 30-d code; Adam 2e-3, cosine, 45 epochs",
+    description=(
+        "1→32→64→128 stride-2 convs with GELU and BN, Linear to a 30-d code; Adam 2e-3, batch 32, "
+        "cosine, 60 epochs"
+    ),
     input_shape=(1, 28, 28),
     reference_params=310_815,
 )
 
 # Colour images in [0, 1] (CIFAR-10/100, SVHN; 64×64 crops such as CelebA or Tiny ImageNet): the
-# record-30 family with three colour channels in and out, one stride-2 stage per halving down to a
-# 4×4 map, and a code wide enough for natural images (12× and 24× compression); sigmoid output.
+# record-30 architecture, with ReLU and batches of 128, and three colour channels in and out, one
+# stride-2 stage per halving down to a 4×4 map, and a code wide enough for natural images (12× and 24×
+# compression); sigmoid output.
 _COLOUR_TRAINER = {"epochs": 30, "lr": 2e-3, "cosine": True, "batch_size": 128}
 
 conv_cifar = Preset(
