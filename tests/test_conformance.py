@@ -998,7 +998,14 @@ def test_interrupt_at_a_point_the_run_never_reaches_does_nothing(tmp_path):
     assert not hook.fired and [m["epoch"] for m in result.history] == [1, 2, 3]
 
 
-def test_interrupt_at_fires_once_even_if_its_point_comes_again():
+def test_interrupt_at_fires_once_even_if_its_point_comes_again(monkeypatch):
+    import os
+    import signal
+
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
     hook = testing.InterruptAt(1, 0)
-    hook.fired = True  # as after the first run: a resumed run that replays the step is not stopped again
-    hook.ae_step_end(epoch=1, step=0)  # would raise KeyboardInterrupt if it sent the signal
+    hook.ae_step_end(epoch=1, step=0)
+    hook.ae_step_end(epoch=1, step=0)  # a resumed run replaying the step is not stopped again
+    hook.ae_epoch_end(epoch=1)
+    assert sent == [(os.getpid(), signal.SIGINT)] and hook.fired
