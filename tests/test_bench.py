@@ -288,24 +288,33 @@ def test_sae_section_times_both_loops_and_derives_its_ratio(tmp_path):
     assert "Sparse autoencoder" in result.stdout
 
 
-def test_the_record_chooses_its_epoch_on_validation_not_test():
+def test_the_record_chooses_its_epoch_on_validation_not_test(tmp_path):
     from benchmarks.record import TestCurve, choose_on_validation
 
-    curve = TestCurve(test=None)
+    curve = TestCurve(tmp_path / "epochs")
+    saved = tmp_path / "run" / "model.safetensors"
+    saved.parent.mkdir()
     for epoch, val, sse in [(1, 0.03, 4.0), (2, 0.02, 3.1), (3, 0.025, 2.9)]:
-        curve.ae_checkpoint_saved(
-            run=None, path=Path("model.safetensors"),
-            metrics={"epoch": epoch, "val_recon": val, "test_sse_per_image": sse},
-        )  # fmt: skip
-    curve.ae_checkpoint_saved(  # the final save of epoch 3: replaces its point
-        run=None,
-        path=Path("model.safetensors"),
-        metrics={"epoch": 3, "val_recon": 0.025, "test_sse_per_image": 2.9},
+        saved.write_text(str(sse))  # stands in for the epoch's weights, which training overwrites
+        curve.ae_checkpoint_saved(run=None, path=saved, metrics={"epoch": epoch, "val_recon": val})
+    curve.ae_checkpoint_saved(run=None, path=saved.with_name("best.safetensors"), metrics={"epoch": 3})
+    saved.write_text("never read")  # the final save of epoch 3 carries its test figure and replaces its point
+    curve.ae_checkpoint_saved(
+        run=None, path=saved, metrics={"epoch": 3, "val_recon": 0.025, "test_sse_per_image": 2.9}
     )
     assert [p["epoch"] for p in curve.points] == [1, 2, 3]
-    chosen = choose_on_validation(curve.points)
+    scored: list[Path] = []
+
+    def score(checkpoint: Path) -> float:
+        scored.append(checkpoint)
+        return float(checkpoint.read_text())
+
+    points = curve.measure(score)
+    assert [p["sse"] for p in points] == [4.0, 3.1, 2.9]  # each epoch's own copy, not the last weights
+    assert [c.name for c in scored] == ["epoch-0001.safetensors", "epoch-0002.safetensors"]
+    chosen = choose_on_validation(points)
     assert (chosen["epoch"], chosen["sse"]) == (2, 3.1)  # lowest validation loss, not lowest test SSE
-    no_val = [{**p, "val": math.nan} for p in curve.points]
+    no_val = [{**p, "val": math.nan} for p in points]
     assert choose_on_validation(no_val)["epoch"] == 3  # without a validation split: the last epoch
 
 

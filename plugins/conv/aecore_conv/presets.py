@@ -55,11 +55,11 @@ record_30 = Preset(
     "conv",
     params={
         "encoder": {"channels": (32, 64, 128), "batch_norm": True, "activation": "gelu"},
-        "trainer": {"epochs": 60, "lr": 2e-3, "cosine": True, "batch_size": 32},
+        "trainer": {"epochs": 64, "lr": 4e-3, "cosine": True, "batch_size": 32},
     },
     description=(
-        "1→32→64→128 stride-2 convs with GELU and BN, Linear to a 30-d code; Adam 2e-3, batch 32, "
-        "cosine, 60 epochs"
+        "1→32→64→128 stride-2 convs with GELU and BN, Linear to a 30-d code; Adam 4e-3, batch 32, "
+        "cosine, 64 epochs"
     ),
     input_shape=(1, 28, 28),
     reference_params=310_815,
