@@ -68,17 +68,17 @@ class TestCurve:
         if self.points and self.points[-1]["epoch"] == epoch:
             # the final save of the last epoch's model (it carries the test figure): one point per epoch
             seconds = self.points.pop()["seconds"]
-        self.snapshots.mkdir(parents=True, exist_ok=True)
-        kept = self.snapshots / f"epoch-{epoch:04d}.safetensors"
-        shutil.copyfile(path, kept)
         point: dict[str, Any] = {
             "seconds": seconds,
             "epoch": epoch,
-            "val": metrics.get("val_recon", float("nan")),
-            "checkpoint": kept,
+            "val": metrics.get("val_recon", math.nan),
         }
         if "test_sse_per_image" in metrics:
-            point["sse"] = metrics["test_sse_per_image"]
+            point["sse"] = metrics["test_sse_per_image"]  # measured by training: nothing to keep aside
+        else:
+            self.snapshots.mkdir(parents=True, exist_ok=True)
+            point["checkpoint"] = self.snapshots / f"epoch-{epoch:04d}.safetensors"
+            shutil.copyfile(path, point["checkpoint"])
         self.points.append(point)
 
     def measure(self, score: Callable[[Path], float]) -> list[dict[str, float]]:
@@ -132,6 +132,7 @@ def run_record(
         return reconstruction_metrics(load(checkpoint), dataset.test)["sse_per_image"]
 
     points = curve.measure(test_sse)
+    shutil.rmtree(out / "epochs", ignore_errors=True)  # measured; the run keeps model and best checkpoints
     chosen = choose_on_validation(points)
     summary = {
         "preset": preset,
