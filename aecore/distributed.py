@@ -41,6 +41,7 @@ __all__ = [
     "barrier",
     "current",
     "launch",
+    "max_over_ranks",
     "setup",
     "shutdown",
 ]
@@ -124,16 +125,21 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: object) -> bool:
     """Whether ``flag`` is true on any rank; every rank gets the same answer (one process: ``bool(flag)``)."""
+    return bool(max_over_ranks(1 if flag else 0))
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of the ranks' ``value``; every rank gets the same answer (one process: ``value``)."""
     if not _current.active:
-        return bool(flag)
+        return value
     import torch
     import torch.distributed as dist
 
     on_gpu = dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def barrier() -> None:

@@ -322,9 +322,12 @@ class DefaultTrainer:
         def stop_requested() -> str | None:
             """The signal that asked to stop, if any; under torchrun every rank gets the same answer."""
             received = stop_signal.received
-            if job.active:
-                return (received or "a signal to another process") if distributed.any_rank(received) else None
-            return received
+            if not job.active:
+                return received
+            # The launcher signals the ranks one after another, so they may see it at different steps:
+            # the largest signal number seen decides, and every rank names that signal, not "another's".
+            number = distributed.max_over_ranks(signal.Signals[received].value if received else 0)
+            return signal.Signals(number).name if number else None
 
         with _graceful_stop() as stop_signal:
             for epoch in range(pos.epoch, cfg.epochs + 1):
