@@ -85,7 +85,7 @@ class _PendingCheck:
 
 
 class _StopSignal:
-    received: str | None = None
+    received: int = 0  # the signal's number; 0 while none came
 
 
 @contextlib.contextmanager
@@ -101,9 +101,9 @@ def _graceful_stop() -> Iterator[_StopSignal]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if flag.received is not None:
+        if flag.received:
             raise KeyboardInterrupt
-        flag.received = signal.Signals(signum).name
+        flag.received = signum
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -111,7 +111,7 @@ def _graceful_stop() -> Iterator[_StopSignal]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
-    if flag.received is not None:
+    if flag.received:
         raise KeyboardInterrupt
 
 
@@ -321,12 +321,9 @@ class DefaultTrainer:
 
         def stop_requested() -> str | None:
             """The signal that asked to stop, if any; under torchrun every rank gets the same answer."""
-            received = stop_signal.received
-            if not job.active:
-                return received
             # The launcher signals the ranks one after another, so they may see it at different steps:
-            # the largest signal number seen decides, and every rank names that signal, not "another's".
-            number = distributed.max_over_ranks(signal.Signals[received].value if received else 0)
+            # the largest signal number seen decides, and every rank names that signal.
+            number = distributed.max_over_ranks(stop_signal.received) if job.active else stop_signal.received
             return signal.Signals(number).name if number else None
 
         with _graceful_stop() as stop_signal:
