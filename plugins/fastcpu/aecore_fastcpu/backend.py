@@ -24,7 +24,8 @@ from aecore.protocols import StepFn
 from aecore_fastcpu import kernels, probes
 from aecore_fastcpu.chain import Chain, find_chain
 from aecore_fastcpu.heap import keep_freed_memory
-from aecore_fastcpu.layout import Layout, to_channels_last, wants_channels_last
+from aecore_fastcpu.layout import Layout, has_normalisation, to_channels_last, wants_channels_last
+from aecore_fastcpu.norm import use_precise_batch_norm
 from aecore_fastcpu.optim import fused_adam
 from aecore_fastcpu.step import ByHandStep
 
@@ -48,8 +49,8 @@ class FastCPUConfig:
     channels_last: Layout = param(
         "auto",
         "Convolutional models in channels-last memory order, oneDNN's own, so no convolution reorders its "
-        "tensors: auto for models without normalisation layers (torch's channels-last batch norm loses "
-        "float32 precision on CPU), always, or never.",
+        "tensors, with batch norm statistics summed as exactly as in NCHW: auto for models whose only "
+        "normalisation layers are BatchNorm2d, always, or never.",
     )
 
 
@@ -83,11 +84,16 @@ class FastCPU:
         return probes.failure((*self._step_probes(), *self._adam_probes()))
 
     def prepare(self, model: Autoencoder, device: torch.device) -> Autoencoder:
-        """The same model, convolutions channels-last where that applies; a Linear chain traced now."""
+        """The same model, convolutions channels-last (batch norms routed) where that applies; a Linear
+        chain traced now."""
         if self.config.keep_heap and device.type == "cpu":
             keep_freed_memory()
-        if device.type == "cpu" and wants_channels_last(model, self.config.channels_last):
-            to_channels_last(model)
+        if device.type == "cpu":
+            routed = not has_normalisation(model) or probes.failure(probes.NORM) is None
+            if wants_channels_last(model, self.config.channels_last, batch_norm_routed=routed):
+                to_channels_last(model)
+                if routed:
+                    use_precise_batch_norm(model)
         if self.config.by_hand and device.type == "cpu" and probes.failure(self._step_probes()) is None:
             self._chain(model)
         return model

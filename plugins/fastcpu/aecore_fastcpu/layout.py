@@ -8,12 +8,15 @@ so its activations and gradients come out in that order and the reorders
 go. Values are unchanged: checkpoints are written contiguous as always, and
 a layer's result differs from NCHW only by float rounding.
 
-Normalisation layers are the exception. torch's channels-last batch norm on
-CPU reduces over the batch in float32 in an order that loses precision: its
-gradients differ from a float64 reference about four orders of magnitude
-more than the NCHW kernel's, which in a deep model reaches percent-level
-errors in the first layers. ``auto`` therefore leaves a model with any
-normalisation layer in NCHW.
+Normalisation layers need care. torch's channels-last batch norm on CPU
+sums the batch statistics in float32 in an order that loses precision: its
+gradients differ from a float64 reference far more than the NCHW kernel's,
+which in a deep model reaches percent-level errors in the first layers. The
+backend routes plain ``BatchNorm2d`` layers through
+:mod:`aecore_fastcpu.norm`, which computes those statistics as exactly as
+the NCHW kernel does; ``auto`` puts a model in channels-last order when
+every normalisation layer it holds is such a layer, and leaves one with any
+other kind (group, instance, layer norm...) in NCHW.
 """
 
 from __future__ import annotations
@@ -23,7 +26,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["Layout", "has_convolutions", "has_normalisation", "to_channels_last", "wants_channels_last"]
+from aecore_fastcpu.norm import routes_batch_norm
+
+__all__ = [
+    "Layout",
+    "has_convolutions",
+    "has_normalisation",
+    "has_unrouted_normalisation",
+    "to_channels_last",
+    "wants_channels_last",
+]
 
 Layout = Literal["auto", "always", "never"]
 
@@ -59,13 +71,20 @@ def has_normalisation(model: nn.Module) -> bool:
     return any(isinstance(m, _NORMALISATIONS) for m in model.modules())
 
 
-def wants_channels_last(model: nn.Module, choice: Layout) -> bool:
-    """``always``: any model with convolutions; ``auto``: those without normalisation, where oneDNN runs."""
+def has_unrouted_normalisation(model: nn.Module) -> bool:
+    """Whether ``model`` holds a normalisation layer other than a plain ``BatchNorm2d``."""
+    return any(isinstance(m, _NORMALISATIONS) and not routes_batch_norm(m) for m in model.modules())
+
+
+def wants_channels_last(model: nn.Module, choice: Layout, *, batch_norm_routed: bool = True) -> bool:
+    """``always``: any model with convolutions; ``auto``: those, where oneDNN runs, whose only norms are
+    plain batch norms (no norms at all when ``batch_norm_routed`` is False)."""
     if choice == "never" or not has_convolutions(model):
         return False
     if choice == "always":
         return True
-    return torch.backends.mkldnn.is_available() and not has_normalisation(model)
+    unsafe = has_unrouted_normalisation(model) if batch_norm_routed else has_normalisation(model)
+    return torch.backends.mkldnn.is_available() and not unsafe
 
 
 def to_channels_last(model: nn.Module) -> None:

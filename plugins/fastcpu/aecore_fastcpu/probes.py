@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from aecore_fastcpu import private
 
-__all__ = ["ADAM", "ONEDNN", "STEP", "clear", "failure"]
+__all__ = ["ADAM", "NORM", "ONEDNN", "STEP", "clear", "failure"]
 
 
 class _Missing(Exception):
@@ -220,6 +220,28 @@ def _fused_adam() -> str | None:
     return None
 
 
+def _batch_norm_kernels() -> str | None:
+    from aecore_fastcpu.norm import precise_batch_norm
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape, generator=gen)
+    ours, theirs = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+    results = []
+    for layer, forward in ((ours, lambda t: precise_batch_norm(ours, t)), (theirs, theirs)):
+        with torch.no_grad():
+            layer.weight.copy_(torch.linspace(0.5, 1.5, 3))
+            layer.bias.copy_(torch.linspace(-1.0, 1.0, 3))
+        t = x.detach().clone().requires_grad_()
+        y = forward(t.contiguous() if layer is theirs else t)
+        y.backward(grad)
+        assert t.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
+        results.append([y, t.grad, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var])
+    if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(*results, strict=True)):
+        return f"torch.ops.aten.native_batch_norm(_backward) no longer match BatchNorm2d in {_torch()}"
+    return None
+
+
 #: What each part of the backend needs, in the order the probes run.
 STEP: tuple[Callable[[], str | None], ...] = (
     _activation_backward,
@@ -230,6 +252,7 @@ STEP: tuple[Callable[[], str | None], ...] = (
     _global_module_hooks,
 )
 ONEDNN: tuple[Callable[[], str | None], ...] = (_onednn_linear,)
+NORM: tuple[Callable[[], str | None], ...] = (_batch_norm_kernels,)
 ADAM: tuple[Callable[[], str | None], ...] = (_optimizer_hooks, _profiler_flag, _fused_adam)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from fastcpu_helpers import wrap
@@ -11,7 +13,7 @@ from aecore.checkpoint import load
 from aecore.testing import InterruptAt
 from aecore.training import resume, train
 from aecore.training.default import TrainingInterrupted
-from aecore_fastcpu import FastCPU, FastCPUConfig
+from aecore_fastcpu import FastCPU, FastCPUConfig, probes
 from aecore_fastcpu.layout import has_normalisation, wants_channels_last
 
 CPU = torch.device("cpu")
@@ -51,7 +53,7 @@ def _is_channels_last(model: nn.Module) -> bool:
     ("choice", "norm", "expected"),
     [
         ("auto", None, True),
-        ("auto", nn.BatchNorm2d(8), False),
+        ("auto", nn.BatchNorm2d(8), True),
         ("auto", nn.GroupNorm(2, 8), False),
         ("always", nn.BatchNorm2d(8), True),
         ("never", None, False),
@@ -64,6 +66,24 @@ def test_prepare_puts_convolutions_in_channels_last_order_as_chosen(choice, norm
     prepared = FastCPU(FastCPUConfig(channels_last=choice)).prepare(model, CPU)
     assert prepared is model
     assert _is_channels_last(model) is expected
+
+
+def test_batch_norms_are_routed_only_in_a_channels_last_model():
+    model = _conv_model(nn.BatchNorm2d(8))
+    FastCPU(FastCPUConfig(channels_last="never")).prepare(model, CPU)
+    assert "forward" not in vars(model.encoder[2])
+    FastCPU(FastCPUConfig(channels_last="always")).prepare(model, CPU)
+    assert "forward" in vars(model.encoder[2])
+
+
+def test_where_the_batch_norm_probe_fails_auto_keeps_such_models_in_nchw(monkeypatch):
+    monkeypatch.setattr(probes, "NORM", (lambda: "the kernels changed",))
+    assert not wants_channels_last(_conv_model(nn.BatchNorm2d(8)), "auto", batch_norm_routed=False)
+    model = _conv_model(nn.BatchNorm2d(8))
+    FastCPU(FastCPUConfig(channels_last="auto")).prepare(model, CPU)
+    assert not _is_channels_last(model)
+    FastCPU(FastCPUConfig(channels_last="always")).prepare(model, CPU)
+    assert _is_channels_last(model) and "forward" not in vars(model.encoder[2])  # asked for, not routed
 
 
 def test_models_without_convolutions_and_other_devices_are_left_alone(make_mlp):
@@ -79,11 +99,12 @@ def test_normalisation_is_found_in_nested_modules():
     assert not has_normalisation(_conv_model())
 
 
-def test_channels_last_gives_the_same_outputs_and_gradients():
+@pytest.mark.parametrize("norm", [None, nn.BatchNorm2d(8)], ids=["plain", "batch-norm"])
+def test_channels_last_gives_the_same_outputs_and_gradients(norm):
     x = torch.rand(16, *SHAPE)
     results = []
     for choice in ("never", "always"):
-        model = _conv_model()
+        model = _conv_model(copy.deepcopy(norm))
         FastCPU(FastCPUConfig(channels_last=choice)).prepare(model, CPU)
         out = model(x)
         torch.nn.functional.mse_loss(out, x).backward()
@@ -98,12 +119,13 @@ def test_channels_last_gives_the_same_outputs_and_gradients():
 # --- whole runs, with the conv plugin --------------------------------------------------------------------
 
 
-def _train_conv(tiny_data, out, choice: str, **kwargs):
+def _train_conv(tiny_data, out, choice: str, batch_norm: bool = False, **kwargs):
     pytest.importorskip("aecore_conv")
     return train(
         "conv",
         params={
-            "encoder": {"channels": (4, 8)},
+            "encoder": {"channels": (4, 8), "batch_norm": batch_norm},
+            "decoder": {"batch_norm": batch_norm},
             "trainer": {"epochs": 2, "batch_size": 100, "save_every_steps": 3},
             "backend": {"channels_last": choice},
         },
@@ -127,9 +149,11 @@ def test_a_channels_last_run_saves_a_checkpoint_that_reloads_to_the_same_model(t
         torch.testing.assert_close(reloaded.eval()(x), result.model.eval()(x))
 
 
-def test_a_channels_last_run_learns_as_well_as_an_nchw_one(tiny_data, tmp_path):
-    last = _train_conv(tiny_data, tmp_path / "last", "always").metrics["test_mse_per_pixel"]
-    nchw = _train_conv(tiny_data, tmp_path / "nchw", "never").metrics["test_mse_per_pixel"]
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch-norm"])
+def test_a_channels_last_run_learns_as_well_as_an_nchw_one(tiny_data, tmp_path, batch_norm):
+    runs = {c: _train_conv(tiny_data, tmp_path / c, c, batch_norm) for c in ("auto", "never")}
+    assert _is_channels_last(runs["auto"].model) is torch.backends.mkldnn.is_available()
+    last, nchw = (runs[c].metrics["test_mse_per_pixel"] for c in ("auto", "never"))
     assert abs(last / nchw - 1) < 0.02
 
 
