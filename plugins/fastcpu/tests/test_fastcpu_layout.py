@@ -157,12 +157,14 @@ def test_a_channels_last_run_learns_as_well_as_an_nchw_one(tiny_data, tmp_path, 
     assert abs(last / nchw - 1) < 0.02
 
 
-def test_resuming_a_channels_last_run_is_bit_identical(tiny_data, tmp_path):
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch-norm"])
+def test_resuming_a_channels_last_run_is_bit_identical(tiny_data, tmp_path, batch_norm):
     """The resume file's optimizer moments are contiguous; they must take their parameters' layout,
-    because the fused Adam kernel pairs moments and parameters element by element in memory."""
-    reference = _train_conv(tiny_data, tmp_path / "reference", "always")
+    because the fused Adam kernel pairs moments and parameters element by element in memory. With
+    batch norm the running buffers and batch counts carry over as well."""
+    reference = _train_conv(tiny_data, tmp_path / "reference", "always", batch_norm)
     with pytest.raises(TrainingInterrupted):
-        _train_conv(tiny_data, tmp_path / "interrupted", "always", hooks=[InterruptAt(1, 6)])
+        _train_conv(tiny_data, tmp_path / "interrupted", "always", batch_norm, hooks=[InterruptAt(1, 6)])
     resumed = resume(tmp_path / "interrupted", data=tiny_data, progress=False)
     assert _is_channels_last(resumed.model)
     for name, tensor in reference.model.state_dict().items():
