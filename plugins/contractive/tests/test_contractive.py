@@ -126,6 +126,22 @@ def test_hutchinson_is_close_with_many_samples_and_unbiased() -> None:
     assert abs(estimates.mean().item() - exact) < 4 * stderr
 
 
+def test_one_hutchinson_sample_is_the_projection_of_the_true_jacobian() -> None:
+    """One direction takes a plain backward pass, several a batched one: both give ‖vᵀJ‖² per sample."""
+    torch.manual_seed(5)
+    encoder = Gated(d=8, k=6).double()
+    x = torch.randn(4, 8, dtype=torch.float64)
+    full = torch.autograd.functional.jacobian(encoder, x)  # (n, k, n, d); samples do not mix
+    jacobians = torch.stack([full[i, :, i] for i in range(4)])  # (n, k, d)
+    for samples in (1, 3):
+        torch.manual_seed(11)
+        value = jacobian_frobenius_sq(encoder, x, method="hutchinson", samples=samples).item()
+        torch.manual_seed(11)
+        v = torch.randn(samples, 4, 6, dtype=torch.float64)
+        expected = torch.einsum("snk,nkd->snd", v, jacobians).pow(2).sum() / (4 * samples)
+        assert value == pytest.approx(expected.item(), rel=1e-10), samples
+
+
 def test_gradient_reaches_the_encoder_and_is_the_true_gradient() -> None:
     torch.manual_seed(4)
     model = small_mlp().train()
