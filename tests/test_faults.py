@@ -61,6 +61,15 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a terminal delivers it, whatever this process inherited.
+
+    A shell without job control starts background commands with SIGINT ignored, and Python keeps an
+    ignored SIGINT ignored (as ae does: it never takes over a handler it did not get by default), so
+    under such a shell the children would never see the signals these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ae(*args: str, **popen) -> subprocess.Popen:
     """``python -m aecore ARGS``: the ae process itself, as torchrun and the console script run it."""
     return subprocess.Popen(
@@ -68,6 +77,7 @@ def _ae(*args: str, **popen) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint if os.name == "posix" else None,
         **{"env": _env(), **popen},
     )
 
@@ -363,6 +373,28 @@ def test_cli_full_disk_is_one_line_and_eval_keeps_the_old_file(runner, run_dir, 
         runner.invoke(app, ["eval", str(run_dir), "--out", str(csv), "--overwrite"]), str(csv), "no space"
     )
     assert csv.read_text() == "an earlier evaluation\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_the_process_ignores_stays_ignored_during_training(tiny_data, tmp_path, sig):
+    """nohup, or ``ae train &`` from a shell without job control: the terminal's Ctrl-C is not ours."""
+    reference = _train(tiny_data, tmp_path / "reference")
+    sent: list[int] = []
+
+    class Signal:
+        @hookimpl
+        def ae_step_end(self, epoch: int, step: int) -> None:
+            if (epoch, step) == (1, 4):
+                os.kill(os.getpid(), sig)
+                sent.append(sig)
+
+    previous = signal.signal(sig, signal.SIG_IGN)
+    try:
+        result = _train(tiny_data, tmp_path / "run", hooks=[Signal()])
+        assert signal.getsignal(sig) is signal.SIG_IGN  # and it is left as it was
+    finally:
+        signal.signal(sig, previous)
+    assert sent == [sig] and _equal_weights(result.model, reference.model)  # trained on, to the end
 
 
 # -- what a killed run leaves behind --------------------------------------------------------------

@@ -93,7 +93,9 @@ def _graceful_stop() -> Iterator[_StopSignal]:
     """Turn the first Ctrl-C or SIGTERM into a flag checked after each step; a second one stops at once.
 
     A signal that comes after the trainer's last look at the flag is not lost:
-    leaving the block raises KeyboardInterrupt for it.
+    leaving the block raises KeyboardInterrupt for it. A signal the process was
+    started with ignored (``nohup``, or ``ae train &`` from a shell without job
+    control, which shares the terminal's Ctrl-C) stays ignored.
     """
     flag = _StopSignal()
     if threading.current_thread() is not threading.main_thread():
@@ -105,7 +107,8 @@ def _graceful_stop() -> Iterator[_StopSignal]:
             raise KeyboardInterrupt
         flag.received = signum
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    watched = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, handler) for sig in watched}
     try:
         yield flag
     finally:
