@@ -375,28 +375,6 @@ def test_cli_full_disk_is_one_line_and_eval_keeps_the_old_file(runner, run_dir, 
     assert csv.read_text() == "an earlier evaluation\n"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_the_process_ignores_stays_ignored_during_training(tiny_data, tmp_path, sig):
-    """nohup, or ``ae train &`` from a shell without job control: the terminal's Ctrl-C is not ours."""
-    reference = _train(tiny_data, tmp_path / "reference")
-    sent: list[int] = []
-
-    class Signal:
-        @hookimpl
-        def ae_step_end(self, epoch: int, step: int) -> None:
-            if (epoch, step) == (1, 4):
-                os.kill(os.getpid(), sig)
-                sent.append(sig)
-
-    previous = signal.signal(sig, signal.SIG_IGN)
-    try:
-        result = _train(tiny_data, tmp_path / "run", hooks=[Signal()])
-        assert signal.getsignal(sig) is signal.SIG_IGN  # and it is left as it was
-    finally:
-        signal.signal(sig, previous)
-    assert sent == [sig] and _equal_weights(result.model, reference.model)  # trained on, to the end
-
-
 # -- what a killed run leaves behind --------------------------------------------------------------
 
 

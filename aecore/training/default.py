@@ -93,9 +93,7 @@ def _graceful_stop() -> Iterator[_StopSignal]:
     """Turn the first Ctrl-C or SIGTERM into a flag checked after each step; a second one stops at once.
 
     A signal that comes after the trainer's last look at the flag is not lost:
-    leaving the block raises KeyboardInterrupt for it. A signal the process was
-    started with ignored (``nohup``, or ``ae train &`` from a shell without job
-    control, which shares the terminal's Ctrl-C) stays ignored.
+    leaving the block raises KeyboardInterrupt for it.
     """
     flag = _StopSignal()
     if threading.current_thread() is not threading.main_thread():
@@ -107,8 +105,7 @@ def _graceful_stop() -> Iterator[_StopSignal]:
             raise KeyboardInterrupt
         flag.received = signum
 
-    watched = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, handler) for sig in watched}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
