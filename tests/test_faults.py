@@ -65,7 +65,7 @@ def _default_sigint() -> None:
     """In the child before exec: Ctrl-C as a terminal delivers it, whatever this process inherited.
 
     A shell without job control starts background commands with SIGINT ignored, and Python keeps an
-    ignored SIGINT ignored (as ae does: it never takes over a handler it did not get by default), so
+    ignored SIGINT ignored (as ae's CLI does: it never takes over a handler it did not get by default), so
     under such a shell the children would never see the signals these tests send."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

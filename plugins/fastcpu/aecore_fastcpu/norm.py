@@ -27,13 +27,13 @@ from torch import Tensor, nn
 __all__ = ["precise_batch_norm", "routes_batch_norm", "use_precise_batch_norm"]
 
 
-def _batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance over (N, H, W), in two cascaded-sum passes."""
+def _batch_stats(x: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Per-channel mean and biased variance over (N, H, W), in two cascaded-sum passes; the count."""
     count = x.numel() // x.shape[1]
     mean = x.sum((0, 2, 3)) / count
     centred = x - mean.view(1, -1, 1, 1)
     var = centred.square_().sum((0, 2, 3)) / count
-    return mean, var
+    return mean, var, count
 
 
 class _PreciseBatchNorm(torch.autograd.Function):
@@ -48,9 +48,8 @@ class _PreciseBatchNorm(torch.autograd.Function):
         momentum: float,
         eps: float,
     ) -> Tensor:
-        mean, var = _batch_stats(x)
+        mean, var, count = _batch_stats(x)
         if running_mean is not None and running_var is not None:
-            count = x.numel() // x.shape[1]
             running_mean.lerp_(mean, momentum)
             running_var.lerp_(var * (count / max(count - 1, 1)), momentum)  # unbiased, as torch keeps it
         invstd = (var + eps).rsqrt_()

@@ -228,12 +228,13 @@ def _batch_norm_kernels() -> str | None:
     grad = torch.randn(x.shape, generator=gen)
     ours, theirs = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
     results = []
-    for layer, forward in ((ours, lambda t: precise_batch_norm(ours, t)), (theirs, theirs)):
+    cases = ((ours, lambda t: precise_batch_norm(ours, t), x), (theirs, theirs, x.contiguous()))
+    for layer, forward, batch in cases:
         with torch.no_grad():
             layer.weight.copy_(torch.linspace(0.5, 1.5, 3))
             layer.bias.copy_(torch.linspace(-1.0, 1.0, 3))
-        t = x.detach().clone().requires_grad_()
-        y = forward(t.contiguous() if layer is theirs else t)
+        t = batch.clone().requires_grad_()
+        y = forward(t)
         y.backward(grad)
         assert t.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
         results.append([y, t.grad, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var])

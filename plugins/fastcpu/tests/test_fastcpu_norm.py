@@ -134,7 +134,7 @@ def test_the_probe_passes_on_this_torch():
 
 @pytest.mark.parametrize("batched", [False, True], ids=["one-direction", "is_grads_batched"])
 def test_second_order_gradients_are_as_exact_as_the_layers(batched):
-    """A contractive penalty differentiates the encoder's input gradients again, through the norm.
+    """A penalty on input gradients taken in training mode differentiates them again, through the norm.
 
     Each float32 result is compared with the float64 layer's (the conv bias's true gradient is zero,
     the batch norm cancels it, so only errors are compared, never values)."""
